@@ -1,0 +1,18 @@
+"""envpipe: the Environment Pipeline pattern for Terraform and CloudFormation.
+
+The Python API does what the CLI does::
+
+    from envpipe_agent import StageContext, publish, promote
+    ctx = StageContext.load("envpipe.yml")
+    publish(ctx, version="1.0.123")
+    promote(ctx, "staging", "1.0.123")
+"""
+from envpipe_agent.context import StageContext
+from envpipe_agent.stages.promote import promote
+from envpipe_agent.stages.publish import publish
+from envpipe_agent.stages.status import history, status
+from envpipe_agent.stages.unlock import unlock
+from envpipe_agent.stages.verify import verify
+
+__version__ = "0.1.0"
+__all__ = ["StageContext", "history", "promote", "publish", "status", "unlock", "verify"]

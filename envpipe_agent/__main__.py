@@ -1,0 +1,3 @@
+from envpipe_agent.main import main
+
+raise SystemExit(main())

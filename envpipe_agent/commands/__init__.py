@@ -1,0 +1,29 @@
+"""Sub-commands: each module registers its parsers and turns results into output."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Mapping
+
+from envpipe_agent.context import StageContext
+from envpipe_agent.redact import RedactingFilter
+
+
+def load_context(args: argparse.Namespace, environ: Mapping[str, str]) -> StageContext:
+    """The StageContext for these arguments; widens log redaction to the config's secrets."""
+    ctx = StageContext.load(args.config, repository=args.repo, environ=environ, lock_timeout=args.lock_timeout)
+    for handler in logging.getLogger("envpipe_agent").handlers:
+        handler.filters[:] = [RedactingFilter(ctx.redactor)]
+    return ctx
+
+
+def emit(args: argparse.Namespace, ctx: StageContext, result: Any, text: str) -> None:
+    """Print the result: JSON with --json, else ``text`` (both redacted) on stdout."""
+    if args.json:
+        body = json.dumps(result, indent=2, sort_keys=True, default=str)
+        print(ctx.redactor(body))
+    elif text:
+        print(ctx.redactor(text))
+    sys.stdout.flush()

@@ -1,0 +1,456 @@
+"""envpipe.yml (SPEC §2) loaded into frozen values.
+
+Every key is checked against an allowlist; a problem names the file, the key path and
+what was expected, and raises ``ConfigError`` (exit 2) before anything is changed.
+"""
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from envpipe_agent.errors import ConfigError, UsageError
+
+PROJECT_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
+ENVIRONMENT_RE = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
+VERSION_RE = re.compile(r"[0-9][0-9A-Za-z._+-]{0,127}\Z")
+VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}\Z")
+ENV_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# Identifiers that end up unquoted in generated pipelines (credential ids, agent
+# labels, GoCD groups and resources, approvers): a safe, common subset of each tool.
+CI_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+VERSION_FIELDS = ("build", "label", "commit", "short_commit")
+TOOLS = ("terraform", "cloudformation")
+APPROVALS = ("auto", "manual")
+DEFAULT_CONFIG_NAME = "envpipe.yml"
+
+
+def validate_environment_name(name: str) -> str:
+    if not isinstance(name, str) or not ENVIRONMENT_RE.match(name):
+        raise UsageError(
+            f"invalid environment name {name!r}: use lower-case letters, digits and '-', "
+            "starting with a letter (at most 63 characters)"
+        )
+    return name
+
+
+def validate_version(version: str) -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version) or ".." in version:
+        raise UsageError(
+            f"invalid version {version!r}: start with a digit, then letters, digits, "
+            "'.', '_', '+' or '-' (at most 128 characters, no '..')"
+        )
+    return version
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    description: str = ""
+    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    approval: str = "auto"
+    approvers: Tuple[str, ...] = ()
+    role_arn: Optional[str] = None
+    account_id: Optional[str] = None
+
+    @property
+    def manual(self) -> bool:
+        return self.approval == "manual"
+
+
+@dataclass(frozen=True)
+class TerraformState:
+    bucket: str
+    key: str = "{environment}/terraform.tfstate"
+    region: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TerraformSettings:
+    state: Optional[TerraformState] = None
+
+
+@dataclass(frozen=True)
+class CloudFormationSettings:
+    template: str = "template.yaml"
+    stack_name: str = "{project}-{environment}"
+    capabilities: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    url: str
+    status: int = 200
+    body: Optional[str] = None
+    within: float = 60.0
+
+
+@dataclass(frozen=True)
+class TestSettings:
+    path: Optional[str] = None
+    http: Tuple[HttpCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class JenkinsSettings:
+    agent: Optional[str] = None
+    timeout_minutes: int = 60
+    # environment name -> id of a username/password credential holding
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for that environment
+    aws_credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # variable name -> id of a secret-text credential bound to that variable
+    secret_credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class GocdSettings:
+    group: Optional[str] = None
+    git_url: Optional[str] = None
+    branch: str = "main"
+    resources: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CiSettings:
+    install: Optional[str] = None
+    jenkins: JenkinsSettings = JenkinsSettings()
+    gocd: GocdSettings = GocdSettings()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    project: str
+    description: str = ""
+    source: Path = Path(".")
+    repository: Optional[str] = None
+    version: str = "1.0.{build}"
+    tool: str = "terraform"
+    environments: Tuple[Environment, ...] = ()
+    terraform: TerraformSettings = TerraformSettings()
+    cloudformation: CloudFormationSettings = CloudFormationSettings()
+    tests: TestSettings = TestSettings()
+    secrets: Tuple[str, ...] = ()
+    ci: CiSettings = CiSettings()
+
+    @property
+    def environment_names(self) -> Tuple[str, ...]:
+        return tuple(env.name for env in self.environments)
+
+    def environment(self, name: str) -> Environment:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise UsageError(
+            f"environment {name!r} is not in {self.path.name}: "
+            f"choose one of {', '.join(self.environment_names) or '(none configured)'}"
+        )
+
+    def previous_environment(self, name: str) -> Optional[Environment]:
+        """The environment before ``name`` on the path, or None for the first."""
+        names = self.environment_names
+        index = names.index(self.environment(name).name)
+        return self.environments[index - 1] if index else None
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+class _Reader:
+    """Walks the parsed YAML, reporting problems as 'file: key.path: expectation'."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, expectation: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {where or '(top level)'}: {expectation}")
+
+    def mapping(self, value: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(
+                    _join(where, str(key)),
+                    f"unknown key; allowed here: {', '.join(allowed)}",
+                )
+        for key in required:
+            if key not in value:
+                raise self.fail(_join(where, key), "required key is missing")
+        return value
+
+    def string(self, value: Any, where: str, pattern: Optional[re.Pattern] = None, hint: str = "") -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
+        if "\x00" in value:
+            raise self.fail(where, "must not contain NUL characters")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(where, f"{value!r} does not match {hint or pattern.pattern}")
+        return value
+
+    def optional_string(self, value: Any, where: str, pattern: Optional[re.Pattern] = None, hint: str = "") -> Optional[str]:
+        return None if value is None else self.string(value, where, pattern, hint)
+
+    def number(self, value: Any, where: str, minimum: float = 0, integer: bool = False) -> Any:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+            expected = "an integer" if integer else "a number"
+            raise self.fail(where, f"expected {expected} >= {minimum}, got {value!r}")
+        return value
+
+    def string_list(self, value: Any, where: str, pattern: Optional[re.Pattern] = None, hint: str = "") -> Tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list of strings, got {_kind(value)}")
+        return tuple(self.string(item, f"{where}[{i}]", pattern, hint) for i, item in enumerate(value))
+
+    def string_map(self, value: Any, where: str, key_check: Callable[[str, str], None], pattern: re.Pattern, hint: str) -> Mapping[str, str]:
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        result = {}
+        for key, item in value.items():
+            key_check(str(key), _join(where, str(key)))
+            result[str(key)] = self.string(item, _join(where, str(key)), pattern, hint)
+        return MappingProxyType(result)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_template(reader: _Reader, value: str, where: str, fields: Sequence[str]) -> str:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise reader.fail(where, f"invalid template {value!r}: {exc}") from None
+    for name in names:
+        if name not in fields:
+            raise reader.fail(
+                where, f"unknown placeholder {{{name}}}; allowed: {', '.join('{%s}' % f for f in fields)}"
+            )
+    return value
+
+
+def _deep_freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({str(k): _deep_freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_deep_freeze(v) for v in value)
+    return value
+
+
+def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise reader.fail("environments", f"expected a non-empty list of environments, got {_kind(raw)}")
+    seen = set()
+    result = []
+    for i, item in enumerate(raw):
+        where = f"environments[{i}]"
+        item = reader.mapping(
+            item,
+            where,
+            ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id"),
+            required=("name",),
+        )
+        name = reader.string(item["name"], f"{where}.name", ENVIRONMENT_RE,
+                             "lower-case letters, digits and '-', starting with a letter")
+        if name in seen:
+            raise reader.fail(f"{where}.name", f"environment {name!r} appears twice")
+        seen.add(name)
+        variables = item.get("vars") or {}
+        if not isinstance(variables, dict):
+            raise reader.fail(f"{where}.vars", f"expected a mapping of variables, got {_kind(variables)}")
+        for key in variables:
+            reader.string(key, f"{where}.vars.{key}", VARIABLE_RE, "a Terraform/CloudFormation variable name")
+        approval = item.get("approval", "auto")
+        if approval not in APPROVALS:
+            raise reader.fail(f"{where}.approval", f"expected one of {', '.join(APPROVALS)}, got {approval!r}")
+        account_id = item.get("account_id")
+        if isinstance(account_id, int) and not isinstance(account_id, bool):
+            account_id = f"{account_id:012d}"
+        result.append(Environment(
+            name=name,
+            description=reader.optional_string(item.get("description"), f"{where}.description") or "",
+            vars=_deep_freeze(variables),
+            approval=approval,
+            approvers=reader.string_list(item.get("approvers"), f"{where}.approvers", CI_NAME_RE, "a user name"),
+            role_arn=reader.optional_string(item.get("role_arn"), f"{where}.role_arn",
+                                            re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+\Z"),
+                                            "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
+            account_id=reader.optional_string(account_id, f"{where}.account_id", re.compile(r"\d{12}\Z"),
+                                              "a 12-digit AWS account id in quotes"),
+        ))
+    return tuple(result)
+
+
+def _tests(reader: _Reader, raw: Any) -> TestSettings:
+    raw = reader.mapping(raw, "tests", ("path", "http"))
+    checks = []
+    http = raw.get("http") or []
+    if not isinstance(http, list):
+        raise reader.fail("tests.http", f"expected a list of checks, got {_kind(http)}")
+    for i, item in enumerate(http):
+        where = f"tests.http[{i}]"
+        item = reader.mapping(item, where, ("url", "status", "body", "within"), required=("url",))
+        checks.append(HttpCheck(
+            url=reader.string(item["url"], f"{where}.url"),
+            status=reader.number(item.get("status", 200), f"{where}.status", 100, integer=True),
+            body=reader.optional_string(item.get("body"), f"{where}.body"),
+            within=float(reader.number(item.get("within", 60), f"{where}.within")),
+        ))
+    return TestSettings(path=reader.optional_string(raw.get("path"), "tests.path"), http=tuple(checks))
+
+
+def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettings:
+    raw = reader.mapping(raw, "ci", ("install", "jenkins", "gocd"))
+    hint = "letters, digits, '.', '_' or '-'"
+
+    def known_environment(key: str, where: str) -> None:
+        if key not in environment_names:
+            raise reader.fail(where, f"no environment named {key!r}; environments: {', '.join(environment_names)}")
+
+    def variable_name(key: str, where: str) -> None:
+        if not ENV_VAR_RE.match(key):
+            raise reader.fail(where, "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+
+    jenkins = reader.mapping(raw.get("jenkins"), "ci.jenkins",
+                             ("agent", "timeout_minutes", "aws_credentials", "secret_credentials"))
+    gocd = reader.mapping(raw.get("gocd"), "ci.gocd", ("group", "git_url", "branch", "resources"))
+    return CiSettings(
+        install=reader.optional_string(raw.get("install"), "ci.install"),
+        jenkins=JenkinsSettings(
+            agent=reader.optional_string(jenkins.get("agent"), "ci.jenkins.agent", CI_NAME_RE, hint),
+            timeout_minutes=reader.number(jenkins.get("timeout_minutes", 60), "ci.jenkins.timeout_minutes", 1, integer=True),
+            aws_credentials=reader.string_map(jenkins.get("aws_credentials"), "ci.jenkins.aws_credentials",
+                                              known_environment, CI_NAME_RE, hint),
+            secret_credentials=reader.string_map(jenkins.get("secret_credentials"), "ci.jenkins.secret_credentials",
+                                                 variable_name, CI_NAME_RE, hint),
+        ),
+        gocd=GocdSettings(
+            group=reader.optional_string(gocd.get("group"), "ci.gocd.group",
+                                         re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}\Z"), hint),
+            git_url=reader.optional_string(gocd.get("git_url"), "ci.gocd.git_url"),
+            branch=reader.string(gocd.get("branch", "main"), "ci.gocd.branch",
+                                 re.compile(r"[A-Za-z0-9_./-]{1,255}\Z"), "a git branch name"),
+            resources=reader.string_list(gocd.get("resources"), "ci.gocd.resources", CI_NAME_RE, hint),
+        ),
+    )
+
+
+TOP_LEVEL_KEYS = ("project", "description", "source", "repository", "version", "tool", "environments",
+                  "terraform", "cloudformation", "tests", "secrets", "ci")
+
+
+def parse_config(data: Any, path: Path) -> Config:
+    """Validate parsed YAML ``data`` (from the file at ``path``) into a Config."""
+    reader = _Reader(path)
+    raw = reader.mapping(data, "", TOP_LEVEL_KEYS, required=("project", "environments"))
+    project = reader.string(raw["project"], "project", PROJECT_RE,
+                            "lower-case letters, digits and '-', starting with a letter")
+    base = path.parent
+    source = Path(reader.string(raw.get("source", "."), "source"))
+    repository = reader.optional_string(raw.get("repository"), "repository")
+    if repository and "://" not in repository and not Path(repository).is_absolute():
+        repository = str((base / repository).resolve())
+    tool = raw.get("tool", "terraform")
+    if tool not in TOOLS:
+        raise reader.fail("tool", f"expected one of {', '.join(TOOLS)}, got {tool!r}")
+    version = _check_template(reader, reader.string(raw.get("version", "1.0.{build}"), "version"), "version", VERSION_FIELDS)
+    environments = _environments(reader, raw.get("environments"))
+
+    terraform = reader.mapping(raw.get("terraform"), "terraform", ("state",))
+    state = None
+    if terraform.get("state") is not None:
+        state_raw = reader.mapping(terraform["state"], "terraform.state", ("bucket", "key", "region"), required=("bucket",))
+        state = TerraformState(
+            bucket=reader.string(state_raw["bucket"], "terraform.state.bucket",
+                                 re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z"), "an S3 bucket name"),
+            key=_check_template(reader, reader.string(state_raw.get("key", "{environment}/terraform.tfstate"),
+                                                      "terraform.state.key"),
+                                "terraform.state.key", ("environment", "project")),
+            region=reader.optional_string(state_raw.get("region"), "terraform.state.region"),
+        )
+    cfn = reader.mapping(raw.get("cloudformation"), "cloudformation", ("template", "stack_name", "capabilities"))
+    cloudformation = CloudFormationSettings(
+        template=reader.string(cfn.get("template", "template.yaml"), "cloudformation.template"),
+        stack_name=_check_template(reader, reader.string(cfn.get("stack_name", "{project}-{environment}"),
+                                                         "cloudformation.stack_name"),
+                                   "cloudformation.stack_name", ("project", "environment")),
+        capabilities=reader.string_list(cfn.get("capabilities"), "cloudformation.capabilities",
+                                        re.compile(r"CAPABILITY_(IAM|NAMED_IAM|AUTO_EXPAND)\Z"),
+                                        "CAPABILITY_IAM, CAPABILITY_NAMED_IAM or CAPABILITY_AUTO_EXPAND"),
+    )
+    return Config(
+        path=path,
+        project=project,
+        description=reader.optional_string(raw.get("description"), "description") or "",
+        source=(base / source).resolve() if not source.is_absolute() else source,
+        repository=repository,
+        version=version,
+        tool=tool,
+        environments=environments,
+        terraform=TerraformSettings(state=state),
+        cloudformation=cloudformation,
+        tests=_tests(reader, raw.get("tests")),
+        secrets=reader.string_list(raw.get("secrets"), "secrets", ENV_VAR_RE, "an environment variable name"),
+        ci=_ci(reader, raw.get("ci"), [env.name for env in environments]),
+    )
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate envpipe.yml at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found; create it (see README) or point --config at it"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "parse error"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}: invalid YAML: {problem}") from None
+    return parse_config(data, path.resolve())

@@ -1,0 +1,55 @@
+"""What every stage works with: the config, the repository, the CI context."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+from envpipe_agent.ci_context import CIContext, detect, render_version
+from envpipe_agent.config import Config, load_config, validate_version
+from envpipe_agent.errors import UsageError
+from envpipe_agent.redact import Redactor
+from envpipe_agent.repository import Repository, open_repository
+
+
+@dataclass
+class StageContext:
+    config: Config
+    repository: Repository
+    ci: CIContext
+    environ: Mapping[str, str]
+    redactor: Redactor
+    lock_timeout: float = 0.0
+
+    @classmethod
+    def load(
+        cls,
+        config_path: Union[str, Path] = "envpipe.yml",
+        repository: Optional[str] = None,
+        environ: Optional[Mapping[str, str]] = None,
+        lock_timeout: float = 0.0,
+    ) -> "StageContext":
+        """Load envpipe.yml and open its repository (``repository`` or ENVPIPE_REPO override it)."""
+        environ = dict(os.environ) if environ is None else environ
+        config = load_config(Path(config_path))
+        url = repository or environ.get("ENVPIPE_REPO") or config.repository
+        if not url:
+            raise UsageError(
+                f"{config.path}: no repository: set 'repository' (s3://bucket[/prefix] or a folder), "
+                "ENVPIPE_REPO or --repo"
+            )
+        return cls(
+            config=config,
+            repository=open_repository(url, environ),
+            ci=detect(environ),
+            environ=environ,
+            redactor=Redactor.from_environ(environ, config.secrets),
+            lock_timeout=lock_timeout,
+        )
+
+    def resolve_version(self, version: Optional[str]) -> str:
+        """``version`` if given, else the current CI build's version (SPEC §5)."""
+        if version:
+            return validate_version(version)
+        return render_version(self.config.version, self.ci)

@@ -1,0 +1,79 @@
+"""The one exception hierarchy, and the one place that maps it to exit codes (SPEC §4).
+
+Library code raises these; only ``main.error_handler`` turns them into an exit code
+and a single stderr line.
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130
+
+
+class EnvpipeError(Exception):
+    """An expected failure: the message is the one line the user sees."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(EnvpipeError):
+    """Bad arguments or a missing precondition the user must supply; nothing changed."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """envpipe.yml is missing, unreadable or invalid."""
+
+
+class NotFound(UsageError):
+    """A version, environment folder or record the command needs does not exist."""
+
+
+class StageFailed(EnvpipeError):
+    """The stage ran and failed: the tool errored or the tests failed."""
+
+    exit_code = EXIT_FAILED
+
+
+class Refused(EnvpipeError):
+    """A guard refused to go on (SPEC §4 exit 3)."""
+
+    exit_code = EXIT_REFUSED
+
+
+class VersionConflict(Refused):
+    """The version is already published with other content."""
+
+
+class IntegrityError(Refused):
+    """Files do not match their manifest."""
+
+
+class UnsafePath(Refused):
+    """A key or path would land outside its folder."""
+
+
+class UnsafeSource(Refused):
+    """The definition holds secrets or state that must never be published."""
+
+
+class GateNotPassed(Refused):
+    """The version has not passed its tests in the previous environment."""
+
+
+class LockHeld(Refused):
+    """Another holder has the environment's lock."""
+
+
+class AccountMismatch(Refused):
+    """The credentials are for another AWS account than the environment's."""
+
+
+class RepositoryError(EnvpipeError):
+    """The artefact repository could not be reached or answered with an error."""
+
+    exit_code = EXIT_FAILED

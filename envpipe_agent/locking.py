@@ -1,0 +1,118 @@
+"""Environment leases: one holder at a time, with an expiry (SPEC §6).
+
+The lock is a conditional create of ``.envpipe/locks/<env>.json`` (S3
+``If-None-Match: *``, an exclusive link on a folder), so two agents can never both
+hold it. It names its holder and build, and expires so a killed agent cannot
+block an environment for ever.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from envpipe_agent.ci_context import CIContext
+from envpipe_agent.errors import LockHeld
+from envpipe_agent.records import iso, utc_now
+from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
+
+LOCKS_PREFIX = ".envpipe/locks/"
+DEFAULT_TTL_SECONDS = 2 * 3600
+log = logging.getLogger(__name__)
+
+
+def lock_key(environment: str) -> str:
+    return f"{LOCKS_PREFIX}{environment}.json"
+
+
+def read_lock(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(repository.read(lock_key(environment)))
+    except KeyNotFound:
+        return None
+    except ValueError:
+        return {"holder": "unknown (unreadable lock)", "expires": "1970-01-01T00:00:00Z"}
+
+
+def _expired(lock: Dict[str, Any], now: dt.datetime) -> bool:
+    try:
+        expires = dt.datetime.fromisoformat(str(lock["expires"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return True
+    return expires <= now
+
+
+def _describe(lock: Dict[str, Any]) -> str:
+    build = lock.get("build_url") or (f"build {lock['build']}" if lock.get("build") else "no CI build")
+    return f"{lock.get('holder', 'unknown')} ({lock.get('action', '?')}, {build}, since {lock.get('acquired', '?')})"
+
+
+@contextlib.contextmanager
+def environment_lock(
+    repository: Repository,
+    environment: str,
+    action: str,
+    context: CIContext,
+    timeout: float = 0,
+    ttl: float = DEFAULT_TTL_SECONDS,
+    clock: Callable[[], dt.datetime] = utc_now,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Dict[str, Any]]:
+    """Hold ``environment``'s lock for the block; wait up to ``timeout`` seconds for it."""
+    lock_id = uuid.uuid4().hex
+    start = clock()
+    while True:
+        now = clock()
+        lock = {
+            "id": lock_id,
+            "environment": environment,
+            "action": action,
+            "holder": f"{context.user or 'unknown'}@{context.host or context.server}",
+            "build": context.build,
+            "build_url": context.build_url,
+            "acquired": iso(now),
+            "expires": iso(now + dt.timedelta(seconds=ttl)),
+        }
+        try:
+            repository.write(lock_key(environment), json.dumps(lock, indent=1).encode(), if_absent=True)
+            break
+        except AlreadyExists:
+            current = read_lock(repository, environment)
+            if current is None:
+                continue  # released between our create and our read
+            if _expired(current, now):
+                log.warning("breaking expired lock on %s held by %s", environment, _describe(current))
+                repository.delete([lock_key(environment)])
+                continue
+            waited = (now - start).total_seconds()
+            if waited >= timeout:
+                raise LockHeld(
+                    f"environment {environment!r} is locked by {_describe(current)} until "
+                    f"{current.get('expires')}; wait for it (--lock-timeout SECONDS) or, if that "
+                    f"build is dead, run 'envpipe unlock {environment}'"
+                ) from None
+            sleep(min(5.0, max(0.2, timeout - waited)))
+    acquired = time.monotonic()
+    try:
+        yield lock
+    finally:
+        # While the lease is surely unexpired nobody else can hold it, so one delete
+        # releases it; after that, check first that it is still ours.
+        if time.monotonic() - acquired < ttl * 0.9:
+            repository.delete([lock_key(environment)])
+        else:
+            current = read_lock(repository, environment)
+            if current and current.get("id") == lock_id:
+                repository.delete([lock_key(environment)])
+
+
+def break_lock(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    """Remove ``environment``'s lock whoever holds it; return what it was."""
+    current = read_lock(repository, environment)
+    if current is not None:
+        repository.delete([lock_key(environment)])
+    return current

@@ -1,0 +1,133 @@
+"""Append-only audit records, and the small summaries kept beside them.
+
+``<repo>/.envpipe/records/<env>/<UTC stamp>-<action>-<version>.json`` is written once
+and never changed. So that ``status`` and the promotion gate never have to read the
+whole history, two small objects are updated with every record:
+``.envpipe/summary/<env>/<action>.json`` (the latest record of each action) and
+``.envpipe/results/<env>/<version>.json`` (the latest test of that version there).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+from envpipe_agent.ci_context import CIContext
+from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
+
+RECORDS_PREFIX = ".envpipe/records/"
+SUMMARY_PREFIX = ".envpipe/summary/"
+RESULTS_PREFIX = ".envpipe/results/"
+ACTIONS = ("promote", "apply", "plan", "test", "destroy", "unlock", "override")
+# history() looks back over growing windows, so its listing stays bounded by the
+# records of the window, not by the whole history.
+_WINDOWS_DAYS = (1, 7, 31, 366, None)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def stamp(moment: dt.datetime) -> str:
+    """A sortable UTC stamp: ``20261129T054312.123456Z``."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _read_json(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(repository.read(key))
+    except KeyNotFound:
+        return None
+    except ValueError:
+        return None  # an unreadable summary is rebuilt by the next record
+
+
+def write_record(
+    repository: Repository,
+    environment: str,
+    action: str,
+    version: Optional[str],
+    result: str,
+    context: CIContext,
+    details: Optional[Mapping[str, Any]] = None,
+    moment: Optional[dt.datetime] = None,
+) -> Dict[str, Any]:
+    """Write one record (never replacing another) and update the summaries."""
+    moment = moment or utc_now()
+    record: Dict[str, Any] = {
+        "action": action,
+        "environment": environment,
+        "version": version,
+        "result": result,
+        "at": iso(moment),
+        "ci": context.as_record(),
+    }
+    record.update(details or {})
+    body = (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
+    for _ in range(5):
+        key = f"{RECORDS_PREFIX}{environment}/{stamp(moment)}-{action}-{version or 'none'}.json"
+        try:
+            repository.write(key, body, if_absent=True)
+            break
+        except AlreadyExists:  # same microsecond as another record: take the next one
+            moment += dt.timedelta(microseconds=1)
+    record["key"] = key
+    _update_summary(repository, environment, action, record)
+    if action == "test" and version:
+        repository.write(f"{RESULTS_PREFIX}{environment}/{version}.json", body)
+    return record
+
+
+def _update_summary(repository: Repository, environment: str, action: str, record: Dict[str, Any]) -> None:
+    # One small object per (environment, action): updating it is a single write,
+    # with no read-modify-write race between agents.
+    body = (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
+    repository.write(f"{SUMMARY_PREFIX}{environment}/{action}.json", body)
+
+
+def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str, Any]]:
+    """The latest record of each action in ``environment`` ({} when none)."""
+    prefix = f"{SUMMARY_PREFIX}{environment}/"
+    summary = {}
+    for info in repository.list(prefix):
+        record = _read_json(repository, info.key)
+        if record is not None:
+            summary[info.key[len(prefix):-len(".json")]] = record
+    return summary
+
+
+def latest_test(repository: Repository, environment: str, version: str) -> Optional[Dict[str, Any]]:
+    """The latest test record of ``version`` in ``environment``, or None."""
+    return _read_json(repository, f"{RESULTS_PREFIX}{environment}/{version}.json")
+
+
+def test_passed(repository: Repository, environment: str, version: str) -> bool:
+    record = latest_test(repository, environment, version)
+    return bool(record and record.get("result") == "passed")
+
+
+def _record_keys_since(repository: Repository, environment: str, since: Optional[dt.datetime]) -> List[str]:
+    prefix = f"{RECORDS_PREFIX}{environment}/"
+    start_after = f"{prefix}{stamp(since)}" if since else None
+    return [item.key for item in repository.list(prefix, start_after=start_after) if item.key.endswith(".json")]
+
+
+def history(repository: Repository, environment: str, limit: int = 20,
+            now: Optional[dt.datetime] = None) -> Iterator[Dict[str, Any]]:
+    """Up to ``limit`` records of ``environment``, newest first."""
+    now = now or utc_now()
+    keys: List[str] = []
+    for days in _WINDOWS_DAYS:
+        since = now - dt.timedelta(days=days) if days else None
+        keys = _record_keys_since(repository, environment, since)
+        if len(keys) >= limit:
+            break
+    for key in reversed(keys[-limit:]):
+        record = _read_json(repository, key)
+        if record is not None:
+            record["key"] = key
+            yield record

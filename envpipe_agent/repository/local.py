@@ -1,0 +1,127 @@
+"""A folder as the artefact repository (``/abs/path`` or ``file:///abs/path``)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator, List, Mapping, Optional, Sequence
+from urllib.parse import unquote, urlparse
+
+from envpipe_agent.errors import RepositoryError
+from envpipe_agent.paths import check_relative_path
+from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound, ObjectInfo
+
+# Writes go to a temporary sibling first and are renamed into place, so a reader
+# never sees half a file; listings skip these names.
+TEMP_MARK = ".envpipe-tmp-"
+
+
+def _md5_file(path: Path) -> str:
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
+            md5.update(chunk)
+    return md5.hexdigest()
+
+
+class LocalRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    @classmethod
+    def from_url(cls, url: str, environ: Mapping[str, str]) -> "LocalRepository":
+        path = unquote(urlparse(url).path) if url.startswith("file://") else url
+        return cls(Path(path).expanduser().resolve())
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_relative_path(key, self.url).split("/"))
+
+    def _temp_for(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f"{TEMP_MARK}{uuid.uuid4().hex}-{path.name}")
+
+    def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        keys: List[str] = []
+        if base.is_dir():
+            for folder, dirs, files in os.walk(base):
+                rel_folder = Path(folder).relative_to(self.root).as_posix()
+                for name in files:
+                    if name.startswith(TEMP_MARK):
+                        continue
+                    key = name if rel_folder == "." else f"{rel_folder}/{name}"
+                    if key.startswith(prefix) and (start_after is None or key > start_after):
+                        keys.append(key)
+        for key in sorted(keys):
+            path = self.root / key
+            try:
+                yield ObjectInfo(key=key, size=path.stat().st_size, etag=_md5_file(path))
+            except FileNotFoundError:  # deleted while listing
+                continue
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyNotFound(key) from None
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise KeyNotFound(key) from None
+
+    def write(self, key: str, data: bytes, *, if_absent: bool = False) -> str:
+        path = self._path(key)
+        temp = self._temp_for(path)
+        try:
+            temp.write_bytes(data)
+            if if_absent:
+                # link() fails if the name exists: an atomic create-if-absent.
+                try:
+                    os.link(temp, path)
+                except FileExistsError:
+                    raise AlreadyExists(key) from None
+            else:
+                os.replace(temp, path)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def _place(self, source: Path, key: str) -> str:
+        path = self._path(key)
+        temp = self._temp_for(path)
+        try:
+            shutil.copyfile(source, temp)
+            os.replace(temp, path)
+        except FileNotFoundError:
+            raise KeyNotFound(str(source)) from None
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        return _md5_file(path)
+
+    def upload(self, key: str, path: Path, size: int) -> str:
+        return self._place(path, key)
+
+    def copy(self, source_key: str, key: str, size: int) -> str:
+        return self._place(self._path(source_key), key)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            # Drop folders left empty, up to the top of the key.
+            parent = path.parent
+            while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+    def location(self, key: str = "") -> str:
+        return str(self.root / key) if key else str(self.root)

@@ -1,0 +1,160 @@
+"""An S3 bucket (or a prefix in one) as the artefact repository, through boto3.
+
+The endpoint and credentials come from the standard AWS chain, which includes
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; retries are botocore's standard mode.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import BinaryIO, Iterator, Mapping, Optional, Sequence
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from envpipe_agent.errors import RepositoryError, UsageError
+from envpipe_agent.paths import check_relative_path
+from envpipe_agent.repository.base import TRANSFER_THREADS, AlreadyExists, KeyNotFound, ObjectInfo
+
+# Files above this go through s3transfer's multipart upload: streamed in 16 MiB
+# parts, a few at a time, so memory stays flat whatever the file size.
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+COPY_OBJECT_LIMIT = 5 * 1024 ** 3  # CopyObject's own limit; larger goes multipart
+LARGE_TRANSFER = TransferConfig(
+    multipart_threshold=MULTIPART_THRESHOLD,
+    multipart_chunksize=MULTIPART_THRESHOLD,
+    max_concurrency=4,
+)
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Repository:
+    def __init__(self, client, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    @classmethod
+    def from_url(cls, url: str, environ: Mapping[str, str]) -> "S3Repository":
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        if not bucket:
+            raise UsageError(f"repository {url!r}: no bucket name; use s3://bucket[/prefix]")
+        client = boto3.session.Session().client(
+            "s3",
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                max_pool_connections=TRANSFER_THREADS + 8,
+            ),
+        )
+        return cls(client, bucket, prefix)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_relative_path(key, self.url)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str = ""):
+        """Turn botocore's exceptions into one clear line."""
+        where = f"s3://{self.bucket}/{self.prefix}{key}"
+        try:
+            yield
+        except NoCredentialsError:
+            raise UsageError(
+                f"cannot {action} {where}: no AWS credentials found; set them the usual way "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role)"
+            ) from None
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _NOT_FOUND:
+                raise KeyNotFound(key) from None
+            if code == "NoSuchBucket":
+                raise UsageError(
+                    f"bucket {self.bucket!r} does not exist: create it or fix 'repository' in envpipe.yml"
+                ) from None
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise RepositoryError(
+                    f"cannot {action} {where}: access denied ({code}); check the agent's AWS permissions"
+                ) from None
+            message = exc.response.get("Error", {}).get("Message", "")
+            raise RepositoryError(f"cannot {action} {where}: {code} {message}".rstrip()) from None
+        except BotoCoreError as exc:
+            raise RepositoryError(f"cannot {action} {where}: {exc}") from None
+
+    def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+        arguments = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        if start_after:
+            arguments["StartAfter"] = self.prefix + start_after
+        with self._errors("list", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(**arguments):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        key=item["Key"][len(self.prefix):],
+                        size=item["Size"],
+                        etag=item["ETag"].strip('"'),
+                    )
+
+    def read(self, key: str) -> bytes:
+        with self._errors("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def open(self, key: str) -> BinaryIO:
+        with self._errors("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+
+    def write(self, key: str, data: bytes, *, if_absent: bool = False) -> str:
+        arguments = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_absent:
+            arguments["IfNoneMatch"] = "*"
+        with self._errors("write", key):
+            try:
+                response = self.client.put_object(**arguments)
+            except ClientError as exc:
+                if if_absent and _error_code(exc) in _CONDITION_FAILED:
+                    raise AlreadyExists(key) from None
+                raise
+        return response["ETag"].strip('"')
+
+    def upload(self, key: str, path: Path, size: int) -> str:
+        full_key = self._key(key)
+        with self._errors("upload", key):
+            if size < MULTIPART_THRESHOLD:
+                with open(path, "rb") as body:
+                    response = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body)
+                return response["ETag"].strip('"')
+            self.client.upload_file(str(path), self.bucket, full_key, Config=LARGE_TRANSFER)
+            return self.client.head_object(Bucket=self.bucket, Key=full_key)["ETag"].strip('"')
+
+    def copy(self, source_key: str, key: str, size: int) -> str:
+        source = {"Bucket": self.bucket, "Key": self._key(source_key)}
+        with self._errors("copy", key):
+            if size < COPY_OBJECT_LIMIT:
+                response = self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=source)
+                return response["CopyObjectResult"]["ETag"].strip('"')
+            self.client.copy(source, self.bucket, self._key(key), Config=LARGE_TRANSFER)
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
+
+    def delete(self, keys: Sequence[str]) -> None:
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a call
+            batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
+            with self._errors("delete", keys[start]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RepositoryError(
+                    f"cannot delete s3://{self.bucket}/{first.get('Key')}: {first.get('Code')} "
+                    f"{first.get('Message', '')} ({len(errors)} keys failed)"
+                )
+
+    def location(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}".rstrip("/") if key or self.prefix else f"s3://{self.bucket}"

@@ -1,0 +1,141 @@
+"""Reading a stack definition from a working copy: which files, and are they safe.
+
+``.envpipeignore`` (gitignore syntax, via pathspec) leaves files out on purpose.
+Terraform state, ``.terraform/`` folders, private keys, AWS access keys and ``.env``
+files are refused (SPEC §7): they must never reach an artefact.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pathspec
+
+from envpipe_agent.errors import UnsafeSource, UsageError
+from envpipe_agent.manifest import FileEntry
+from envpipe_agent.repository.base import CHUNK_SIZE
+
+IGNORE_FILE = ".envpipeignore"
+ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache"}
+
+_STATE_NAME = re.compile(r"(^|.*\.)tfstate(\.backup|\.\d+\.backup)?$|^\.terraform\.tfstate\.lock\.info$")
+_ENV_NAME = re.compile(r"^\.env(\..+)?$")
+_ENV_EXAMPLES = (".example", ".sample", ".template", ".dist")
+_KEY_NAME = re.compile(r"^(id_(rsa|dsa|ecdsa|ed25519)|.*\.(pem|key|p12|pfx|ppk))$")
+_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_ACCESS_KEY = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Z0-9])")
+_PUBLIC_PEM = re.compile(rb"-----BEGIN (CERTIFICATE|PUBLIC KEY)-----")
+# A match may straddle two read chunks; keep this many bytes of the previous one.
+_OVERLAP = 64
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative, '/'-separated
+    local: Path
+    entry: FileEntry
+    md5: str
+
+
+def _name_problem(relative: str) -> Optional[str]:
+    parts = relative.split("/")
+    name = parts[-1]
+    if ".terraform" in parts[:-1]:
+        return "a .terraform/ folder (provider binaries and cached state)"
+    if _STATE_NAME.match(name):
+        return "Terraform state"
+    if _ENV_NAME.match(name) and not name.endswith(_ENV_EXAMPLES):
+        return "a .env file"
+    return None
+
+
+def _hash_and_scan(path: Path) -> Tuple[FileEntry, str, Optional[str]]:
+    """Hash the file in one streaming pass, looking for key material on the way."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size, tail, problem = 0, b"", None
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
+            sha.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+            if problem is None:
+                window = tail + chunk
+                if _PRIVATE_KEY.search(window):
+                    problem = "a private key"
+                elif _ACCESS_KEY.search(window):
+                    problem = "an AWS access key id"
+                tail = window[-_OVERLAP:]
+    return FileEntry(size=size, sha256=sha.hexdigest()), md5.hexdigest(), problem
+
+
+def _ignore_spec(root: Path) -> pathspec.PathSpec:
+    ignore = root / IGNORE_FILE
+    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _walk(root: Path, spec: pathspec.PathSpec) -> List[str]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        prefix = "" if rel_folder == "." else rel_folder + "/"
+        # Prune ignored folders so their contents are never read.
+        dirs[:] = sorted(d for d in dirs if d not in ALWAYS_SKIPPED
+                         and not spec.match_file(prefix + d + "/"))
+        for name in files:
+            relative = prefix + name
+            if not spec.match_file(relative):
+                found.append(relative)
+    return sorted(found)
+
+
+def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
+    """Every file of the definition under ``root``, hashed; refuse unsafe ones."""
+    if not root.is_dir():
+        raise UsageError(f"source folder {root} does not exist: fix 'source' in envpipe.yml or pass --source")
+    spec = _ignore_spec(root)
+    relatives = _walk(root, spec)
+    problems = []
+    for relative in relatives:
+        if relative.startswith(".envpipe/"):
+            problems.append(f"{relative} (.envpipe/ is reserved for envpipe's own files)")
+        elif "\\" in relative or "\x00" in relative:
+            problems.append(f"{relative!r} (backslash or NUL in the name)")
+        else:
+            reason = _name_problem(relative)
+            if reason:
+                problems.append(f"{relative} ({reason})")
+    if problems:
+        _refuse(problems)
+
+    def scan(relative: str) -> Tuple[str, FileEntry, str, Optional[str]]:
+        path = root / relative
+        entry, md5, problem = _hash_and_scan(path)
+        if problem is None and _KEY_NAME.match(relative.rsplit("/", 1)[-1]):
+            with open(path, "rb") as stream:
+                head = stream.read(4096)
+            if not _PUBLIC_PEM.search(head):
+                problem = "a private key file"
+        return relative, entry, md5, problem
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        scanned = list(pool.map(scan, relatives))
+    problems = [f"{relative} ({problem})" for relative, _, _, problem in scanned if problem]
+    if problems:
+        _refuse(problems)
+    if not scanned:
+        raise UsageError(f"source folder {root} holds no files to publish (after {IGNORE_FILE})")
+    return [SourceFile(path=r, local=root / r, entry=e, md5=m) for r, e, m, _ in scanned]
+
+
+def _refuse(problems: List[str]) -> None:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    raise UnsafeSource(
+        f"refusing to publish secrets or state: {shown}. Remove them, or list them in "
+        f"{IGNORE_FILE} if they must stay in the working copy"
+    )

@@ -1,0 +1,145 @@
+"""promote: make an environment's folder hold exactly one version (SPEC §3, §6).
+
+Files are compared by content, never by timestamp: an environment object is kept
+only when its size and tag equal those the version recorded for that file; every
+other file is copied server-side, stale files are deleted, and the environment's
+manifest is written last. Rolling back or promoting out of order therefore always
+ends with exactly the chosen version's bytes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import GateNotPassed, NotFound, Refused, UsageError
+from envpipe_agent.locking import environment_lock
+from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.paths import check_relative_path
+from envpipe_agent.records import iso, test_passed, utc_now, write_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    environment: str
+    version: str
+    previous_version: Optional[str]
+    copied: int
+    deleted: int
+    unchanged: int
+    forced: bool
+    seconds: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def load_version(ctx: StageContext, version: str) -> Manifest:
+    """The published manifest of ``version``; a clear error when it is not published."""
+    manifest = read_manifest(ctx.repository, version)
+    if manifest is None:
+        raise NotFound(
+            f"version {version} is not published in {ctx.repository.location()}: "
+            "run 'envpipe publish' first, or 'envpipe status' to see what is there"
+        )
+    if manifest.project != ctx.config.project:
+        raise Refused(
+            f"version {version} in {ctx.repository.location()} belongs to project "
+            f"{manifest.project!r}, not {ctx.config.project!r}: check 'repository' in envpipe.yml"
+        )
+    return manifest
+
+
+def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -> Optional[str]:
+    """Refuse unless ``version`` passed its tests in the environment before this one.
+
+    Returns the environment whose gate was overridden with ``force``, if any.
+    """
+    previous = ctx.config.previous_environment(environment)
+    if previous is None or test_passed(ctx.repository, previous.name, version):
+        return None
+    if force:
+        return previous.name
+    raise GateNotPassed(
+        f"version {version} has not passed its tests in {previous.name}: promote it there and run "
+        f"'envpipe test {previous.name}' first, or override with "
+        f"'envpipe promote {version} --to {environment} --force --reason \"...\"'"
+    )
+
+
+def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
+                     promoted: Dict[str, Any]) -> Dict[str, Any]:
+    """Make ``<environment>/`` hold exactly ``manifest``'s files; write its manifest last."""
+    repository = ctx.repository
+    prefix = f"{environment}/"
+    listing = {}
+    for info in repository.list(prefix):
+        relative = info.key[len(prefix):]
+        check_relative_path(relative, repository.location(prefix))
+        listing[relative] = info
+    had_manifest = listing.pop(MANIFEST_KEY, None) is not None
+
+    def current(path: str, entry: FileEntry) -> bool:
+        info = listing.get(path)
+        return info is not None and info.size == entry.size and entry.etag is not None and info.etag == entry.etag
+
+    to_copy = sorted(p for p, e in manifest.files.items() if not current(p, e))
+    stale = sorted(set(listing) - set(manifest.files))
+    previous = read_manifest(repository, environment) if had_manifest else None
+    counts = {"previous_version": previous.version if previous else None, "copied": len(to_copy),
+              "deleted": len(stale), "unchanged": len(manifest.files) - len(to_copy)}
+    if not to_copy and not stale and previous is not None and previous.digest == manifest.digest \
+            and previous.version == manifest.version:
+        log.info("%s already holds version %s: nothing to do", environment, manifest.version)
+        return {**counts, "noop": True}
+
+    log.info("promoting %s to %s: %d to copy, %d to delete, %d unchanged",
+             manifest.version, environment, len(to_copy), len(stale), counts["unchanged"])
+
+    def copy(path: str) -> str:
+        return repository.copy(f"{manifest.version}/{path}", prefix + path, manifest.files[path].size)
+
+    etags = dict(zip(to_copy, parallel_map(copy, to_copy)))
+    if stale:
+        repository.delete([prefix + path for path in stale])
+    files = {
+        path: FileEntry(size=entry.size, sha256=entry.sha256,
+                        etag=etags.get(path, listing[path].etag if path in listing else entry.etag))
+        for path, entry in manifest.files.items()
+    }
+    environment_manifest = manifest.for_environment(environment, files, promoted)
+    repository.write(manifest_key(environment), environment_manifest.to_json())
+    return {**counts, "noop": False}
+
+
+def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
+            force: bool = False, reason: Optional[str] = None) -> PromoteResult:
+    """Promote ``version`` (default: this build's) into ``environment``."""
+    started = time.monotonic()
+    if force and not (reason and reason.strip()):
+        raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
+    env = ctx.config.environment(environment)
+    version = ctx.resolve_version(version)
+    manifest = load_version(ctx, version)
+    overridden = check_gate(ctx, env.name, version, force)
+    with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout):
+        promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
+        if overridden:
+            promoted.update(forced=True, reason=reason, gate=overridden)
+        outcome = sync_environment(ctx, env.name, manifest, promoted)
+        if outcome["noop"]:  # nothing changed, so nothing to record
+            return PromoteResult(env.name, version, outcome["previous_version"], 0, 0, outcome["unchanged"],
+                                 False, time.monotonic() - started)
+        details = {"digest": manifest.digest, **outcome}
+        if overridden:
+            details.update(forced=True, reason=reason, gate=overridden)
+            write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
+                         {"reason": reason, "gate": overridden, "overrides": "promote"})
+        write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details)
+    return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
+                         outcome["unchanged"], bool(overridden), time.monotonic() - started)

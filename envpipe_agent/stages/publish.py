@@ -1,0 +1,95 @@
+"""publish: copy the definition once into ``<repo>/<version>/`` (SPEC §3).
+
+The manifest is written last, with a conditional create, so a version either exists
+whole or not at all; re-running an interrupted publish uploads only what is missing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import VersionConflict
+from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, content_digest, manifest_key, read_manifest
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.records import iso, utc_now
+from envpipe_agent.repository import AlreadyExists
+from envpipe_agent.source import SourceFile, read_definition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: str
+    location: str
+    digest: str
+    files: int
+    bytes: int
+    uploaded: int
+    already_published: bool
+    seconds: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _refuse_other_content(version: str, published: Manifest, digest: str, location: str) -> VersionConflict:
+    return VersionConflict(
+        f"version {version} is already published at {location} with other content "
+        f"({published.digest[:19]}…, this source {digest[:19]}…): versions are immutable; "
+        "publish under a new version"
+    )
+
+
+def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[str] = None) -> PublishResult:
+    """Publish the definition at ``source`` (default: the config's) as ``version``."""
+    started = time.monotonic()
+    version = ctx.resolve_version(version)
+    repository = ctx.repository
+    files = read_definition(Path(source) if source else ctx.config.source)
+    digest = content_digest({f.path: f.entry for f in files})
+    location = repository.location(version)
+
+    # One listing tells both whether the version exists and what an interrupted
+    # earlier run already uploaded.
+    prefix = f"{version}/"
+    existing = {info.key[len(prefix):]: info for info in repository.list(prefix)}
+    if MANIFEST_KEY in existing:
+        published = read_manifest(repository, version)
+        if published is not None and published.digest == digest:
+            log.info("version %s is already published with this content at %s", version, location)
+            return PublishResult(version, location, digest, len(files), sum(f.entry.size for f in files),
+                                 0, True, time.monotonic() - started)
+        raise _refuse_other_content(version, published, digest, location)
+
+    def upload(source_file: SourceFile) -> str:
+        return repository.upload(f"{prefix}{source_file.path}", source_file.local, source_file.entry.size)
+
+    def already_there(source_file: SourceFile) -> bool:
+        info = existing.get(source_file.path)
+        return info is not None and info.size == source_file.entry.size and info.etag == source_file.md5
+
+    pending = [f for f in files if not already_there(f)]
+    log.info("publishing %s: %d files (%d to upload) to %s", version, len(files), len(pending), location)
+    etags = {f.path: existing[f.path].etag for f in files if already_there(f)}
+    etags.update(zip((f.path for f in pending), parallel_map(upload, pending)))
+    # Left by an interrupted publish of other content: not part of this version.
+    leftovers = sorted(set(existing) - {f.path for f in files})
+    if leftovers:
+        repository.delete([prefix + path for path in leftovers])
+
+    entries = {f.path: FileEntry(size=f.entry.size, sha256=f.entry.sha256, etag=etags[f.path]) for f in files}
+    published_by = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
+    manifest = Manifest.build(ctx.config.project, version, entries, published_by)
+    try:
+        repository.write(manifest_key(version), manifest.to_json(), if_absent=True)
+    except AlreadyExists:  # another publisher of the same version finished first
+        published = read_manifest(repository, version)
+        if published is None or published.digest != digest:
+            raise _refuse_other_content(version, published, digest, location) from None
+    return PublishResult(version, location, digest, len(files), sum(f.entry.size for f in files),
+                         len(pending), False, time.monotonic() - started)

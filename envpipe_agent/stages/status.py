@@ -1,0 +1,47 @@
+"""status and history: which version is where, and what happened to it.
+
+Reads only the environment manifests and the per-environment summaries, so its cost
+does not grow with the number of versions or records.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from envpipe_agent.context import StageContext
+from envpipe_agent.locking import read_lock
+from envpipe_agent.manifest import read_manifest
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.records import history as environment_history
+from envpipe_agent.records import read_summary
+
+
+def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
+    manifest = read_manifest(ctx.repository, name)
+    summary = read_summary(ctx.repository, name)
+    lock = read_lock(ctx.repository, name)
+    env = ctx.config.environment(name)
+    promoted = dict(manifest.promoted or {}) if manifest else {}
+    return {
+        "environment": name,
+        "approval": env.approval,
+        "version": manifest.version if manifest else None,
+        "digest": manifest.digest if manifest else None,
+        "promoted": promoted or None,
+        "last": summary,
+        "locked_by": lock,
+    }
+
+
+def status(ctx: StageContext) -> List[Dict[str, Any]]:
+    """One entry per environment, in path order."""
+    return parallel_map(lambda name: _environment_status(ctx, name), ctx.config.environment_names, threads=8)
+
+
+def history(ctx: StageContext, environment: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
+    """Records newest first, of one environment or of all of them."""
+    names = [ctx.config.environment(environment).name] if environment else list(ctx.config.environment_names)
+    records: List[Dict[str, Any]] = []
+    for name in names:
+        records.extend(environment_history(ctx.repository, name, limit))
+    records.sort(key=lambda r: r.get("key", "").rsplit("/", 1)[-1], reverse=True)
+    return records[:limit]

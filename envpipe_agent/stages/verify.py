@@ -1,0 +1,110 @@
+"""verify: a version or an environment folder against its manifest, byte for byte.
+
+``check_folder`` is also how apply and test fetch a definition: with a destination it
+downloads every file while hashing it, and refuses the whole folder when anything
+is missing, extra, altered or unsafe.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from envpipe_agent.config import ENVIRONMENT_RE, VERSION_RE
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import IntegrityError, NotFound, UnsafePath, UsageError
+from envpipe_agent.manifest import MANIFEST_KEY, Manifest, read_manifest
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.paths import check_relative_path, local_path
+from envpipe_agent.repository import KeyNotFound, Repository
+from envpipe_agent.repository.base import download, stream_sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    target: str
+    version: str
+    digest: str
+    files: int
+    missing: List[str] = field(default_factory=list)
+    extra: List[str] = field(default_factory=list)
+    altered: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.altered)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def problem(self, location: str) -> str:
+        parts = []
+        for label, paths in (("missing", self.missing), ("extra", self.extra), ("altered", self.altered)):
+            if paths:
+                shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+                parts.append(f"{label}: {shown}")
+        return f"{location} does not match its manifest ({'; '.join(parts)})"
+
+
+def check_folder(repository: Repository, folder: str, destination: Optional[Path] = None) -> Tuple[Manifest, VerifyResult]:
+    """Check every file of ``folder`` against its manifest; download into ``destination``
+    when given. Raises IntegrityError naming the files when anything differs."""
+    started = time.monotonic()
+    location = repository.location(folder)
+    manifest = read_manifest(repository, folder)
+    if manifest is None:
+        raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
+    prefix = f"{folder}/"
+    listed = {}
+    for info in repository.list(prefix):
+        relative = info.key[len(prefix):]
+        if relative == MANIFEST_KEY:
+            continue
+        try:
+            check_relative_path(relative, location)
+        except UnsafePath as exc:
+            raise UnsafePath(f"{exc} (found in {location})") from None
+        listed[relative] = info
+    missing = sorted(set(manifest.files) - set(listed))
+    extra = sorted(set(listed) - set(manifest.files))
+
+    def check(path: str) -> Optional[str]:
+        expected = manifest.files[path]
+        try:
+            if destination is not None:
+                target = local_path(destination, path, location)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                size, sha = download(repository, prefix + path, target)
+            else:
+                size, sha = stream_sha256(repository, prefix + path)
+        except KeyNotFound:
+            return "missing"
+        return None if (size, sha) == (expected.size, expected.sha256) else "altered"
+
+    present = sorted(set(manifest.files) & set(listed))
+    outcomes = dict(zip(present, parallel_map(check, present)))
+    missing += [p for p, outcome in outcomes.items() if outcome == "missing"]
+    altered = [p for p, outcome in outcomes.items() if outcome == "altered"]
+    result = VerifyResult(target=folder, version=manifest.version, digest=manifest.digest,
+                          files=len(manifest.files), missing=sorted(missing), extra=extra, altered=altered,
+                          seconds=time.monotonic() - started)
+    if not result.ok:
+        raise IntegrityError(result.problem(location) + "; re-promote the version, and find out who changed it")
+    return manifest, result
+
+
+def verify(ctx: StageContext, target: str) -> VerifyResult:
+    """Verify a published version (``1.0.123``) or an environment folder (``staging``)."""
+    if ENVIRONMENT_RE.match(target):
+        ctx.config.environment(target)  # a clear error for an unknown environment
+    elif not VERSION_RE.match(target) or ".." in target:
+        raise UsageError(f"{target!r} is neither a version nor an environment name")
+    _, result = check_folder(ctx.repository, target)
+    log.info("%s: %d files match manifest of version %s", ctx.repository.location(target), result.files,
+             result.version)
+    return result
