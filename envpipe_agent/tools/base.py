@@ -30,6 +30,8 @@ class RunRequest:
     redactor: Redactor
     repository: Repository
     ci: CIContext
+    # Command-line choices a runner may honour, e.g. {"replace_failed": True}.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
