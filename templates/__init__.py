@@ -1,0 +1,1 @@
+"""Jinja templates shipped with envpipe (SPEC §8); loaded as package data."""
