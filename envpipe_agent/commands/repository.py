@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
@@ -11,6 +12,8 @@ from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.status import history, status
 from envpipe_agent.stages.unlock import unlock
 from envpipe_agent.stages.verify import verify
+
+log = logging.getLogger(__name__)
 
 
 def run_publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -70,6 +73,10 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     ctx = load_context(args, environ)
     entries = status(ctx)
+    if args.html:
+        from envpipe_agent.status_page import write_status_page
+
+        log.info("status page written to %s", write_status_page(ctx, Path(args.html), entries))
     emit(args, ctx, {"project": ctx.config.project, "repository": ctx.repository.location(),
                      "environments": entries}, status_table(entries))
     return 0
@@ -107,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(handler=run_unlock)
 
     parser = subparsers.add_parser("status", parents=[common], help="which version is where")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML status page")
     parser.set_defaults(handler=run_status)
 
     parser = subparsers.add_parser("history", parents=[common], help="records, newest first")

@@ -1,0 +1,29 @@
+"""test: run the tests against an environment."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Mapping
+
+from envpipe_agent.commands import emit, load_context
+from envpipe_agent.errors import StageFailed
+from envpipe_agent.stages.testing import run_tests
+
+
+def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    ctx = load_context(args, environ)
+    result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None)
+    emit(args, ctx, result.as_dict(), result.summary())
+    if not result.passed:
+        shown = ", ".join(result.failed[:3]) + (f" and {len(result.failed) - 3} more" if len(result.failed) > 3 else "")
+        where = f"; see {result.junit}" if result.junit else ""
+        raise StageFailed(f"{result.environment}: version {result.version} failed its tests ({shown}){where}: "
+                          "fix the definition and publish a new version")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("test", parents=[common], help="run the tests against an environment")
+    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for Jenkins 'junit', GoCD)")
+    parser.set_defaults(handler=run_test)

@@ -1,0 +1,108 @@
+"""run: the whole path locally, stage by stage, as the generated pipelines run it.
+
+Publish once, then for each environment in path order: promote, apply, test. A
+failing stage stops the run with that stage's error (and exit code); an
+``approval: manual`` environment stops it unless the person running it approved
+that environment by name. Each stage logs one line with its timing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import EnvpipeError, StageFailed
+from envpipe_agent.stages.promote import promote
+from envpipe_agent.stages.publish import publish
+from envpipe_agent.stages.testing import run_tests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    stage: str
+    environment: Optional[str]
+    seconds: float
+    detail: str
+
+
+@dataclass
+class RunResult:
+    version: str
+    steps: List[Step] = field(default_factory=list)
+    completed: List[str] = field(default_factory=list)  # environments promoted, applied and tested
+    waiting_for: Optional[str] = None  # the manual environment the run stopped before
+    seconds: float = 0.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        done = ", ".join(self.completed) or "no environment"
+        text = f"version {self.version}: {done} done in {self.seconds:.1f}s"
+        if self.waiting_for:
+            text += (f"; {self.waiting_for} waits for approval "
+                     f"(rerun with --approve {self.waiting_for} to go on)")
+        return text
+
+
+def _apply_detail(outcome: Any) -> str:
+    summary = getattr(outcome, "summary", "")
+    return summary() if callable(summary) else str(summary or "")
+
+
+def _stage(result: RunResult, stage: str, environment: Optional[str], action: Callable[[], Any],
+           describe: Callable[[Any], str]) -> Any:
+    label = f"{environment or '':<12} {stage:<8}"
+    started = time.monotonic()
+    try:
+        outcome = action()
+    except EnvpipeError:
+        log.info("%s FAILED after %.1fs", label, time.monotonic() - started)
+        raise
+    seconds = time.monotonic() - started
+    detail = describe(outcome)
+    result.steps.append(Step(stage, environment, round(seconds, 3), detail))
+    log.info("%s %-60s %6.1fs", label, detail, seconds)
+    return outcome
+
+
+def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Optional[str] = None,
+                 approve: Iterable[str] = (), junit_dir: Optional[Path] = None) -> RunResult:
+    """Publish ``version`` and take it along the path, up to and including ``through``."""
+    from envpipe_agent.stages.apply import apply
+
+    started = time.monotonic()
+    names = ctx.config.environment_names
+    approved = {ctx.config.environment(name).name for name in approve}  # unknown names fail here
+    last = ctx.config.environment(through).name if through else names[-1]
+    version = ctx.resolve_version(version)
+    result = RunResult(version=version)
+
+    _stage(result, "publish", None, lambda: publish(ctx, version=version),
+           lambda r: f"{r.version}: {r.files} files, {r.uploaded} uploaded"
+                     + (" (already published)" if r.already_published else ""))
+    for env in ctx.config.environments:
+        if env.manual and env.name not in approved:
+            result.waiting_for = env.name
+            log.info("%-12s %-8s approval: manual; rerun with --approve %s", env.name, "waiting", env.name)
+            break
+        _stage(result, "promote", env.name, lambda: promote(ctx, env.name, version),
+               lambda r: f"{r.version} (was {r.previous_version or 'empty'}; {r.copied} copied, "
+                         f"{r.deleted} deleted, {r.unchanged} unchanged)")
+        _stage(result, "apply", env.name, lambda: apply(ctx, env.name), _apply_detail)
+        junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
+        tested = _stage(result, "test", env.name, lambda: run_tests(ctx, env.name, junit=junit),
+                        lambda r: r.summary().split(": ", 1)[-1])
+        if not tested.passed:
+            raise StageFailed(f"{env.name}: version {version} failed its tests "
+                              f"({', '.join(tested.failed[:3])}); the run stops here")
+        result.completed.append(env.name)
+        if env.name == last:
+            break
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,296 @@
+"""test: run the definition's tests against an environment and record the result (SPEC §4, §6).
+
+Two kinds of tests, both optional, both in one JUnit report:
+
+* the pytest suite published inside the definition (``tests.path``), run from the
+  verified environment folder in a subprocess that is told the environment, the
+  version and the outputs of the last apply;
+* HTTP smoke checks (``tests.http``), retried until each passes or its ``within``
+  seconds are up.
+
+The record written for (environment, version) is what the promotion gate reads.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import requests
+
+from envpipe_agent.config import HttpCheck
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import NotFound, Refused, UsageError
+from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, totals, write_report
+from envpipe_agent.manifest import Manifest, read_manifest
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.paths import local_path
+from envpipe_agent.records import read_summary, write_record
+from envpipe_agent.stages.verify import check_folder
+
+log = logging.getLogger(__name__)
+
+# Placeholders an HTTP check's URL may use: {outputs[NAME]}, {environment}, {version}, {project}.
+_FIELD_RE = re.compile(r"(?:outputs\[[A-Za-z0-9_-]+\]|environment|version|project)\Z")
+_OUTPUT_VARIABLE_RE = re.compile(r"[^A-Za-z0-9_]")
+RETRY_INTERVAL = 1.0
+MAX_REQUEST_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class TestResult:
+    environment: str
+    version: str
+    passed: bool
+    tests: int
+    failures: int
+    errors: int
+    skipped: int
+    seconds: float
+    failed: List[str] = field(default_factory=list)
+    junit: Optional[str] = None
+
+    # Not a test class, whatever pytest's collector thinks of the name.
+    __test__ = False
+
+    @property
+    def result(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "result": self.result}
+
+    def summary(self) -> str:
+        bad = self.failures + self.errors
+        return (f"{self.environment}: version {self.version} {self.result}: {self.tests - bad - self.skipped} passed, "
+                f"{self.failures} failed, {self.errors} errors, {self.skipped} skipped in {self.seconds:.1f}s")
+
+
+def applied_outputs(ctx: StageContext, environment: str, version: str) -> Dict[str, Any]:
+    """The non-sensitive outputs of the environment's last apply, which must be of ``version``.
+
+    Testing infrastructure that still runs another version would let that version's
+    result open the gate for this one, so anything else is refused.
+    """
+    summary = read_summary(ctx.repository, environment)
+    applied = summary.get("apply")
+    destroyed = summary.get("destroy")
+    if applied is None or (destroyed and destroyed.get("at", "") >= applied.get("at", "")):
+        raise Refused(f"{environment} holds version {version} but it is not applied: "
+                      f"run 'envpipe apply {environment}' before 'envpipe test {environment}'")
+    if applied.get("version") != version or applied.get("result") == "failed":
+        what = "failed" if applied.get("result") == "failed" else f"was of version {applied.get('version')}"
+        raise Refused(f"{environment} holds version {version} but its last apply {what}: "
+                      f"run 'envpipe apply {environment}' before 'envpipe test {environment}'")
+    from envpipe_agent.stages.apply import recorded_outputs
+
+    return dict(recorded_outputs(ctx.repository, environment))
+
+
+def output_variables(outputs: Mapping[str, Any]) -> Dict[str, str]:
+    """``ENVPIPE_OUTPUT_<NAME>`` for each output: strings as they are, anything else as JSON."""
+    return {
+        "ENVPIPE_OUTPUT_" + _OUTPUT_VARIABLE_RE.sub("_", name).upper():
+            value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        for name, value in outputs.items()
+    }
+
+
+def render_url(template: str, where: str, values: Mapping[str, Any]) -> str:
+    """Fill an HTTP check's URL; only the documented placeholders are allowed.
+
+    Checking each field first keeps ``str.format_map`` away from attribute access
+    (``{outputs.__class__}``) and turns a missing output into a clear message.
+    """
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise UsageError(f"{where}: invalid URL template {template!r}: {exc}") from None
+    for name in fields:
+        if not _FIELD_RE.match(name):
+            raise UsageError(f"{where}: unknown placeholder {{{name}}} in {template!r}; use "
+                             "{outputs[NAME]}, {environment}, {version} or {project}")
+    outputs = values["outputs"]
+    missing = sorted({name[len("outputs["):-1] for name in fields if name.startswith("outputs[")} - set(outputs))
+    if missing:
+        raise KeyError(f"output {missing[0]!r} is not among the outputs of the last apply "
+                       f"({', '.join(sorted(outputs)) or 'none'})")
+    text_outputs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in outputs.items()}
+    return template.format_map({**values, "outputs": text_outputs})
+
+
+def http_check(check: HttpCheck, url: str, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> Tuple[bool, str, int]:
+    """GET ``url`` until it answers ``check.status`` (and holds ``check.body``) or
+    ``check.within`` seconds pass. Returns (passed, what happened last, attempts)."""
+    deadline = clock() + check.within
+    attempts = 0
+    last = ""
+    # A check expecting a redirect must see it, not where it leads.
+    follow = not 300 <= check.status < 400
+    with requests.Session() as session:
+        while True:
+            attempts += 1
+            timeout = max(1.0, min(MAX_REQUEST_TIMEOUT, deadline - clock()))
+            try:
+                response = session.get(url, timeout=timeout, allow_redirects=follow)
+                if response.status_code != check.status:
+                    last = f"status {response.status_code}"
+                elif check.body is not None and check.body not in response.text:
+                    last = f"status {response.status_code} but the body lacks {check.body!r}"
+                else:
+                    return True, f"status {response.status_code}", attempts
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return False, last, attempts
+            sleep(min(RETRY_INTERVAL, remaining))
+
+
+def _http_suite(ctx: StageContext, environment: str, version: str, outputs: Mapping[str, Any]) -> Suite:
+    checks = ctx.config.tests.http
+    values = {"outputs": outputs, "environment": environment, "version": version, "project": ctx.config.project}
+    # Templates are checked before any request, so a typo fails fast with exit 2.
+    urls: List[Optional[str]] = []
+    problems: List[str] = []
+    for index, check in enumerate(checks):
+        try:
+            urls.append(render_url(check.url, f"tests.http[{index}].url", values))
+            problems.append("")
+        except KeyError as exc:
+            urls.append(None)
+            problems.append(str(exc.args[0]))
+
+    def run(index: int) -> Case:
+        check = checks[index]
+        case = Case(name=f"[{index}] GET {check.url}", classname=f"{environment}.http")
+        started = time.monotonic()
+        if urls[index] is None:
+            case.outcome, case.message = ERROR, problems[index]
+            return case
+        log.info("test: GET %s (expect %d%s, within %gs)", urls[index], check.status,
+                 f" and {check.body!r}" if check.body else "", check.within)
+        passed, last, attempts = http_check(check, urls[index])
+        case.seconds = time.monotonic() - started
+        if not passed:
+            case.outcome = FAILED
+            case.message = ctx.redactor(
+                f"GET {urls[index]}: expected status {check.status}"
+                + (f" and {check.body!r} in the body" if check.body else "")
+                + f" within {check.within:g}s; {attempts} attempts, the last got {last}")
+            log.info("test: %s", case.message)
+        return case
+
+    started = time.monotonic()
+    # Concurrent, so the stage takes as long as the slowest check, not the sum.
+    cases = parallel_map(run, range(len(checks)), threads=8)
+    return Suite(name=f"{environment}.http", cases=cases, seconds=time.monotonic() - started)
+
+
+def _pytest_command(tests: Path, definition: Path, report: Path) -> List[str]:
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(definition),
+            f"--junitxml={report}", "-o", "junit_suite_name=pytest", str(tests)]
+
+
+def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outputs: Mapping[str, Any],
+                  workdir: Path) -> Suite:
+    tests_path = ctx.config.tests.path or ""
+    if importlib.util.find_spec("pytest") is None:
+        raise UsageError(f"tests.path is set but pytest is not installed for {sys.executable}: "
+                         "install it on the agent (pip install pytest)")
+    definition = workdir / "definition"
+    relative = tests_path.strip("/")
+    tests = local_path(definition, relative, "tests.path") if relative not in ("", ".") else definition
+    if not tests.exists():
+        raise UsageError(f"tests.path {tests_path!r} is not in version {manifest.version} as promoted to "
+                         f"{environment}: add the suite to the definition and publish a new version")
+    outputs_file = workdir / "outputs.json"
+    outputs_file.write_text(json.dumps(dict(outputs), indent=1, sort_keys=True, default=str))
+    report = workdir / "pytest.xml"
+    environ = {
+        **ctx.environ,
+        "ENVPIPE_ENVIRONMENT": environment,
+        "ENVPIPE_VERSION": manifest.version,
+        "ENVPIPE_OUTPUTS": str(outputs_file),
+        **output_variables(outputs),
+        "PYTHONDONTWRITEBYTECODE": "1",  # nothing written into the verified definition
+    }
+    command = _pytest_command(tests, definition, report)
+    log.info("test: pytest %s (version %s in %s)", tests_path, manifest.version, environment)
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=definition, env=environ, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    tail: List[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = ctx.redactor(line.rstrip("\n"))
+        log.info("  %s", line)
+        tail = (tail + [line])[-40:]
+    code = process.wait()
+    seconds = time.monotonic() - started
+    suites = read_report(report) if report.exists() else []
+    cases = [case for suite in suites for case in suite.cases]
+    for case in cases:
+        case.classname = f"{environment}.{case.classname}" if case.classname else environment
+        case.text, case.message = ctx.redactor(case.text), ctx.redactor(case.message)
+    # pytest's own failures (collection errors, bad options, no tests) must not pass
+    # a gate: they become an error case carrying the end of pytest's output.
+    if code != 0 and not any(case.outcome in (FAILED, ERROR) for case in cases):
+        meaning = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+        cases.append(Case(name="pytest", classname=environment, seconds=seconds, outcome=ERROR,
+                          message=f"pytest exited {code} ({meaning.get(code, 'failed')})", text="\n".join(tail)))
+    return Suite(name=f"{environment}.pytest", cases=cases, seconds=seconds,
+                 timestamp=suites[0].timestamp if suites else None)
+
+
+def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None) -> TestResult:
+    """Run the configured tests against ``environment``'s current version and record the result."""
+    started = time.monotonic()
+    env = ctx.config.environment(environment)
+    settings = ctx.config.tests
+    if not settings.path and not settings.http:
+        raise UsageError(f"{ctx.config.path.name}: nothing to test: set tests.path (a pytest suite in the "
+                         "definition) or tests.http (smoke checks)")
+    manifest = read_manifest(ctx.repository, env.name)
+    if manifest is None:
+        raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "
+                       "and apply it first")
+    outputs = applied_outputs(ctx, env.name, manifest.version)
+    suites: List[Suite] = []
+    if settings.path:
+        # The suite comes from the verified environment folder, never the working copy.
+        workdir = Path(tempfile.mkdtemp(prefix=f"envpipe-test-{env.name}-"))  # mode 0700
+        try:
+            manifest, _ = check_folder(ctx.repository, env.name, workdir / "definition")
+            suites.append(_pytest_suite(ctx, env.name, manifest, outputs, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if settings.http:
+        suites.append(_http_suite(ctx, env.name, manifest.version, outputs))
+    counts = totals(suites)
+    seconds = time.monotonic() - started
+    failed = [case.title for suite in suites for case in suite.cases if case.outcome in (FAILED, ERROR)]
+    report = str(write_report(Path(junit), f"envpipe {ctx.config.project} {env.name}", suites)) if junit else None
+    result = TestResult(environment=env.name, version=manifest.version,
+                        passed=not counts["failures"] and not counts["errors"], seconds=seconds,
+                        failed=failed, junit=report, **counts)
+    write_record(ctx.repository, env.name, "test", manifest.version, result.result, ctx.ci, {
+        **counts,
+        "seconds": round(seconds, 3),
+        "digest": manifest.digest,
+        "suites": {suite.name.rsplit(".", 1)[-1]: suite.counts() for suite in suites},
+        "failed": failed[:20],
+    })
+    log.info("test: %s", result.summary())
+    return result
