@@ -270,6 +270,27 @@ def _check_template(reader: _Reader, value: str, where: str, fields: Sequence[st
     return value
 
 
+def _check_version_template(reader: _Reader, value: str) -> str:
+    """A version template whose placeholders are known and that renders a valid version.
+
+    Rendered here with sample values, so 'v{build}' or '{build:d}' fail at load time
+    with the key path, not later inside a CI build.
+    """
+    _check_template(reader, value, "version", VERSION_FIELDS)
+    sample = {"build": "1", "label": "1", "commit": "0" * 40, "short_commit": "0" * 12}
+    try:
+        rendered = value.format(**sample)
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise reader.fail("version", f"invalid template {value!r}: {exc}") from None
+    if not VERSION_RE.match(rendered) or ".." in rendered:
+        raise reader.fail(
+            "version",
+            f"template {value!r} renders versions like {rendered!r}; a version starts with a digit, "
+            "then letters, digits, '.', '_', '+' or '-' (no '/' or '..')",
+        )
+    return value
+
+
 def _deep_freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return MappingProxyType({str(k): _deep_freeze(v) for k, v in value.items()})
@@ -394,7 +415,7 @@ def parse_config(data: Any, path: Path) -> Config:
     tool = raw.get("tool", "terraform")
     if tool not in TOOLS:
         raise reader.fail("tool", f"expected one of {', '.join(TOOLS)}, got {tool!r}")
-    version = _check_template(reader, reader.string(raw.get("version", "1.0.{build}"), "version"), "version", VERSION_FIELDS)
+    version = _check_version_template(reader, reader.string(raw.get("version", "1.0.{build}"), "version"))
     environments = _environments(reader, raw.get("environments"))
 
     terraform = reader.mapping(raw.get("terraform"), "terraform", ("state",))
