@@ -18,6 +18,7 @@ from envpipe_agent.redact import Redactor, RedactingFilter
 # Each module adds its sub-commands with register(subparsers, common).
 COMMAND_MODULES = (
     "envpipe_agent.commands.repository",
+    "envpipe_agent.commands.apply",
     "envpipe_agent.commands.testing",
     "envpipe_agent.commands.run",
 )

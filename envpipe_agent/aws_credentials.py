@@ -1,0 +1,134 @@
+"""Credentials for one environment's stages (SPEC §7): role assumption and the account guard.
+
+``environment_credentials`` returns the environment mapping the tool runs with: the
+agent's own, or, when the environment names a ``role_arn``, the same mapping with the
+agent's AWS credentials replaced by the role's temporary ones. When the environment
+names an ``account_id``, the resulting identity is checked with GetCallerIdentity
+before anything runs. Terraform and CloudFormation get the same credentials, the
+first through its process environment, the second through boto3 clients built from
+that mapping (``client``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from envpipe_agent.ci_context import CIContext
+from envpipe_agent.config import Environment
+from envpipe_agent.errors import AccountMismatch, Refused, StageFailed, UsageError
+
+log = logging.getLogger(__name__)
+
+# Replaced wholesale by an assumed role: a profile left behind would win over the
+# role's keys in some tools' credential chains.
+_AGENT_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                               "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                               "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME")
+_DENIED = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "ExpiredToken",
+           "SignatureDoesNotMatch", "UnrecognizedClientException"}
+SESSION_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The mapping a tool runs with, and what was established about it."""
+
+    environ: Mapping[str, str]
+    account: Optional[str] = None
+    arn: Optional[str] = None
+    role_arn: Optional[str] = None
+    # Values to mask in everything printed (the role's secret key and token).
+    secrets: Tuple[str, ...] = field(default=())
+
+    def as_record(self) -> Dict[str, Optional[str]]:
+        return {"account": self.account, "identity": self.arn, "role_arn": self.role_arn}
+
+
+def region(environ: Mapping[str, str]) -> Optional[str]:
+    return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
+
+
+def endpoint_url(service: str, environ: Mapping[str, str]) -> Optional[str]:
+    """The standard per-service endpoint variable, else the global one (SPEC §3)."""
+    specific = f"AWS_ENDPOINT_URL_{service.upper().replace('-', '_')}"
+    return environ.get(specific) or environ.get("AWS_ENDPOINT_URL") or None
+
+
+def client(service: str, environ: Mapping[str, str], **kwargs: Any):
+    """A boto3 client whose credentials, region and endpoint come from ``environ``
+    (not from this process's environment), so an assumed role reaches it."""
+    import boto3
+
+    session_arguments: Dict[str, Any] = {"region_name": region(environ)}
+    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        session_arguments.update(aws_access_key_id=environ["AWS_ACCESS_KEY_ID"],
+                                 aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"],
+                                 aws_session_token=environ.get("AWS_SESSION_TOKEN") or None)
+    elif environ.get("AWS_PROFILE"):
+        session_arguments["profile_name"] = environ["AWS_PROFILE"]
+    session = boto3.session.Session(**session_arguments)
+    kwargs.setdefault("endpoint_url", endpoint_url(service, environ))
+    if service == "sts" and not session.region_name:
+        kwargs.setdefault("region_name", "us-east-1")  # STS needs one; its global endpoint lives there
+    return session.client(service, **kwargs)
+
+
+def _call(action: str, call, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+    """Run an STS call, turning botocore's errors into one line with the right exit code."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return call(*args, **kwargs)
+    except NoCredentialsError:
+        raise UsageError(f"cannot {action}: no AWS credentials found; give the agent credentials the usual "
+                         "way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role)") from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        if code in _DENIED:
+            raise Refused(f"cannot {action}: {code}: {message}; check the agent's credentials and the "
+                          "role's trust policy") from None
+        raise StageFailed(f"cannot {action}: {code}: {message}".rstrip(": ")) from None
+    except BotoCoreError as exc:
+        raise StageFailed(f"cannot {action}: {exc}") from None
+
+
+def assume_role(environ: Mapping[str, str], role_arn: str, session_name: str,
+                duration: int = SESSION_SECONDS) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+    """``environ`` with the agent's AWS credentials replaced by ``role_arn``'s."""
+    sts = client("sts", environ)
+    response = _call(f"assume role {role_arn}", sts.assume_role, RoleArn=role_arn,
+                     RoleSessionName=session_name, DurationSeconds=duration)
+    credentials = response["Credentials"]
+    assumed = {k: v for k, v in environ.items() if k not in _AGENT_CREDENTIAL_VARIABLES}
+    assumed.update(AWS_ACCESS_KEY_ID=credentials["AccessKeyId"],
+                   AWS_SECRET_ACCESS_KEY=credentials["SecretAccessKey"],
+                   AWS_SESSION_TOKEN=credentials["SessionToken"])
+    return assumed, (credentials["SecretAccessKey"], credentials["SessionToken"], credentials["AccessKeyId"])
+
+
+def caller_identity(environ: Mapping[str, str]) -> Dict[str, Any]:
+    return _call("ask STS who the credentials belong to (GetCallerIdentity)",
+                 client("sts", environ).get_caller_identity)
+
+
+def environment_credentials(environment: Environment, environ: Mapping[str, str], ci: CIContext) -> Credentials:
+    """The credentials ``environment``'s stages run with; refuses a wrong account (exit 3)."""
+    if not environment.role_arn and not environment.account_id:
+        return Credentials(environ=dict(environ))
+    tool_environ: Dict[str, str] = dict(environ)
+    secrets: Tuple[str, ...] = ()
+    if environment.role_arn:
+        tool_environ, secrets = assume_role(environ, environment.role_arn, ci.session_name)
+        log.info("%s: assumed role %s as session %s", environment.name, environment.role_arn, ci.session_name)
+    identity = caller_identity(tool_environ)
+    account, arn = str(identity.get("Account")), identity.get("Arn")
+    if environment.account_id and account != environment.account_id:
+        raise AccountMismatch(
+            f"environment {environment.name!r} is AWS account {environment.account_id}, but the credentials "
+            f"are for account {account} ({arn}); give the agent that account's credentials or fix "
+            f"'account_id'/'role_arn' for {environment.name} in envpipe.yml"
+        )
+    return Credentials(environ=tool_environ, account=account, arn=arn, role_arn=environment.role_arn,
+                       secrets=secrets)

