@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping, Optional, Sequence
+from urllib.parse import quote
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -158,3 +159,13 @@ class S3Repository:
 
     def location(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{self.prefix}{key}".rstrip("/") if key or self.prefix else f"s3://{self.bucket}"
+
+    def https_url(self, key: str) -> str:
+        """The object's https:// URL, as CloudFormation's TemplateURL takes it (a template
+        too large to send inline is passed this way). Virtual-hosted style, except for
+        bucket names with dots, which do not match S3's TLS certificate that way."""
+        region = self.client.meta.region_name or "us-east-1"
+        path = quote(self._key(key), safe="/")
+        if "." in self.bucket:
+            return f"https://s3.{region}.amazonaws.com/{self.bucket}/{path}"
+        return f"https://{self.bucket}.s3.{region}.amazonaws.com/{path}"
