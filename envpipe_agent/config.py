@@ -113,11 +113,17 @@ class GocdSettings:
     git_url: Optional[str] = None
     branch: str = "main"
     resources: Tuple[str, ...] = ()
+    # environments whose stages get their own AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    aws_credentials: Tuple[str, ...] = ()
+    # id of the GoCD secret config that YAML pipelines take secret values from
+    secret_config: str = "envpipe"
 
 
 @dataclass(frozen=True)
 class CiSettings:
     install: Optional[str] = None
+    # non-secret environment variables set for every stage of the generated pipelines
+    variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     jenkins: JenkinsSettings = JenkinsSettings()
     gocd: GocdSettings = GocdSettings()
 
@@ -362,7 +368,7 @@ def _tests(reader: _Reader, raw: Any) -> TestSettings:
 
 
 def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettings:
-    raw = reader.mapping(raw, "ci", ("install", "jenkins", "gocd"))
+    raw = reader.mapping(raw, "ci", ("install", "variables", "jenkins", "gocd"))
     hint = "letters, digits, '.', '_' or '-'"
 
     def known_environment(key: str, where: str) -> None:
@@ -375,9 +381,12 @@ def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettin
 
     jenkins = reader.mapping(raw.get("jenkins"), "ci.jenkins",
                              ("agent", "timeout_minutes", "aws_credentials", "secret_credentials"))
-    gocd = reader.mapping(raw.get("gocd"), "ci.gocd", ("group", "git_url", "branch", "resources"))
+    gocd = reader.mapping(raw.get("gocd"), "ci.gocd",
+                          ("group", "git_url", "branch", "resources", "aws_credentials", "secret_config"))
     return CiSettings(
         install=reader.optional_string(raw.get("install"), "ci.install"),
+        variables=reader.string_map(raw.get("variables"), "ci.variables", variable_name, re.compile(r"[^\x00]*\Z"),
+                                    "text without NUL"),
         jenkins=JenkinsSettings(
             agent=reader.optional_string(jenkins.get("agent"), "ci.jenkins.agent", CI_NAME_RE, hint),
             timeout_minutes=reader.number(jenkins.get("timeout_minutes", 60), "ci.jenkins.timeout_minutes", 1, integer=True),
@@ -393,6 +402,11 @@ def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettin
             branch=reader.string(gocd.get("branch", "main"), "ci.gocd.branch",
                                  re.compile(r"[A-Za-z0-9_./-]{1,255}\Z"), "a git branch name"),
             resources=reader.string_list(gocd.get("resources"), "ci.gocd.resources", CI_NAME_RE, hint),
+            aws_credentials=tuple(
+                known_environment(name, f"ci.gocd.aws_credentials[{i}]") or name
+                for i, name in enumerate(reader.string_list(gocd.get("aws_credentials"), "ci.gocd.aws_credentials"))
+            ),
+            secret_config=reader.string(gocd.get("secret_config", "envpipe"), "ci.gocd.secret_config", CI_NAME_RE, hint),
         ),
     )
 
