@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "envpipe_agent.commands.apply",
     "envpipe_agent.commands.testing",
     "envpipe_agent.commands.run",
+    "envpipe_agent.commands.generate",
 )
 
 log = logging.getLogger("envpipe_agent")

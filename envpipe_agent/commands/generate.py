@@ -1,0 +1,69 @@
+"""generate: render the Jenkinsfile or GoCD pipeline config from envpipe.yml (SPEC §8)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from envpipe_agent.config import load_config
+from envpipe_agent.errors import StageFailed, UsageError
+from envpipe_agent.generate import TARGETS, render
+
+log = logging.getLogger("envpipe_agent")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one step, so a CD server never reads half a pipeline."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"-o {path}: folder {directory} does not exist; create it first")
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run_generate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # Only the config is needed: generating must work where the repository is unreachable.
+    config = load_config(Path(args.config))
+    text = render(config, args.target, templates=Path(args.templates) if args.templates else None, full=args.full)
+    if args.check:
+        if not args.output:
+            raise UsageError("--check needs -o FILE: the file to compare with")
+        output = Path(args.output)
+        current = output.read_text(encoding="utf-8") if output.is_file() else None
+        if current != text:
+            raise StageFailed(f"{output} is not what envpipe.yml renders: run "
+                              f"'envpipe generate {args.target}{' --full' if args.full else ''} -o {output}'")
+        log.info("%s is up to date", output)
+        return 0
+    if args.output:
+        _write_atomically(Path(args.output), text)
+        log.info("wrote %s", args.output)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("generate", parents=[common], help="render the Jenkinsfile or GoCD pipeline config")
+    parser.add_argument("target", choices=tuple(TARGETS), help="what to render")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    parser.add_argument("--templates", metavar="DIR",
+                        help="folder whose *.j2 files replace the built-in templates of the same name")
+    parser.add_argument("--full", action="store_true",
+                        help="gocd-xml: a complete <cruise> document instead of a <pipelines> fragment")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if -o FILE differs from what would be written")
+    parser.set_defaults(handler=run_generate)

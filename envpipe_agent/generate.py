@@ -1,0 +1,305 @@
+"""Render the CD server's pipeline config from envpipe.yml (SPEC §8).
+
+The pipeline is first described as plain values (``pipeline_model``): stages, their
+envpipe commands, approvals and credentials. The Jinja templates in ``templates/``
+(shipped as ``envpipe_agent.templates``) only lay those values out for Jenkins or GoCD.
+
+Escaping is done by the Jinja environment, not by the templates: every ``{{ value }}``
+is passed through a per-target ``finalize`` that turns it into a Groovy single-quoted
+string, an escaped XML value or a double-quoted YAML scalar. A template, built-in or
+overridden with ``--templates``, therefore cannot let a config value out of its string.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jinja2
+from markupsafe import Markup, escape
+
+from envpipe_agent.config import Config, Environment
+from envpipe_agent.errors import UsageError
+
+TARGETS: Dict[str, str] = {
+    "jenkins": "Jenkinsfile.j2",
+    "gocd-xml": "gocd.xml.j2",
+    "gocd-yaml": "gocd.yaml.j2",
+}
+# GoCD's current schema (validators/gocd/SOURCE.txt): every server since 23.4 expects it.
+GOCD_SCHEMA_VERSION = 139
+GOCD_MATERIAL = "source"
+VENV = ".envpipe-venv"
+REPORTS = "reports"
+# Characters a rendered version may hold (config.VERSION_RE) outside its placeholders.
+_VERSION_TEXT_RE = re.compile(r"[0-9A-Za-z._+-]*\Z")
+# XML 1.0 cannot carry these at all, not even as character references.
+_XML_FORBIDDEN_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_GROOVY_KEYWORDS = frozenset(
+    "abstract as assert boolean break byte case catch char class const continue def default do double "
+    "else enum extends false final finally float for goto if implements import in instanceof int "
+    "interface long native new null package private protected public return short static strictfp "
+    "super switch synchronized this threadsafe throw throws trait transient true try var void "
+    "volatile while".split()
+)
+
+
+class Literal(str):
+    """Text a template may emit as it is: already escaped, or built from safe parts."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One envpipe invocation; ``args`` excludes the executable."""
+
+    args: Tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret variable: its name and, for Jenkins, the credential that fills it."""
+
+    name: str
+    credential: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str  # "publish", "plan" or "deploy"
+    commands: Tuple[Command, ...]
+    environment: Optional[Environment] = None
+    manual: bool = False  # GoCD: manual approval on this stage; Jenkins: input in the plan stage
+    approvers: Tuple[str, ...] = ()
+    junit: Optional[str] = None
+    aws_credential: Optional[str] = None  # Jenkins usernamePassword credential id
+    gocd_aws: bool = False  # GoCD: stage declares secure AWS key variables
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    config: Config
+    stages: Tuple[Stage, ...]
+    executable: str
+    install: Tuple[Tuple[str, ...], ...]  # argv lists run before envpipe on a fresh agent
+    secrets: Tuple[Secret, ...]
+    variables: Tuple[Tuple[str, str], ...]
+
+    @property
+    def approvals(self) -> Tuple[Stage, ...]:
+        return tuple(stage for stage in self.stages if stage.kind == "plan")
+
+
+def pipeline_model(config: Config) -> Pipeline:
+    """The stages every target renders: publish, then per environment (plan, approval) deploy."""
+    jenkins, gocd = config.ci.jenkins, config.ci.gocd
+    stages = [Stage("publish", "publish", (Command(("publish",)),))]
+    for env in config.environments:
+        if env.manual:
+            # The approver sees what will change before being asked (SPEC §8).
+            stages.append(Stage(
+                f"plan-{env.name}", "plan", (Command(("plan", env.name)),), environment=env,
+                aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
+                approvers=env.approvers,
+            ))
+        junit = f"{REPORTS}/{env.name}.xml"
+        stages.append(Stage(
+            f"deploy-{env.name}", "deploy",
+            (Command(("promote", "--to", env.name)), Command(("apply", env.name)),
+             Command(("test", env.name, "--junit", junit))),
+            environment=env, manual=env.manual, approvers=env.approvers, junit=junit,
+            aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
+        ))
+    if config.ci.install:
+        executable = f"{VENV}/bin/envpipe"
+        install: Tuple[Tuple[str, ...], ...] = (
+            ("python3", "-m", "venv", VENV),
+            (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", config.ci.install),
+        )
+    else:
+        executable, install = "envpipe", ()
+    names = sorted(set(config.secrets) | set(jenkins.secret_credentials))
+    secrets = tuple(Secret(name, jenkins.secret_credentials.get(name)) for name in names)
+    variables = tuple(sorted(config.ci.variables.items()))
+    return Pipeline(config, tuple(stages), executable, install, secrets, variables)
+
+
+# --- version → CI expressions ------------------------------------------------------------
+
+
+def _version_parts(config: Config, target: str) -> Sequence[Tuple[str, Optional[str]]]:
+    parts = list(string.Formatter().parse(config.version))
+    for text, name, spec, conversion in parts:
+        if not _VERSION_TEXT_RE.match(text) or spec or conversion:
+            raise UsageError(
+                f"{config.path}: version {config.version!r} cannot be rendered for {target}: use only "
+                "letters, digits, '.', '_', '+' and '-' around the placeholders"
+            )
+    return [(text, name) for text, name, _, _ in parts]
+
+
+def gocd_label_template(config: Config) -> str:
+    """GoCD's label template producing the version envpipe derives (ci_context.render_version)."""
+    fields = {"build": "${COUNT}", "commit": "${%s}" % GOCD_MATERIAL, "short_commit": "${%s[:12]}" % GOCD_MATERIAL}
+    label = ""
+    for text, name in _version_parts(config, "GoCD"):
+        label += text
+        if name is None:
+            continue
+        if name not in fields:
+            raise UsageError(
+                f"{config.path}: version {config.version!r} uses {{{name}}}, which a GoCD label template "
+                "cannot refer to: use {build}, {commit} or {short_commit}"
+            )
+        label += fields[name]
+    return label
+
+
+def _check_jenkins_version(config: Config) -> None:
+    for _, name in _version_parts(config, "Jenkins"):
+        if name == "label":
+            raise UsageError(
+                f"{config.path}: version {config.version!r} uses {{label}}, which Jenkins does not set: "
+                "use {build}, {commit} or {short_commit}"
+            )
+
+
+# --- escaping by target -----------------------------------------------------------------
+
+
+def groovy_string(value: str) -> Literal:
+    """A Groovy single-quoted string literal: no interpolation, nothing escapes it."""
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "'":
+            out.append("\\'")
+        elif ch in "\n\r\t\b\f":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append("\\u%04x" % ord(ch))
+        else:
+            out.append(ch)
+    return Literal("'" + "".join(out) + "'")
+
+
+def _gocd_text(value: str) -> str:
+    # GoCD substitutes #{param} in every pipeline field; '##' is its literal '#'.
+    return value.replace("#", "##")
+
+
+def xml_value(value: str) -> Markup:
+    """Text or attribute content, with line breaks kept (attributes would turn them into spaces)."""
+    if _XML_FORBIDDEN_RE.search(value):
+        raise UsageError(f"{value!r} holds a control character that GoCD XML cannot carry: remove it from envpipe.yml")
+    escaped = str(escape(_gocd_text(value)))
+    return Markup(escaped.replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#9;"))
+
+
+def yaml_string(value: str) -> Literal:
+    """A double-quoted YAML scalar (JSON's escapes are YAML's), ASCII only."""
+    return Literal(json.dumps(_gocd_text(value), ensure_ascii=True))
+
+
+def one_line(value: str) -> str:
+    """Text safe inside a one-line comment of any target: no line breaks or control characters."""
+    return " ".join(_XML_FORBIDDEN_RE.sub(" ", value).replace("\x7f", " ").split())
+
+
+def xml_comment(value: str) -> Markup:
+    """Text inside <!-- -->: one line, no '--', not ending in '-'."""
+    text = one_line(value)
+    while "--" in text:
+        text = text.replace("--", "- -")
+    return Markup(text.rstrip("-"))
+
+
+def _finalizer(quote: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def finalize(value: Any) -> Any:
+        if isinstance(value, (Literal, Markup)):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise UsageError(f"template printed {type(value).__name__} {value!r}: print strings or numbers only")
+        return str(value) if isinstance(value, int) else quote(value)
+    return finalize
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def _loader(templates: Optional[Path]) -> jinja2.BaseLoader:
+    # PackageLoader reads through importlib, so an installed (zipped or not) package renders.
+    builtin = jinja2.PackageLoader("envpipe_agent.templates", "")
+    if templates is None:
+        return builtin
+    if not templates.is_dir():
+        raise UsageError(f"--templates {templates}: not a folder; give a folder of *.j2 files")
+    return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(templates)), builtin])
+
+
+def _environment(target: str, templates: Optional[Path]) -> jinja2.Environment:
+    quote = {"jenkins": groovy_string, "gocd-xml": xml_value, "gocd-yaml": yaml_string}[target]
+    env = jinja2.Environment(
+        loader=_loader(templates),
+        undefined=jinja2.StrictUndefined,
+        autoescape=target == "gocd-xml",
+        finalize=_finalizer(quote),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["literal"] = Literal  # for names validated to be safe unquoted
+    env.filters["comment"] = xml_comment if target == "gocd-xml" else lambda value: Literal(one_line(value))
+    env.filters["shell"] = lambda argv: Literal(groovy_string(shlex.join(argv)))
+    return env
+
+
+def _check(config: Config, target: str, pipeline: Pipeline) -> Dict[str, Any]:
+    """Refuse what the target cannot express; return target-specific template values."""
+    if target == "jenkins":
+        _check_jenkins_version(config)
+        for name, _ in pipeline.variables:
+            if name in _GROOVY_KEYWORDS:
+                raise UsageError(f"{config.path}: ci.variables.{name}: a Groovy keyword cannot name a Jenkins "
+                                 "environment variable; rename it")
+        return {}
+    gocd = config.ci.gocd
+    if not gocd.git_url:
+        raise UsageError(f"{config.path}: ci.gocd.git_url is needed for GoCD: set it to the repository holding "
+                         "envpipe.yml")
+    return {
+        "label_template": gocd_label_template(config),
+        "group": gocd.group or config.project,
+        "material": GOCD_MATERIAL,
+        "schema_version": GOCD_SCHEMA_VERSION,
+        "secret_ref": lambda key: Literal(yaml_string("{{SECRET:[%s][%s]}}" % (gocd.secret_config, key))),
+    }
+
+
+def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False) -> str:
+    """The pipeline config for ``target`` (jenkins, gocd-xml, gocd-yaml); same input, same text."""
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    if full and target != "gocd-xml":
+        raise UsageError("--full applies to gocd-xml only (a complete <cruise> document)")
+    pipeline = pipeline_model(config)
+    values = _check(config, target, pipeline)
+    env = _environment(target, templates)
+    try:
+        template = env.get_template(TARGETS[target])
+        return template.render(pipeline=pipeline, config=config, ci=config.ci, full=full, **values)
+    except jinja2.TemplateNotFound as exc:
+        raise UsageError(f"template {exc.name} not found: the package is incomplete; reinstall envpipe-agent") from None
+    except jinja2.UndefinedError as exc:
+        raise UsageError(f"template {TARGETS[target]}: {exc}: fix the template (see --templates)") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise UsageError(f"template {exc.filename or exc.name}: line {exc.lineno}: {exc.message}") from None
