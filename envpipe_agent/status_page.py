@@ -58,7 +58,8 @@ def _environment_view(ctx: StageContext, entry: Mapping[str, Any]) -> Dict[str, 
 def _recent(entries: Sequence[Mapping[str, Any]], limit: int) -> List[Dict[str, Any]]:
     """The newest records across environments, from the per-environment summaries."""
     records = [dict(record) for entry in entries for record in (entry.get("last") or {}).values()]
-    records.sort(key=lambda r: (r.get("at") or "", r.get("key") or ""), reverse=True)
+    # The key's file name starts with a microsecond stamp: a finer order than "at".
+    records.sort(key=lambda r: (r.get("key") or "").rsplit("/", 1)[-1], reverse=True)
     return records[:limit]
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import EnvpipeError, StageFailed
+from envpipe_agent.stages.apply import apply
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.testing import run_tests
@@ -74,8 +75,6 @@ def _stage(result: RunResult, stage: str, environment: Optional[str], action: Ca
 def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Optional[str] = None,
                  approve: Iterable[str] = (), junit_dir: Optional[Path] = None) -> RunResult:
     """Publish ``version`` and take it along the path, up to and including ``through``."""
-    from envpipe_agent.stages.apply import apply
-
     started = time.monotonic()
     names = ctx.config.environment_names
     approved = {ctx.config.environment(name).name for name in approve}  # unknown names fail here
@@ -97,7 +96,7 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
         _stage(result, "apply", env.name, lambda: apply(ctx, env.name), _apply_detail)
         junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
         tested = _stage(result, "test", env.name, lambda: run_tests(ctx, env.name, junit=junit),
-                        lambda r: r.summary().split(": ", 1)[-1])
+                        lambda r: f"{r.result}: {r.counts()}")
         if not tested.passed:
             raise StageFailed(f"{env.name}: version {version} failed its tests "
                               f"({', '.join(tested.failed[:3])}); the run stops here")

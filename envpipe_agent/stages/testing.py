@@ -35,7 +35,8 @@ from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, totals,
 from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
-from envpipe_agent.records import read_summary, write_record
+from envpipe_agent.records import write_record
+from envpipe_agent.stages.apply import last_applied, recorded_outputs
 from envpipe_agent.stages.verify import check_folder
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,12 @@ class TestResult:
     def as_dict(self) -> Dict[str, Any]:
         return {**asdict(self), "result": self.result}
 
+    def counts(self) -> str:
+        passed = self.tests - self.failures - self.errors - self.skipped
+        return f"{passed} passed, {self.failures} failed, {self.errors} errors, {self.skipped} skipped"
+
     def summary(self) -> str:
-        bad = self.failures + self.errors
-        return (f"{self.environment}: version {self.version} {self.result}: {self.tests - bad - self.skipped} passed, "
-                f"{self.failures} failed, {self.errors} errors, {self.skipped} skipped in {self.seconds:.1f}s")
+        return f"{self.environment}: version {self.version} {self.result}: {self.counts()} in {self.seconds:.1f}s"
 
 
 def applied_outputs(ctx: StageContext, environment: str, version: str) -> Dict[str, Any]:
@@ -82,19 +85,15 @@ def applied_outputs(ctx: StageContext, environment: str, version: str) -> Dict[s
     Testing infrastructure that still runs another version would let that version's
     result open the gate for this one, so anything else is refused.
     """
-    summary = read_summary(ctx.repository, environment)
-    applied = summary.get("apply")
-    destroyed = summary.get("destroy")
-    if applied is None or (destroyed and destroyed.get("at", "") >= applied.get("at", "")):
+    applied = last_applied(ctx.repository, environment)
+    if applied is None:
         raise Refused(f"{environment} holds version {version} but it is not applied: "
                       f"run 'envpipe apply {environment}' before 'envpipe test {environment}'")
-    if applied.get("version") != version or applied.get("result") == "failed":
-        what = "failed" if applied.get("result") == "failed" else f"was of version {applied.get('version')}"
-        raise Refused(f"{environment} holds version {version} but its last apply {what}: "
-                      f"run 'envpipe apply {environment}' before 'envpipe test {environment}'")
-    from envpipe_agent.stages.apply import recorded_outputs
-
-    return dict(recorded_outputs(ctx.repository, environment))
+    if applied.get("version") != version:
+        raise Refused(f"{environment} holds version {version} but its last successful apply was of version "
+                      f"{applied.get('version')}: run 'envpipe apply {environment}' before "
+                      f"'envpipe test {environment}'")
+    return recorded_outputs(ctx.repository, environment)
 
 
 def output_variables(outputs: Mapping[str, Any]) -> Dict[str, str]:
@@ -179,7 +178,7 @@ def _http_suite(ctx: StageContext, environment: str, version: str, outputs: Mapp
         if urls[index] is None:
             case.outcome, case.message = ERROR, problems[index]
             return case
-        log.info("test: GET %s (expect %d%s, within %gs)", urls[index], check.status,
+        log.info("%s: GET %s (expect %d%s, within %gs)", environment, urls[index], check.status,
                  f" and {check.body!r}" if check.body else "", check.within)
         passed, last, attempts = http_check(check, urls[index])
         case.seconds = time.monotonic() - started
@@ -189,7 +188,7 @@ def _http_suite(ctx: StageContext, environment: str, version: str, outputs: Mapp
                 f"GET {urls[index]}: expected status {check.status}"
                 + (f" and {check.body!r} in the body" if check.body else "")
                 + f" within {check.within:g}s; {attempts} attempts, the last got {last}")
-            log.info("test: %s", case.message)
+            log.info("%s: %s", environment, case.message)
         return case
 
     started = time.monotonic()
@@ -227,7 +226,7 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
         "PYTHONDONTWRITEBYTECODE": "1",  # nothing written into the verified definition
     }
     command = _pytest_command(tests, definition, report)
-    log.info("test: pytest %s (version %s in %s)", tests_path, manifest.version, environment)
+    log.info("%s: pytest %s against version %s", environment, tests_path, manifest.version)
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=definition, env=environ, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
@@ -292,5 +291,5 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         "suites": {suite.name.rsplit(".", 1)[-1]: suite.counts() for suite in suites},
         "failed": failed[:20],
     })
-    log.info("test: %s", result.summary())
+    log.info("%s", result.summary())
     return result
