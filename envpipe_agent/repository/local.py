@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Mapping, Optional, Sequence
+from typing import BinaryIO, Callable, Iterator, List, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 from envpipe_agent.errors import RepositoryError
@@ -16,6 +16,7 @@ from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound
 # Writes go to a temporary sibling first and are renamed into place, so a reader
 # never sees half a file; listings skip these names.
 TEMP_MARK = ".envpipe-tmp-"
+_PRUNE_RETRIES = 5
 
 
 def _md5_file(path: Path) -> str:
@@ -42,6 +43,42 @@ class LocalRepository:
     def _temp_for(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.with_name(f"{TEMP_MARK}{uuid.uuid4().hex}-{path.name}")
+
+    def _atomically(self, key: str, fill: Callable[[Path], None], if_absent: bool = False) -> Path:
+        """Fill a temporary sibling of ``key``'s file, then move it into place.
+
+        Another agent's delete may prune the folder between our mkdir and our write
+        (it saw the folder empty); that is retried rather than reported.
+        """
+        path = self._path(key)
+        for attempt in range(_PRUNE_RETRIES):
+            temp = None
+            try:
+                try:
+                    temp = self._temp_for(path)
+                except FileExistsError:  # mkdir raced with a prune: the folder came and went
+                    if attempt == _PRUNE_RETRIES - 1:
+                        raise
+                    continue
+                fill(temp)
+                if if_absent:
+                    # link() fails if the name exists: an atomic create-if-absent.
+                    try:
+                        os.link(temp, path)
+                    except FileExistsError:
+                        raise AlreadyExists(key) from None
+                else:
+                    os.replace(temp, path)
+                return path
+            except FileNotFoundError:
+                if attempt == _PRUNE_RETRIES - 1:
+                    raise
+            except OSError as exc:
+                raise RepositoryError(f"cannot write {path}: {exc.strerror or exc}") from None
+            finally:
+                if temp is not None:
+                    temp.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
 
     def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
@@ -75,36 +112,19 @@ class LocalRepository:
             raise KeyNotFound(key) from None
 
     def write(self, key: str, data: bytes, *, if_absent: bool = False) -> str:
-        path = self._path(key)
-        temp = self._temp_for(path)
         try:
-            temp.write_bytes(data)
-            if if_absent:
-                # link() fails if the name exists: an atomic create-if-absent.
-                try:
-                    os.link(temp, path)
-                except FileExistsError:
-                    raise AlreadyExists(key) from None
-            else:
-                os.replace(temp, path)
-        except OSError as exc:
-            raise RepositoryError(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            temp.unlink(missing_ok=True)
+            self._atomically(key, lambda temp: temp.write_bytes(data), if_absent=if_absent)
+        except FileNotFoundError as exc:
+            raise RepositoryError(f"cannot write {self._path(key)}: {exc.strerror or exc}") from None
         return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def _place(self, source: Path, key: str) -> str:
-        path = self._path(key)
-        temp = self._temp_for(path)
+        if not source.is_file():
+            raise KeyNotFound(str(source))
         try:
-            shutil.copyfile(source, temp)
-            os.replace(temp, path)
+            path = self._atomically(key, lambda temp: shutil.copyfile(source, temp))
         except FileNotFoundError:
             raise KeyNotFound(str(source)) from None
-        except OSError as exc:
-            raise RepositoryError(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            temp.unlink(missing_ok=True)
         return _md5_file(path)
 
     def upload(self, key: str, path: Path, size: int) -> str:
@@ -114,13 +134,23 @@ class LocalRepository:
         return self._place(self._path(source_key), key)
 
     def delete(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            path = self._path(key)
-            path.unlink(missing_ok=True)
-            # Drop folders left empty, up to the top of the key.
+        paths = [self._path(key) for key in keys]  # refuse an unsafe key before deleting any
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except IsADirectoryError:
+                continue  # a folder is not an object; nothing to delete
+            except OSError as exc:
+                raise RepositoryError(f"cannot delete {path}: {exc.strerror or exc}") from None
+            # Drop folders left empty, up to the root, so an emptied environment
+            # folder disappears as it would on S3. Another agent may be writing into
+            # one of them at the same moment: then it is not empty, and we stop.
             parent = path.parent
-            while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+            while parent != self.root and self.root in parent.parents:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
                 parent = parent.parent
 
     def location(self, key: str = "") -> str:

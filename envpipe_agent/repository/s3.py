@@ -48,8 +48,12 @@ class S3Repository:
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise UsageError(f"repository {url!r}: no bucket name; use s3://bucket[/prefix]")
+        # botocore reads these itself from os.environ; taking them from ``environ``
+        # as well keeps the library independent of the process environment.
+        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
         client = boto3.session.Session().client(
             "s3",
+            endpoint_url=endpoint,
             config=Config(
                 retries={"mode": "standard", "max_attempts": 5},
                 max_pool_connections=TRANSFER_THREADS + 8,
