@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench examples
 
 $(STAMP): setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# Re-render Jenkinsfile.example and examples/gocd/ from examples/envpipe.yml
+# (tests/test_generate_examples.py fails until they match).
+examples: $(STAMP)
+	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins -o Jenkinsfile.example
+	mkdir -p examples/gocd
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml -o examples/gocd/pipelines.xml
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml --full -o examples/gocd/cruise-config.xml
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml -o examples/gocd/our-project.gocd.yaml
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet awscli

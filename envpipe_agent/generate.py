@@ -119,10 +119,12 @@ def pipeline_model(config: Config) -> Pipeline:
             aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
         ))
     if config.ci.install:
+        # A private virtualenv in the workspace: agents' system Pythons refuse pip
+        # installs (PEP 668), and each job may land on a fresh agent.
         executable = f"{VENV}/bin/envpipe"
         install: Tuple[Tuple[str, ...], ...] = (
             ("python3", "-m", "venv", VENV),
-            (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", config.ci.install),
+            (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", *pip_arguments(config)),
         )
     else:
         executable, install = "envpipe", ()
@@ -130,6 +132,25 @@ def pipeline_model(config: Config) -> Pipeline:
     secrets = tuple(Secret(name, jenkins.secret_credentials.get(name)) for name in names)
     variables = tuple(sorted(config.ci.variables.items()))
     return Pipeline(config, tuple(stages), executable, install, secrets, variables)
+
+
+_PIP_PREFIXES = (("pip", "install"), ("pip3", "install"), ("python", "-m", "pip", "install"),
+                 ("python3", "-m", "pip", "install"))
+
+
+def pip_arguments(config: Config) -> Tuple[str, ...]:
+    """``ci.install`` as pip arguments: a requirement, or a whole 'pip install ...' line."""
+    try:
+        words = tuple(shlex.split(config.ci.install or ""))
+    except ValueError as exc:
+        raise UsageError(f"{config.path}: ci.install: {exc}: quote it as a shell would") from None
+    for prefix in _PIP_PREFIXES:
+        if words[:len(prefix)] == prefix:
+            words = words[len(prefix):]
+            break
+    if not words:
+        raise UsageError(f"{config.path}: ci.install: name what to install, e.g. 'envpipe-agent[terraform]==0.1.0'")
+    return words
 
 
 # --- version → CI expressions ------------------------------------------------------------
