@@ -1,0 +1,584 @@
+"""The CloudFormation runner: change sets through boto3, waited for with botocore waiters.
+
+Every change goes through a change set (CREATE when there is no stack, UPDATE
+otherwise), so ``plan`` and ``apply`` see the same diff and a no-op is recognised
+before anything is executed. While a stack operation runs, its events are logged as
+they arrive, so a CI log shows which resource failed and why.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import boto3
+import yaml
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
+
+from envpipe_agent.errors import ConfigError, NotFound, Refused, StageFailed, UnsafePath, UsageError
+from envpipe_agent.paths import local_path
+from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
+from envpipe_agent.tools.stack_states import (
+    NEEDS_REPLACEMENT,
+    StackState,
+    blocking_reason,
+    failure_reasons,
+    format_event,
+    stack_state,
+)
+
+log = logging.getLogger(__name__)
+
+# CloudFormation's limit for TemplateBody; larger templates must come from S3.
+INLINE_TEMPLATE_LIMIT = 51_200
+# Waiters poll this often (botocore's default is 30 s). The first poll is immediate,
+# so an operation that is already done costs no waiting at all.
+WAITER_DELAY = 1
+MAX_WAIT_SECONDS = 3 * 60 * 60
+# New stack events are fetched this often while an operation runs.
+EVENT_POLL_SECONDS = 5
+# Large templates are uploaded here in the repository, content-addressed per environment.
+TEMPLATE_PREFIX = ".envpipe/templates"
+STACK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}\Z")
+ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion")
+# How "nothing to do" is reported: real CloudFormation fails the change set with the
+# first; moto (and UpdateStack) answer a ValidationError with the second.
+NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
+MASK = "****"
+
+
+# --- the definition: template, parameters, tags ------------------------------------
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """SafeLoader that accepts CloudFormation's short forms (``!Ref``, ``!Sub`` ...)."""
+
+
+def _short_form(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {suffix if suffix == "Ref" else f"Fn::{suffix}": value}
+
+
+_TemplateLoader.add_multi_constructor("!", _short_form)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    no_echo: bool
+    has_default: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a change set needs, worked out before any AWS call."""
+
+    stack_name: str
+    template_path: str
+    body: bytes
+    parameters: List[Dict[str, str]]
+    shown_parameters: List[str]  # NAME=value with NoEcho values masked, for the log
+    secret_values: List[str]  # values of NoEcho parameters: never printed
+    tags: List[Dict[str, str]]
+    capabilities: List[str]
+
+
+def _read_template(request: RunRequest) -> Tuple[str, bytes, Dict[str, Parameter]]:
+    config = request.config
+    relative = config.cloudformation.template
+    try:
+        path = local_path(request.workdir, relative)
+    except UnsafePath:
+        raise ConfigError(f"{config.path}: cloudformation.template: {relative!r} must be a relative path "
+                          "inside the definition") from None
+    if not path.is_file():
+        raise ConfigError(f"{config.path}: cloudformation.template: {relative!r} is not in version "
+                          f"{request.version}'s definition; fix the path or publish the template")
+    body = path.read_bytes()
+    try:
+        document = yaml.load(body, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StageFailed(f"template {relative} is neither valid YAML nor JSON ({problem}); "
+                          "fix it and publish a new version") from None
+    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
+        raise StageFailed(f"template {relative} has no Resources section; is it a CloudFormation template?")
+    declared = document.get("Parameters") or {}
+    if not isinstance(declared, dict):
+        raise StageFailed(f"template {relative}: Parameters must be a mapping")
+    parameters = {
+        str(name): Parameter(
+            no_echo=str((spec or {}).get("NoEcho", False)).lower() == "true",
+            has_default="Default" in (spec or {}),
+        )
+        for name, spec in declared.items()
+    }
+    return relative, body, parameters
+
+
+def _parameter_value(value: Any) -> str:
+    """A vars value as CloudFormation wants it: a string; lists as CommaDelimitedList."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_parameter_value(item) for item in value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _environment_where(request: RunRequest) -> str:
+    names = request.config.environment_names
+    index = names.index(request.environment.name) if request.environment.name in names else 0
+    return f"{request.config.path}: environments[{index}].vars"
+
+
+def prepare(request: RunRequest) -> Prepared:
+    """Resolve the stack name, template, parameters and tags; raise ConfigError (exit 2)
+    for any configuration mistake, before anything is changed."""
+    config = request.config
+    environment = request.environment
+    settings = config.cloudformation
+    stack_name = settings.stack_name.format(project=config.project, environment=environment.name)
+    if not STACK_NAME_RE.match(stack_name):
+        raise ConfigError(f"{config.path}: cloudformation.stack_name: {stack_name!r} is not a valid stack "
+                          "name (a letter, then letters, digits and '-', at most 128 characters)")
+    relative, body, declared = _read_template(request)
+    where = _environment_where(request)
+    reserved = sorted(set(environment.vars) & set(ENVPIPE_PARAMETERS))
+    if reserved:
+        raise ConfigError(f"{where}: {', '.join(reserved)} is set by envpipe; remove it from vars")
+    undeclared = sorted(set(environment.vars) - set(declared))
+    if undeclared:
+        raise ConfigError(
+            f"{where}: {', '.join(undeclared)} not declared in the Parameters of template {relative} "
+            f"(it declares: {', '.join(sorted(declared)) or 'none'}); declare it or remove it from vars"
+        )
+    for value_name, value in environment.vars.items():
+        if isinstance(value, Mapping):
+            raise ConfigError(f"{where}.{value_name}: a CloudFormation parameter takes a string, number, "
+                              "boolean or list, not a mapping")
+    values = {name: _parameter_value(value) for name, value in environment.vars.items()}
+    envpipe_values = {"EnvpipeEnvironment": environment.name, "EnvpipeVersion": request.version}
+    values.update({name: value for name, value in envpipe_values.items() if name in declared})
+    missing = sorted(name for name, spec in declared.items() if not spec.has_default and name not in values)
+    if missing:
+        raise ConfigError(f"{where}: template {relative} needs {', '.join(missing)} (no Default); "
+                          f"set it in the vars of environment {environment.name!r}")
+    secret_values = [values[name] for name in sorted(values) if declared[name].no_echo and values[name]]
+    return Prepared(
+        stack_name=stack_name,
+        template_path=relative,
+        body=body,
+        parameters=[{"ParameterKey": name, "ParameterValue": values[name]} for name in sorted(values)],
+        shown_parameters=[f"{name}={MASK if declared[name].no_echo else values[name]}" for name in sorted(values)],
+        secret_values=secret_values,
+        tags=[{"Key": "envpipe:version", "Value": request.version},
+              {"Key": "envpipe:environment", "Value": environment.name}],
+        capabilities=list(settings.capabilities),
+    )
+
+
+# --- AWS plumbing ---------------------------------------------------------------
+
+
+def cloudformation_client(environ: Mapping[str, str]):
+    """A CloudFormation client from ``environ`` (which may hold assumed-role credentials)."""
+    session = boto3.session.Session(
+        aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=environ.get("AWS_SESSION_TOKEN") or None,
+        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+    endpoint = environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION") or environ.get("AWS_ENDPOINT_URL") or None
+    # Describe* calls are throttled per account; standard retries back off on that.
+    config = BotoConfig(retries={"mode": "standard", "max_attempts": 8})
+    return session.client("cloudformation", endpoint_url=endpoint, config=config)
+
+
+def _error_text(exc: ClientError) -> Tuple[str, str]:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code", "")), str(error.get("Message", ""))
+
+
+@contextlib.contextmanager
+def _aws(action: str, stack_name: str) -> Iterator[None]:
+    """botocore's exceptions as one clear line each."""
+    try:
+        yield
+    except NoCredentialsError:
+        raise UsageError(f"cannot {action} stack {stack_name}: no AWS credentials found; set them the usual way "
+                         "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role)") from None
+    except ClientError as exc:
+        code, message = _error_text(exc)
+        hint = "; check the agent's AWS permissions" if "AccessDenied" in code or "Unauthorized" in code else ""
+        raise StageFailed(f"cannot {action} stack {stack_name}: {code}: {message}{hint}") from None
+    except WaiterError as exc:
+        raise StageFailed(f"gave up waiting to {action} stack {stack_name}: {exc}") from None
+    except BotoCoreError as exc:
+        raise StageFailed(f"cannot {action} stack {stack_name}: {exc}") from None
+
+
+def describe_stack(client, name_or_id: str) -> Optional[Dict[str, Any]]:
+    """The stack, or None when there is none (never created, or deleted)."""
+    try:
+        stacks = client.describe_stacks(StackName=name_or_id)["Stacks"]
+    except ClientError as exc:
+        code, message = _error_text(exc)
+        if code == "ValidationError" and "does not exist" in message:
+            return None
+        raise
+    if not stacks or stacks[0]["StackStatus"] == "DELETE_COMPLETE":
+        return None
+    return stacks[0]
+
+
+def _wait(client, waiter: str, stack_name: str, **arguments: str) -> None:
+    """Wait with a botocore waiter; a failure state is judged by the caller from the
+    stack's final status, so only running out of time is an error here."""
+    attempts = max(1, MAX_WAIT_SECONDS // WAITER_DELAY)
+    try:
+        client.get_waiter(waiter).wait(WaiterConfig={"Delay": WAITER_DELAY, "MaxAttempts": attempts}, **arguments)
+    except WaiterError as exc:
+        if "Max attempts exceeded" in str(exc):
+            raise StageFailed(f"stack {stack_name}: still not done after {MAX_WAIT_SECONDS // 60} minutes; "
+                              "see its events in the CloudFormation console") from None
+
+
+class EventTail:
+    """Logs a stack's new events while an operation runs (a background poll), and
+    keeps them for the failure message. Events older than the start are skipped."""
+
+    def __init__(self, client, stack_id: str) -> None:
+        self.client = client
+        self.stack_id = stack_id
+        self.events: List[Dict[str, Any]] = []  # oldest first
+        self._seen = {event["EventId"] for event in self._first_page()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-events", daemon=True)
+
+    def _first_page(self) -> List[Dict[str, Any]]:
+        try:
+            return self.client.describe_stack_events(StackName=self.stack_id).get("StackEvents", [])
+        except (ClientError, BotoCoreError):
+            return []
+
+    def poll(self) -> None:
+        fresh: List[Dict[str, Any]] = []
+        try:
+            for page in self.client.get_paginator("describe_stack_events").paginate(StackName=self.stack_id):
+                page_events = page.get("StackEvents", [])
+                new = [event for event in page_events if event["EventId"] not in self._seen]
+                fresh.extend(new)
+                if len(new) < len(page_events):  # reached what was already shown
+                    break
+        except (ClientError, BotoCoreError) as exc:  # a hiccup here must not fail the stage
+            log.debug("could not read events of %s: %s", self.stack_id, exc)
+            return
+        for event in reversed(fresh):  # the API answers newest first
+            self._seen.add(event["EventId"])
+            self.events.append(event)
+            log.info("  %s", format_event(event))
+
+    def _run(self) -> None:
+        while not self._stop.wait(EVENT_POLL_SECONDS):
+            self.poll()
+
+    def __enter__(self) -> "EventTail":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+def _recent_events(client, stack_id: str) -> List[Dict[str, Any]]:
+    """The stack's latest page of events, oldest first."""
+    try:
+        events = client.describe_stack_events(StackName=stack_id).get("StackEvents", [])
+    except (ClientError, BotoCoreError):
+        return []
+    return list(reversed(events))
+
+
+def _with_reasons(message: str, events: List[Dict[str, Any]]) -> str:
+    reasons = failure_reasons(events)
+    return f"{message}: {'; '.join(reasons)}" if reasons else message
+
+
+def _outputs(stack: Optional[Mapping[str, Any]], secret_values: List[str]) -> Dict[str, Output]:
+    """Stack outputs; one that echoes a NoEcho parameter's value is marked sensitive."""
+    result: Dict[str, Output] = {}
+    for item in (stack or {}).get("Outputs") or []:
+        value = item.get("OutputValue", "")
+        sensitive = any(secret in str(value) for secret in secret_values)
+        result[item["OutputKey"]] = Output(value=value, sensitive=sensitive)
+    return result
+
+
+# --- change sets ----------------------------------------------------------------
+
+
+@dataclass
+class ChangeSet:
+    id: str
+    stack_id: str
+    kind: str  # CREATE or UPDATE
+    changes: List[Dict[str, Any]] = field(default_factory=list)
+    no_changes: bool = False
+    template_url: Optional[str] = None  # set when the template went through S3
+
+    def count(self, action: str) -> int:
+        return sum(1 for change in self.changes if change.get("ResourceChange", {}).get("Action") == action)
+
+    @property
+    def counts(self) -> str:
+        return f"{self.count('Add')} to add, {self.count('Modify')} to change, {self.count('Remove')} to remove"
+
+
+def _change_set_name(version: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"envpipe-{re.sub(r'[^A-Za-z0-9-]', '-', version)}-{stamp}"[:128]
+
+
+def _is_no_change(text: str) -> bool:
+    return any(marker in text for marker in NO_CHANGES)
+
+
+@contextlib.contextmanager
+def _template_argument(request: RunRequest, prepared: Prepared) -> Iterator[Dict[str, str]]:
+    """``TemplateBody``, or ``TemplateURL`` after uploading a large template to the repository."""
+    size = len(prepared.body)
+    if size <= INLINE_TEMPLATE_LIMIT:
+        yield {"TemplateBody": prepared.body.decode("utf-8")}
+        return
+    https_url = getattr(request.repository, "https_url", None)
+    if https_url is None:
+        raise UsageError(
+            f"template {prepared.template_path} is {size:,} bytes, over CloudFormation's {INLINE_TEMPLATE_LIMIT:,}-byte "
+            f"limit for inline templates, and repository {request.repository.location()} is a folder: use an "
+            "s3:// repository (the template is then passed by URL) or make the template smaller"
+        )
+    digest = hashlib.sha256(prepared.body).hexdigest()
+    key = f"{TEMPLATE_PREFIX}/{request.environment.name}/{digest}{_suffix(prepared.template_path)}"
+    request.repository.write(key, prepared.body)
+    url = https_url(key)
+    log.info("template is %s bytes: passing it as %s", f"{size:,}", url)
+    yield {"TemplateURL": url}
+
+
+def _suffix(path: str) -> str:
+    name = path.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
+
+
+def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: str) -> ChangeSet:
+    name = prepared.stack_name
+    log.info("stack %s: creating %s change set for version %s (parameters: %s)", name, kind, request.version,
+             ", ".join(prepared.shown_parameters) or "none")
+    with _template_argument(request, prepared) as template:
+        try:
+            response = client.create_change_set(
+                StackName=name,
+                ChangeSetName=_change_set_name(request.version),
+                ChangeSetType=kind,
+                Parameters=prepared.parameters,
+                Capabilities=prepared.capabilities,
+                Tags=prepared.tags,
+                Description=f"envpipe {request.environment.name} {request.version}"[:1024],
+                **template,
+            )
+        except ClientError as exc:
+            code, message = _error_text(exc)
+            if code == "ValidationError" and _is_no_change(message):
+                return ChangeSet(id="", stack_id="", kind=kind, no_changes=True)
+            raise StageFailed(f"stack {name}: CloudFormation rejected the change set: {code}: {message}") from None
+    change_set = ChangeSet(id=response["Id"], stack_id=response["StackId"], kind=kind,
+                           template_url=template.get("TemplateURL"))
+    _wait(client, "change_set_create_complete", name, ChangeSetName=change_set.id)
+    described = client.describe_change_set(ChangeSetName=change_set.id)
+    if described["Status"] == "FAILED":
+        reason = described.get("StatusReason", "")
+        if _is_no_change(reason):
+            change_set.no_changes = True
+            client.delete_change_set(ChangeSetName=change_set.id)
+            return change_set
+        raise StageFailed(f"stack {name}: the change set failed: {reason or 'no reason given'}")
+    change_set.changes = list(described.get("Changes", []))
+    while described.get("NextToken"):
+        described = client.describe_change_set(ChangeSetName=change_set.id, NextToken=described["NextToken"])
+        change_set.changes.extend(described.get("Changes", []))
+    for change in change_set.changes:
+        resource = change.get("ResourceChange", {})
+        replacement = resource.get("Replacement")
+        log.info("  %-7s %s (%s)%s", resource.get("Action", "?"), resource.get("LogicalResourceId", "?"),
+                 resource.get("ResourceType", "?"),
+                 f" replacement: {replacement}" if replacement and replacement != "False" else "")
+    log.info("stack %s: %s", name, change_set.counts)
+    return change_set
+
+
+# --- the runner -------------------------------------------------------------------
+
+
+class CloudFormationRunner:
+    name = "cloudformation"
+
+    def _existing_stack(self, client, request: RunRequest, prepared: Prepared, replace: bool,
+                        dry_run: bool = False) -> Optional[Dict[str, Any]]:
+        """The stack a change set can be based on, or None for a CREATE; clears away an
+        empty placeholder, and a failed first creation when ``replace`` is allowed."""
+        name = prepared.stack_name
+        stack = describe_stack(client, name)
+        if stack is None:
+            return None
+        status = stack["StackStatus"]
+        if stack_state(status) is StackState.PENDING:
+            # Left by a change set that was never executed: it holds no resources.
+            log.info("stack %s is %s (an unexecuted change set); removing the empty stack first", name, status)
+            self._delete(client, stack, name)
+            return None
+        if status in NEEDS_REPLACEMENT:
+            reasons = failure_reasons(_recent_events(client, stack["StackId"]))
+            cause = f" (it failed because: {'; '.join(reasons)})" if reasons else ""
+            if not replace:
+                raise Refused(f"stack {name} is {status}: its first creation failed and CloudFormation cannot "
+                              f"update it{cause}; run again with --replace-failed to delete and re-create it")
+            if dry_run:
+                return stack
+            log.info("stack %s is %s%s; deleting it to create it again (--replace-failed)", name, status, cause)
+            self._delete(client, stack, name)
+            return None
+        problem = blocking_reason(status)
+        if problem:
+            raise Refused(f"stack {name} is {status}: {problem}")
+        return stack
+
+    def _delete(self, client, stack: Mapping[str, Any], name: str) -> List[Dict[str, Any]]:
+        """Delete the stack and wait; return the events seen. Raise StageFailed if it fails."""
+        stack_id = stack["StackId"]
+        with _aws("delete", name):
+            with EventTail(client, stack_id) as tail:
+                client.delete_stack(StackName=stack_id)
+                _wait(client, "stack_delete_complete", name, StackName=stack_id)
+            final = describe_stack(client, stack_id)
+        if final is not None:
+            raise StageFailed(_with_reasons(f"stack {name}: deletion failed, now {final['StackStatus']}", tail.events))
+        return tail.events
+
+    def plan(self, request: RunRequest) -> RunOutcome:
+        prepared = prepare(request)
+        name = prepared.stack_name
+        client = cloudformation_client(request.environ)
+        with _aws("plan", name):
+            stack = self._existing_stack(client, request, prepared, replace=True, dry_run=True)
+            if stack is not None and stack["StackStatus"] in NEEDS_REPLACEMENT:
+                summary = (f"stack {name} is {stack['StackStatus']}: apply --replace-failed would delete it and "
+                           "create it again")
+                log.info("%s", summary)
+                return RunOutcome(changed=True, summary=summary, details={"stack_name": name, "replace": True})
+            change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
+            if change_set.no_changes:
+                return RunOutcome(changed=False, summary=f"stack {name}: no changes",
+                                  details={"stack_name": name})
+            client.delete_change_set(ChangeSetName=change_set.id)
+            if change_set.kind == "CREATE":
+                # A CREATE change set makes an empty stack (REVIEW_IN_PROGRESS); a plan leaves nothing behind.
+                placeholder = describe_stack(client, change_set.stack_id)
+                if placeholder is not None and stack_state(placeholder["StackStatus"]) is StackState.PENDING:
+                    client.delete_stack(StackName=change_set.stack_id)
+        return RunOutcome(
+            changed=True, added=change_set.count("Add"), changed_count=change_set.count("Modify"),
+            destroyed=change_set.count("Remove"),
+            summary=f"stack {name}: {'would be created' if change_set.kind == 'CREATE' else 'would change'}: "
+                    f"{change_set.counts}",
+            details={"stack_name": name, "change_set_type": change_set.kind},
+        )
+
+    def apply(self, request: RunRequest) -> RunOutcome:
+        prepared = prepare(request)
+        name = prepared.stack_name
+        client = cloudformation_client(request.environ)
+        with _aws("apply", name):
+            stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")))
+            change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
+            if change_set.no_changes:
+                log.info("stack %s is up to date with version %s: nothing to change", name, request.version)
+                return RunOutcome(changed=False, outputs=_outputs(stack, prepared.secret_values),
+                                  summary=f"stack {name}: no changes",
+                                  details={"stack_name": name, "status": stack["StackStatus"] if stack else None})
+            tail = EventTail(client, change_set.stack_id)
+            try:
+                with tail:
+                    client.execute_change_set(ChangeSetName=change_set.id)
+                    waiter = "stack_create_complete" if change_set.kind == "CREATE" else "stack_update_complete"
+                    _wait(client, waiter, name, StackName=change_set.stack_id)
+            except ClientError as exc:
+                code, message = _error_text(exc)
+                raise StageFailed(_with_reasons(f"stack {name}: executing the change set failed: {code}: {message}",
+                                                tail.events)) from None
+            final = describe_stack(client, change_set.stack_id)
+        status = final["StackStatus"] if final else "DELETE_COMPLETE"
+        if final is None or stack_state(status) is not StackState.COMPLETE:
+            raise StageFailed(_with_reasons(f"stack {name}: {change_set.kind.lower()} failed, now {status}",
+                                            tail.events))
+        log.info("stack %s: %s", name, status)
+        return RunOutcome(
+            changed=True, added=change_set.count("Add"), changed_count=change_set.count("Modify"),
+            destroyed=change_set.count("Remove"), outputs=_outputs(final, prepared.secret_values),
+            summary=f"stack {name}: {status} ({change_set.counts.replace('to ', '')})",
+            details={"stack_name": name, "stack_id": final["StackId"], "status": status,
+                     "change_set_type": change_set.kind, "template_url": change_set.template_url},
+        )
+
+    def destroy(self, request: RunRequest) -> RunOutcome:
+        config = request.config
+        name = config.cloudformation.stack_name.format(project=config.project, environment=request.environment.name)
+        client = cloudformation_client(request.environ)
+        with _aws("destroy", name):
+            stack = describe_stack(client, name)
+            if stack is None:
+                log.info("stack %s does not exist: nothing to destroy", name)
+                self._forget_templates(request)
+                return RunOutcome(changed=False, summary=f"stack {name}: does not exist",
+                                  details={"stack_name": name})
+            if stack_state(stack["StackStatus"]) is StackState.IN_PROGRESS:
+                raise Refused(f"stack {name} is {stack['StackStatus']}: another operation is running on it; "
+                              "wait for it to finish, then destroy again")
+            resources = sum(len(page.get("StackResourceSummaries", [])) for page in
+                            client.get_paginator("list_stack_resources").paginate(StackName=stack["StackId"]))
+            log.info("stack %s: deleting (%d resources)", name, resources)
+            self._delete(client, stack, name)
+        self._forget_templates(request)
+        log.info("stack %s: DELETE_COMPLETE", name)
+        return RunOutcome(changed=True, destroyed=resources, summary=f"stack {name}: deleted ({resources} resources)",
+                          details={"stack_name": name, "stack_id": stack["StackId"], "status": "DELETE_COMPLETE"})
+
+    def outputs(self, request: RunRequest) -> Dict[str, Output]:
+        prepared = prepare(request)
+        client = cloudformation_client(request.environ)
+        with _aws("read", prepared.stack_name):
+            stack = describe_stack(client, prepared.stack_name)
+        if stack is None:
+            raise NotFound(f"stack {prepared.stack_name} does not exist: apply {request.environment.name} first")
+        return _outputs(stack, prepared.secret_values)
+
+    @staticmethod
+    def _forget_templates(request: RunRequest) -> None:
+        """Remove the large templates uploaded for this environment: its stack is gone."""
+        prefix = f"{TEMPLATE_PREFIX}/{request.environment.name}/"
+        keys = [info.key for info in request.repository.list(prefix)]
+        if keys:
+            request.repository.delete(keys)
