@@ -18,7 +18,7 @@ import pathspec
 
 from envpipe_agent.errors import UnsafeSource, UsageError
 from envpipe_agent.manifest import FileEntry
-from envpipe_agent.repository.base import CHUNK_SIZE
+from envpipe_agent.repository.base import CHUNK_SIZE, MULTIPART_SIZE
 
 IGNORE_FILE = ".envpipeignore"
 ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache"}
@@ -26,10 +26,17 @@ ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache"}
 _STATE_NAME = re.compile(r"(^|.*\.)tfstate(\.backup|\.\d+\.backup)?$|^\.terraform\.tfstate\.lock\.info$")
 _ENV_NAME = re.compile(r"^\.env(\..+)?$")
 _ENV_EXAMPLES = (".example", ".sample", ".template", ".dist")
-_KEY_NAME = re.compile(r"^(id_(rsa|dsa|ecdsa|ed25519)|.*\.(pem|key|p12|pfx|ppk))$")
-_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_KEY_NAME = re.compile(r"^(id_(rsa|dsa|ecdsa|ed25519)(_sk)?|.*\.(pem|key|p12|pfx|ppk|jks|keystore))$")
+# PEM/OpenSSH/PGP private keys, and PuTTY's own format.
+_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-\d+:")
 _ACCESS_KEY = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Z0-9])")
-_PUBLIC_PEM = re.compile(rb"-----BEGIN (CERTIFICATE|PUBLIC KEY)-----")
+# AWS's documented placeholder keys (AKIAIOSFODNN7EXAMPLE) appear in examples and
+# tests; they are not credentials.
+_EXAMPLE_KEY_SUFFIX = b"EXAMPLE"
+# A key-named file passes when it is PEM text holding only public material
+# (certificates, CSRs, public keys, parameters): private blocks are caught above,
+# and a file with no PEM block at all may be a binary (DER, PKCS#12) private key.
+_PEM_BLOCK = re.compile(rb"-----BEGIN [A-Z0-9 ]+-----")
 # A match may straddle two read chunks; keep this many bytes of the previous one.
 _OVERLAP = 64
 
@@ -40,6 +47,14 @@ class SourceFile:
     local: Path
     entry: FileEntry
     md5: str
+    # The ETag S3 gives this file when uploaded multipart (files of MULTIPART_SIZE
+    # and more), so a re-run recognises it; None for smaller files.
+    multipart_etag: Optional[str] = None
+
+    @property
+    def etags(self) -> Tuple[str, ...]:
+        """Every tag a stored copy of this file may carry."""
+        return (self.md5, self.multipart_etag) if self.multipart_etag else (self.md5,)
 
 
 def _name_problem(relative: str) -> Optional[str]:
@@ -54,23 +69,44 @@ def _name_problem(relative: str) -> Optional[str]:
     return None
 
 
-def _hash_and_scan(path: Path) -> Tuple[FileEntry, str, Optional[str]]:
-    """Hash the file in one streaming pass, looking for key material on the way."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    size, tail, problem = 0, b"", None
+def _find_secret(window: bytes) -> Optional[str]:
+    if _PRIVATE_KEY.search(window):
+        return "a private key"
+    for match in _ACCESS_KEY.finditer(window):
+        if not match.group().endswith(_EXAMPLE_KEY_SUFFIX):
+            return "an AWS access key id"
+    return None
+
+
+def _hash_and_scan(path: Path) -> Tuple[FileEntry, str, Optional[str], Optional[str]]:
+    """Hash the file in one streaming pass, looking for key material on the way.
+
+    Returns (entry, md5, multipart ETag or None, problem or None).
+    """
+    sha, md5, part = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.md5(usedforsecurity=False)
+    part_digests: List[bytes] = []
+    part_size, size, tail, problem = 0, 0, b"", None
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
             sha.update(chunk)
             md5.update(chunk)
             size += len(chunk)
+            # CHUNK_SIZE divides MULTIPART_SIZE, so a chunk never spans two parts.
+            part.update(chunk)
+            part_size += len(chunk)
+            if part_size == MULTIPART_SIZE:
+                part_digests.append(part.digest())
+                part, part_size = hashlib.md5(usedforsecurity=False), 0
             if problem is None:
                 window = tail + chunk
-                if _PRIVATE_KEY.search(window):
-                    problem = "a private key"
-                elif _ACCESS_KEY.search(window):
-                    problem = "an AWS access key id"
+                problem = _find_secret(window)
                 tail = window[-_OVERLAP:]
-    return FileEntry(size=size, sha256=sha.hexdigest()), md5.hexdigest(), problem
+    multipart = None
+    if size >= MULTIPART_SIZE:
+        if part_size:
+            part_digests.append(part.digest())
+        multipart = f"{hashlib.md5(b''.join(part_digests), usedforsecurity=False).hexdigest()}-{len(part_digests)}"
+    return FileEntry(size=size, sha256=sha.hexdigest()), md5.hexdigest(), multipart, problem
 
 
 def _ignore_spec(root: Path) -> pathspec.PathSpec:
@@ -113,24 +149,28 @@ def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
     if problems:
         _refuse(problems)
 
-    def scan(relative: str) -> Tuple[str, FileEntry, str, Optional[str]]:
+    def scan(relative: str) -> Tuple[str, FileEntry, str, Optional[str], Optional[str]]:
         path = root / relative
-        entry, md5, problem = _hash_and_scan(path)
-        if problem is None and _KEY_NAME.match(relative.rsplit("/", 1)[-1]):
-            with open(path, "rb") as stream:
-                head = stream.read(4096)
-            if not _PUBLIC_PEM.search(head):
-                problem = "a private key file"
-        return relative, entry, md5, problem
+        try:
+            entry, md5, multipart, problem = _hash_and_scan(path)
+            if problem is None and entry.size and _KEY_NAME.match(relative.rsplit("/", 1)[-1]):
+                with open(path, "rb") as stream:
+                    head = stream.read(64 * 1024)
+                if not _PEM_BLOCK.search(head):
+                    problem = "a private key file (not PEM text with only public material)"
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or "
+                             f"list it in {IGNORE_FILE}") from None
+        return relative, entry, md5, multipart, problem
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         scanned = list(pool.map(scan, relatives))
-    problems = [f"{relative} ({problem})" for relative, _, _, problem in scanned if problem]
+    problems = [f"{relative} ({problem})" for relative, _, _, _, problem in scanned if problem]
     if problems:
         _refuse(problems)
     if not scanned:
         raise UsageError(f"source folder {root} holds no files to publish (after {IGNORE_FILE})")
-    return [SourceFile(path=r, local=root / r, entry=e, md5=m) for r, e, m, _ in scanned]
+    return [SourceFile(path=r, local=root / r, entry=e, md5=m, multipart_etag=mp) for r, e, m, mp, _ in scanned]
 
 
 def _refuse(problems: List[str]) -> None:

@@ -18,6 +18,9 @@ from envpipe_agent.errors import UsageError
 # so throughput comes from concurrency (awscli uses 10).
 TRANSFER_THREADS = 32
 CHUNK_SIZE = 1024 * 1024
+# S3 uploads at or above this size go multipart, in parts of this size; publish
+# computes the ETag such an upload gets, to recognise it on a re-run.
+MULTIPART_SIZE = 16 * 1024 * 1024
 
 
 class KeyNotFound(Exception):

@@ -37,7 +37,13 @@ class PublishResult:
         return asdict(self)
 
 
-def _refuse_other_content(version: str, published: Manifest, digest: str, location: str) -> VersionConflict:
+def _refuse_other_content(version: str, published: Optional[Manifest], digest: str,
+                          location: str) -> VersionConflict:
+    if published is None:  # its manifest appeared and vanished while we looked
+        return VersionConflict(
+            f"version {version} at {location} changed while publishing (another publisher is at "
+            "work, or someone deleted it): check 'envpipe status', then publish again"
+        )
     return VersionConflict(
         f"version {version} is already published at {location} with other content "
         f"({published.digest[:19]}…, this source {digest[:19]}…): versions are immutable; "
@@ -58,9 +64,11 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     # earlier run already uploaded.
     prefix = f"{version}/"
     existing = {info.key[len(prefix):]: info for info in repository.list(prefix)}
-    if MANIFEST_KEY in existing:
-        published = read_manifest(repository, version)
-        if published is not None and published.digest == digest:
+    # None also when the manifest was deleted between the listing and the read:
+    # then the version does not exist, and this run publishes it.
+    published = read_manifest(repository, version) if existing.pop(MANIFEST_KEY, None) else None
+    if published is not None:
+        if published.digest == digest:
             log.info("version %s is already published with this content at %s", version, location)
             return PublishResult(version, location, digest, len(files), sum(f.entry.size for f in files),
                                  0, True, time.monotonic() - started)
@@ -71,7 +79,7 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
 
     def already_there(source_file: SourceFile) -> bool:
         info = existing.get(source_file.path)
-        return info is not None and info.size == source_file.entry.size and info.etag == source_file.md5
+        return info is not None and info.size == source_file.entry.size and info.etag in source_file.etags
 
     pending = [f for f in files if not already_there(f)]
     log.info("publishing %s: %d files (%d to upload) to %s", version, len(files), len(pending), location)
