@@ -246,6 +246,8 @@ def xml_comment(value: str) -> Markup:
 
 def _finalizer(quote: Callable[[str], Any]) -> Callable[[Any], Any]:
     def finalize(value: Any) -> Any:
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # StrictUndefined raises here, naming the missing variable
         if isinstance(value, (Literal, Markup)):
             return value
         if isinstance(value, bool) or not isinstance(value, (str, int)):

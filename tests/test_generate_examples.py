@@ -1,0 +1,39 @@
+"""Jenkinsfile.example and examples/gocd/ are what examples/envpipe.yml renders (SPEC §8).
+
+Regenerate them with `make examples` after changing the templates or the example config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envpipe_agent.config import load_config
+from envpipe_agent.generate import render
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "examples" / "envpipe.yml"
+
+# file (relative to the project root) → how it is rendered (target, full); the Makefile's
+# `examples` target writes the same files.
+GOLDEN = {
+    "Jenkinsfile.example": ("jenkins", False),
+    "examples/gocd/pipelines.xml": ("gocd-xml", False),
+    "examples/gocd/cruise-config.xml": ("gocd-xml", True),
+    "examples/gocd/our-project.gocd.yaml": ("gocd-yaml", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_example_file_is_what_the_example_config_renders(name):
+    target, full = GOLDEN[name]
+    expected = render(load_config(EXAMPLE_CONFIG), target, full=full)
+    path = ROOT / name
+    assert path.is_file(), f"{name} is missing: run 'make examples'"
+    assert path.read_text(encoding="utf-8") == expected, f"{name} is out of date: run 'make examples'"
+
+
+def test_makefile_regenerates_every_golden_file():
+    makefile = (ROOT / "Makefile").read_text()
+    for name, (target, full) in GOLDEN.items():
+        assert f"generate {target}{' --full' if full else ''} -o {name}" in makefile

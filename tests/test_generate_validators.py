@@ -1,0 +1,82 @@
+"""Generated pipelines checked by outside validators: GoCD's own cruise-config.xsd and
+npm-groovy-lint (../shared/validators, see its README)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from envpipe_agent.config import load_config
+from envpipe_agent.generate import render
+from test_generate import CONFIG, config_from, hostile_config
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATORS = ROOT.parent / "shared" / "validators"
+
+needs_validators = pytest.mark.skipif(
+    not VALIDATORS.is_dir(), reason=f"validators not found at {VALIDATORS} (expected beside the checkout)"
+)
+
+
+def configs(tmp_path: Path) -> Dict[str, object]:
+    """The example, a rich config, one full of hostile values and a minimal one."""
+    minimal = tmp_path / "minimal"
+    minimal.mkdir()
+    return {
+        "example": load_config(ROOT / "examples" / "envpipe.yml"),
+        "rich": config_from(CONFIG, tmp_path),
+        "hostile": hostile_config(tmp_path),
+        "minimal": config_from("project: small\nenvironments: [{name: dev}]\n"
+                               "ci: {gocd: {git_url: 'https://example.com/small.git'}}\n", minimal),
+    }
+
+
+@pytest.fixture(scope="module")
+def jenkins_lint(tmp_path_factory) -> subprocess.CompletedProcess:
+    """One validate-jenkinsfile call for every Jenkinsfile (it takes ~5 s per call)."""
+    if not VALIDATORS.is_dir():
+        pytest.skip(f"validators not found at {VALIDATORS}")
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: npm-groovy-lint cannot lint the Jenkinsfiles")
+    folder = tmp_path_factory.mktemp("jenkinsfiles")
+    files = []
+    for name, config in configs(folder).items():
+        path = folder / f"{name}.Jenkinsfile"
+        path.write_text(render(config, "jenkins"))
+        files.append(str(path))
+    return subprocess.run([str(VALIDATORS / "validate-jenkinsfile"), *files], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_generated_jenkinsfiles_pass_npm_groovy_lint(jenkins_lint):
+    assert jenkins_lint.returncode == 0, jenkins_lint.stdout + jenkins_lint.stderr
+    assert "4 linted files" in jenkins_lint.stdout.replace("\n", " ")
+
+
+@needs_validators
+@pytest.mark.parametrize("full", [False, True], ids=["fragment", "cruise"])
+def test_generated_gocd_xml_is_valid_against_gocds_schema(tmp_path, full):
+    files = []
+    for name, config in configs(tmp_path).items():
+        path = tmp_path / f"{name}.xml"
+        path.write_text(render(config, "gocd-xml", full=full))
+        files.append(str(path))
+    result = subprocess.run([sys.executable, str(VALIDATORS / "validate-gocd-xml"), "--semantic", *files],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(": OK") == len(files)
+
+
+@needs_validators
+def test_schema_validation_catches_a_broken_pipeline(tmp_path):
+    """The check above can fail: a stage name GoCD refuses is reported."""
+    path = tmp_path / "broken.xml"
+    path.write_text(render(config_from(CONFIG, tmp_path), "gocd-xml").replace('<stage name="publish">',
+                                                                              '<stage name="pub lish">'))
+    result = subprocess.run([sys.executable, str(VALIDATORS / "validate-gocd-xml"), str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
