@@ -1,0 +1,38 @@
+"""make demo: examples/demo.py takes the example stack to production, and can run again."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lxml.html
+
+DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+
+
+def run_demo(work: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ENVPIPE_DEMO_DIR": str(work)}
+    result = subprocess.run([sys.executable, str(DEMO)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"demo exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_demo_takes_the_example_to_production_writes_the_page_and_runs_again_afresh(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    (work / "repository" / "stale").mkdir(parents=True)  # left by an earlier run: removed
+    result = run_demo(work)
+
+    assert f"demo: status page   {work / 'status.html'}" in result.stdout
+    tree = lxml.html.parse(str(work / "status.html"))
+    shown = {li.get("data-environment"): (li.get("data-version"), li.get("data-state"))
+             for li in tree.xpath("//li[@data-environment]")}
+    assert shown == {"test": ("1.0.1", "passed"), "staging": ("1.0.1", "passed"),
+                     "production": ("1.0.1", "passed")}
+    assert sorted(p.name for p in (work / "reports").iterdir()) == ["production.xml", "staging.xml", "test.xml"]
+    assert not (work / "repository" / "stale").exists()
+    assert "production (manual)  1.0.1" in result.stdout  # the status table
+
+    second = run_demo(work)
+    history = second.stdout.split("$ envpipe history production", 1)[1]
+    assert history.count(" promote ") == 1  # not two: the first run's repository is gone
