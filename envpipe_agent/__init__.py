@@ -8,6 +8,7 @@ The Python API does what the CLI does::
     promote(ctx, "staging", "1.0.123")
 """
 from envpipe_agent.context import StageContext
+from envpipe_agent.generate import render as render_pipeline
 from envpipe_agent.stages.apply import apply, destroy, plan
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
@@ -16,5 +17,5 @@ from envpipe_agent.stages.unlock import unlock
 from envpipe_agent.stages.verify import verify
 
 __version__ = "0.1.0"
-__all__ = ["StageContext", "apply", "destroy", "history", "plan", "promote", "publish", "status", "unlock",
-           "verify"]
+__all__ = ["StageContext", "apply", "destroy", "history", "plan", "promote", "publish", "render_pipeline", "status",
+           "unlock", "verify"]
