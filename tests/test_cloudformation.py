@@ -131,7 +131,7 @@ def runner() -> CloudFormationRunner:
 @pytest.fixture
 def runner_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """The runner's log lines, whatever another test did to the package logger."""
-    logger = logging.getLogger(cfn_module.__name__)
+    logger = logging.getLogger("envpipe_agent.tools")
     logger.addHandler(caplog.handler)
     previous = logger.level
     logger.setLevel(logging.INFO)
@@ -326,6 +326,38 @@ def test_a_failing_template_fails_the_stage_with_the_reason(
     assert message.startswith(f"stack {STACK}: executing the change set failed")
     assert "NotAType" in message
     assert ssm_value("/our-project/broken") is None
+
+
+def roll_back_on_execute(monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
+    """Make the next executed change set end as real CloudFormation ends a failed
+    creation, asynchronously: the waiter then finds the stack in ROLLBACK_COMPLETE."""
+    real_client = cfn_module.cloudformation_client
+
+    def client_that_rolls_back(environ: Mapping[str, str]):
+        client = real_client(environ)
+        client.meta.events.register("after-call.cloudformation.ExecuteChangeSet",
+                                    lambda **_: fail_first_creation(STACK, reason))
+        return client
+
+    monkeypatch.setattr(cfn_module, "cloudformation_client", client_that_rolls_back)
+
+
+def test_a_creation_that_rolls_back_fails_with_the_events_reasons(
+        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation, runner_log,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.release("1.0.1")
+    roll_back_on_execute(monkeypatch, "Queue name already taken in this account")
+
+    with pytest.raises(StageFailed) as failure:
+        runner.apply(pipeline.request())
+
+    assert str(failure.value) == (
+        f"stack {STACK}: create failed, now ROLLBACK_COMPLETE: Queue (AWS::SQS::Queue): Queue name already "
+        "taken in this account; fix the definition, publish and promote a new version, then apply with "
+        "--replace-failed")
+    # The failed event was printed while waiting, as CI logs need it.
+    assert any("CREATE_FAILED Queue (AWS::SQS::Queue) - Queue name already taken" in message
+               for message in runner_log.messages)
 
 
 def test_a_good_version_after_a_failed_creation_creates_the_stack(

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import logging
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -26,11 +25,14 @@ from envpipe_agent.paths import local_path
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
 from envpipe_agent.tools.stack_states import (
     NEEDS_REPLACEMENT,
+    EventTail,
     StackState,
     blocking_reason,
     failure_reasons,
-    format_event,
+    next_step,
+    recent_events,
     stack_state,
+    with_reasons,
 )
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,6 @@ INLINE_TEMPLATE_LIMIT = 51_200
 # so an operation that is already done costs no waiting at all.
 WAITER_DELAY = 1
 MAX_WAIT_SECONDS = 3 * 60 * 60
-# New stack events are fetched this often while an operation runs.
-EVENT_POLL_SECONDS = 5
 # Large templates are uploaded here in the repository, content-addressed per environment.
 TEMPLATE_PREFIX = ".envpipe/templates"
 STACK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}\Z")
@@ -143,16 +143,22 @@ def _environment_where(request: RunRequest) -> str:
     return f"{request.config.path}: environments[{index}].vars"
 
 
+def stack_name_for(request: RunRequest) -> str:
+    """``cloudformation.stack_name`` with ``{project}`` and ``{environment}`` filled in."""
+    config = request.config
+    name = config.cloudformation.stack_name.format(project=config.project, environment=request.environment.name)
+    if not STACK_NAME_RE.match(name):
+        raise ConfigError(f"{config.path}: cloudformation.stack_name: {name!r} is not a valid stack "
+                          "name (a letter, then letters, digits and '-', at most 128 characters)")
+    return name
+
+
 def prepare(request: RunRequest) -> Prepared:
     """Resolve the stack name, template, parameters and tags; raise ConfigError (exit 2)
     for any configuration mistake, before anything is changed."""
-    config = request.config
     environment = request.environment
-    settings = config.cloudformation
-    stack_name = settings.stack_name.format(project=config.project, environment=environment.name)
-    if not STACK_NAME_RE.match(stack_name):
-        raise ConfigError(f"{config.path}: cloudformation.stack_name: {stack_name!r} is not a valid stack "
-                          "name (a letter, then letters, digits and '-', at most 128 characters)")
+    settings = request.config.cloudformation
+    stack_name = stack_name_for(request)
     relative, body, declared = _read_template(request)
     where = _environment_where(request)
     reserved = sorted(set(environment.vars) & set(ENVPIPE_PARAMETERS))
@@ -223,8 +229,6 @@ def _aws(action: str, stack_name: str) -> Iterator[None]:
         code, message = _error_text(exc)
         hint = "; check the agent's AWS permissions" if "AccessDenied" in code or "Unauthorized" in code else ""
         raise StageFailed(f"cannot {action} stack {stack_name}: {code}: {message}{hint}") from None
-    except WaiterError as exc:
-        raise StageFailed(f"gave up waiting to {action} stack {stack_name}: {exc}") from None
     except BotoCoreError as exc:
         raise StageFailed(f"cannot {action} stack {stack_name}: {exc}") from None
 
@@ -253,69 +257,6 @@ def _wait(client, waiter: str, stack_name: str, **arguments: str) -> None:
         if "Max attempts exceeded" in str(exc):
             raise StageFailed(f"stack {stack_name}: still not done after {MAX_WAIT_SECONDS // 60} minutes; "
                               "see its events in the CloudFormation console") from None
-
-
-class EventTail:
-    """Logs a stack's new events while an operation runs (a background poll), and
-    keeps them for the failure message. Events older than the start are skipped."""
-
-    def __init__(self, client, stack_id: str) -> None:
-        self.client = client
-        self.stack_id = stack_id
-        self.events: List[Dict[str, Any]] = []  # oldest first
-        self._seen = {event["EventId"] for event in self._first_page()}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stack-events", daemon=True)
-
-    def _first_page(self) -> List[Dict[str, Any]]:
-        try:
-            return self.client.describe_stack_events(StackName=self.stack_id).get("StackEvents", [])
-        except (ClientError, BotoCoreError):
-            return []
-
-    def poll(self) -> None:
-        fresh: List[Dict[str, Any]] = []
-        try:
-            for page in self.client.get_paginator("describe_stack_events").paginate(StackName=self.stack_id):
-                page_events = page.get("StackEvents", [])
-                new = [event for event in page_events if event["EventId"] not in self._seen]
-                fresh.extend(new)
-                if len(new) < len(page_events):  # reached what was already shown
-                    break
-        except (ClientError, BotoCoreError) as exc:  # a hiccup here must not fail the stage
-            log.debug("could not read events of %s: %s", self.stack_id, exc)
-            return
-        for event in reversed(fresh):  # the API answers newest first
-            self._seen.add(event["EventId"])
-            self.events.append(event)
-            log.info("  %s", format_event(event))
-
-    def _run(self) -> None:
-        while not self._stop.wait(EVENT_POLL_SECONDS):
-            self.poll()
-
-    def __enter__(self) -> "EventTail":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()
-
-
-def _recent_events(client, stack_id: str) -> List[Dict[str, Any]]:
-    """The stack's latest page of events, oldest first."""
-    try:
-        events = client.describe_stack_events(StackName=stack_id).get("StackEvents", [])
-    except (ClientError, BotoCoreError):
-        return []
-    return list(reversed(events))
-
-
-def _with_reasons(message: str, events: List[Dict[str, Any]]) -> str:
-    reasons = failure_reasons(events)
-    return f"{message}: {'; '.join(reasons)}" if reasons else message
 
 
 def _outputs(stack: Optional[Mapping[str, Any]], secret_values: List[str]) -> Dict[str, Output]:
@@ -415,7 +356,11 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
             change_set.no_changes = True
             client.delete_change_set(ChangeSetName=change_set.id)
             return change_set
-        raise StageFailed(f"stack {name}: the change set failed: {reason or 'no reason given'}")
+        if kind == "CREATE":
+            # Only the empty REVIEW_IN_PROGRESS stack exists; deleting it takes its change set along.
+            client.delete_stack(StackName=change_set.stack_id)
+        raise StageFailed(f"stack {name}: CloudFormation could not create the change set: "
+                          f"{reason or 'no reason given'}; fix the template and publish a new version")
     change_set.changes = list(described.get("Changes", []))
     while described.get("NextToken"):
         described = client.describe_change_set(ChangeSetName=change_set.id, NextToken=described["NextToken"])
@@ -451,7 +396,7 @@ class CloudFormationRunner:
             self._delete(client, stack, name)
             return None
         if status in NEEDS_REPLACEMENT:
-            reasons = failure_reasons(_recent_events(client, stack["StackId"]))
+            reasons = failure_reasons(recent_events(client, stack["StackId"]))
             cause = f" (it failed because: {'; '.join(reasons)})" if reasons else ""
             if not replace:
                 raise Refused(f"stack {name} is {status}: its first creation failed and CloudFormation cannot "
@@ -475,7 +420,7 @@ class CloudFormationRunner:
                 _wait(client, "stack_delete_complete", name, StackName=stack_id)
             final = describe_stack(client, stack_id)
         if final is not None:
-            raise StageFailed(_with_reasons(f"stack {name}: deletion failed, now {final['StackStatus']}", tail.events))
+            raise StageFailed(with_reasons(f"stack {name}: deletion failed, now {final['StackStatus']}", tail.events))
         return tail.events
 
     def plan(self, request: RunRequest) -> RunOutcome:
@@ -491,6 +436,7 @@ class CloudFormationRunner:
                 return RunOutcome(changed=True, summary=summary, details={"stack_name": name, "replace": True})
             change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
             if change_set.no_changes:
+                log.info("stack %s matches version %s: no changes", name, request.version)
                 return RunOutcome(changed=False, summary=f"stack {name}: no changes",
                                   details={"stack_name": name})
             client.delete_change_set(ChangeSetName=change_set.id)
@@ -527,13 +473,13 @@ class CloudFormationRunner:
                     _wait(client, waiter, name, StackName=change_set.stack_id)
             except ClientError as exc:
                 code, message = _error_text(exc)
-                raise StageFailed(_with_reasons(f"stack {name}: executing the change set failed: {code}: {message}",
+                raise StageFailed(with_reasons(f"stack {name}: executing the change set failed: {code}: {message}",
                                                 tail.events)) from None
             final = describe_stack(client, change_set.stack_id)
         status = final["StackStatus"] if final else "DELETE_COMPLETE"
         if final is None or stack_state(status) is not StackState.COMPLETE:
-            raise StageFailed(_with_reasons(f"stack {name}: {change_set.kind.lower()} failed, now {status}",
-                                            tail.events))
+            raise StageFailed(with_reasons(f"stack {name}: {change_set.kind.lower()} failed, now {status}",
+                                            tail.events) + next_step(status))
         log.info("stack %s: %s", name, status)
         return RunOutcome(
             changed=True, added=change_set.count("Add"), changed_count=change_set.count("Modify"),
@@ -544,8 +490,7 @@ class CloudFormationRunner:
         )
 
     def destroy(self, request: RunRequest) -> RunOutcome:
-        config = request.config
-        name = config.cloudformation.stack_name.format(project=config.project, environment=request.environment.name)
+        name = stack_name_for(request)
         client = cloudformation_client(request.environ)
         with _aws("destroy", name):
             stack = describe_stack(client, name)

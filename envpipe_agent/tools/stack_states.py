@@ -1,4 +1,4 @@
-"""What a CloudFormation stack's status and events mean for a stage.
+"""How a CloudFormation stack is doing: its state, and its events.
 
 CloudFormation has two dozen stack statuses; a stage needs four answers (done,
 failed, still running, waiting for a change set), so every decision is made on
@@ -8,7 +8,16 @@ still shown to the user, since it is what the AWS console shows them.
 from __future__ import annotations
 
 import enum
-from typing import Any, Iterable, List, Mapping, Optional
+import logging
+import threading
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
+
+# New stack events are fetched this often while an operation runs.
+EVENT_POLL_SECONDS = 5
 
 
 class StackState(enum.Enum):
@@ -92,3 +101,76 @@ def failure_reasons(events: Iterable[Mapping[str, Any]], limit: int = 5) -> List
         if line not in reasons:
             reasons.append(line)
     return reasons[:limit]
+
+
+class EventTail:
+    """Logs a stack's new events while an operation runs (a background poll), and
+    keeps them for the failure message. Events older than the start are skipped."""
+
+    def __init__(self, client, stack_id: str) -> None:
+        self.client = client
+        self.stack_id = stack_id
+        self.events: List[Dict[str, Any]] = []  # oldest first
+        self._seen = {event["EventId"] for event in self._first_page()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-events", daemon=True)
+
+    def _first_page(self) -> List[Dict[str, Any]]:
+        try:
+            return self.client.describe_stack_events(StackName=self.stack_id).get("StackEvents", [])
+        except (ClientError, BotoCoreError):
+            return []
+
+    def poll(self) -> None:
+        fresh: List[Dict[str, Any]] = []
+        try:
+            for page in self.client.get_paginator("describe_stack_events").paginate(StackName=self.stack_id):
+                page_events = page.get("StackEvents", [])
+                new = [event for event in page_events if event["EventId"] not in self._seen]
+                fresh.extend(new)
+                if len(new) < len(page_events):  # reached what was already shown
+                    break
+        except (ClientError, BotoCoreError) as exc:  # a hiccup here must not fail the stage
+            log.debug("could not read events of %s: %s", self.stack_id, exc)
+            return
+        for event in reversed(fresh):  # the API answers newest first
+            self._seen.add(event["EventId"])
+            self.events.append(event)
+            log.info("  %s", format_event(event))
+
+    def _run(self) -> None:
+        while not self._stop.wait(EVENT_POLL_SECONDS):
+            self.poll()
+
+    def __enter__(self) -> "EventTail":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+def recent_events(client, stack_id: str) -> List[Dict[str, Any]]:
+    """The stack's latest page of events, oldest first."""
+    try:
+        events = client.describe_stack_events(StackName=stack_id).get("StackEvents", [])
+    except (ClientError, BotoCoreError):
+        return []
+    return list(reversed(events))
+
+
+def with_reasons(message: str, events: List[Dict[str, Any]]) -> str:
+    """``message`` followed by the failed events' reasons, when there are any."""
+    reasons = failure_reasons(events)
+    return f"{message}: {'; '.join(reasons)}" if reasons else message
+
+
+def next_step(status: str) -> str:
+    """What to do after an operation ended in ``status``."""
+    if status in NEEDS_REPLACEMENT:
+        return "; fix the definition, publish and promote a new version, then apply with --replace-failed"
+    if status == "UPDATE_ROLLBACK_COMPLETE":
+        return "; the stack was rolled back to its previous state: fix the definition and publish a new version"
+    return "; see the stack's events above"
