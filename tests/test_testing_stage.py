@@ -220,6 +220,22 @@ def test_pytest_suite_and_http_checks_share_one_report(copy: WorkingCopy, health
     assert ET.parse(report).getroot().get("tests") == "3"
 
 
+def test_suite_runs_with_the_environments_assumed_role(copy: WorkingCopy, s3) -> None:
+    copy.configure(test_vars="    role_arn: arn:aws:iam::123456789012:role/deployer\n")
+    copy.write("tests/test_role.py", """\
+        import os
+
+        def test_credentials_are_the_roles_not_the_agents():
+            assert os.environ["AWS_ACCESS_KEY_ID"] != "testing"
+            assert os.environ["AWS_SESSION_TOKEN"]
+        """)
+    copy.deploy("1.0.1")
+
+    copy.envpipe("test", "test", check=0)
+
+    assert copy.latest_test("test", "1.0.1")["result"] == "passed"
+
+
 def test_nothing_configured_to_test_exits_2(copy: WorkingCopy) -> None:
     copy.configure(tests="")
     result = copy.envpipe("test", "test", check=2)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import requests
 
+from envpipe_agent.aws_credentials import Credentials, environment_credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
@@ -203,11 +204,8 @@ def _pytest_command(tests: Path, definition: Path, report: Path) -> List[str]:
 
 
 def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outputs: Mapping[str, Any],
-                  workdir: Path) -> Suite:
+                  workdir: Path, credentials: Credentials) -> Suite:
     tests_path = ctx.config.tests.path or ""
-    if importlib.util.find_spec("pytest") is None:
-        raise UsageError(f"tests.path is set but pytest is not installed for {sys.executable}: "
-                         "install it on the agent (pip install pytest)")
     definition = workdir / "definition"
     relative = tests_path.strip("/")
     tests = local_path(definition, relative, "tests.path") if relative not in ("", ".") else definition
@@ -218,7 +216,7 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
     outputs_file.write_text(json.dumps(dict(outputs), indent=1, sort_keys=True, default=str))
     report = workdir / "pytest.xml"
     environ = {
-        **ctx.environ,
+        **credentials.environ,  # the environment's assumed role, as apply had it
         "ENVPIPE_ENVIRONMENT": environment,
         "ENVPIPE_VERSION": manifest.version,
         "ENVPIPE_OUTPUTS": str(outputs_file),
@@ -230,10 +228,11 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=definition, env=environ, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    redactor = ctx.redactor.with_values(credentials.secrets)
     tail: List[str] = []
     assert process.stdout is not None
     for line in process.stdout:
-        line = ctx.redactor(line.rstrip("\n"))
+        line = redactor(line.rstrip("\n"))
         log.info("  %s", line)
         tail = (tail + [line])[-40:]
     code = process.wait()
@@ -242,7 +241,7 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
     cases = [case for suite in suites for case in suite.cases]
     for case in cases:
         case.classname = f"{environment}.{case.classname}" if case.classname else environment
-        case.text, case.message = ctx.redactor(case.text), ctx.redactor(case.message)
+        case.text, case.message = redactor(case.text), redactor(case.message)
     # pytest's own failures (collection errors, bad options, no tests) must not pass
     # a gate: they become an error case carrying the end of pytest's output.
     if code != 0 and not any(case.outcome in (FAILED, ERROR) for case in cases):
@@ -261,6 +260,9 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
     if not settings.path and not settings.http:
         raise UsageError(f"{ctx.config.path.name}: nothing to test: set tests.path (a pytest suite in the "
                          "definition) or tests.http (smoke checks)")
+    if settings.path and importlib.util.find_spec("pytest") is None:
+        raise UsageError(f"tests.path is set but pytest is not installed for {sys.executable}: "
+                         "install it on the agent (pip install pytest)")
     manifest = read_manifest(ctx.repository, env.name)
     if manifest is None:
         raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "
@@ -271,8 +273,12 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         # The suite comes from the verified environment folder, never the working copy.
         workdir = Path(tempfile.mkdtemp(prefix=f"envpipe-test-{env.name}-"))  # mode 0700
         try:
-            manifest, _ = check_folder(ctx.repository, env.name, workdir / "definition")
-            suites.append(_pytest_suite(ctx, env.name, manifest, outputs, workdir))
+            credentials = environment_credentials(env, ctx.environ, ctx.ci)
+            fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition")
+            if fetched.version != manifest.version:
+                raise Refused(f"{env.name} was promoted to version {fetched.version} while its tests started: "
+                              f"apply it, then run 'envpipe test {env.name}' again")
+            suites.append(_pytest_suite(ctx, env.name, fetched, outputs, workdir, credentials))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if settings.http:
