@@ -531,6 +531,26 @@ def test_noecho_values_are_never_logged_and_outputs_echoing_them_are_sensitive(
     assert outputs["QueueName"].sensitive is False
 
 
+def test_a_noecho_value_quoted_in_an_error_is_masked(
+        s3_bucket: str, tmp_path: Path, runner: CloudFormationRunner, cloudformation) -> None:
+    config = CONFIG.replace("{{QueueDelay: 5}}", "{{ParameterType: pa55-w0rd-xyz}}")
+    pipeline = Pipeline(tmp_path, f"s3://{s3_bucket}/pipelines", config)
+    pipeline.release("1.0.1", template=textwrap.dedent("""\
+        Parameters:
+          ParameterType: {Type: String, NoEcho: true}
+        Resources:
+          Rejected:
+            Type: AWS::SSM::Parameter
+            Properties: {Name: /our-project/rejected, Type: !Ref ParameterType, Value: x}
+    """))
+
+    with pytest.raises(StageFailed) as failure:
+        runner.apply(pipeline.request())
+
+    assert "Value '****' at 'type' failed to satisfy constraint" in str(failure.value)
+    assert "pa55-w0rd-xyz" not in str(failure.value)
+
+
 def test_outputs_of_a_missing_stack_say_to_apply_first(
         pipeline: Pipeline, runner: CloudFormationRunner, cloudformation) -> None:
     pipeline.release("1.0.1")

@@ -13,14 +13,14 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import boto3
 import yaml
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from envpipe_agent.errors import ConfigError, NotFound, Refused, StageFailed, UnsafePath, UsageError
+from envpipe_agent.errors import ConfigError, EnvpipeError, NotFound, Refused, StageFailed, UnsafePath, UsageError
 from envpipe_agent.paths import local_path
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
 from envpipe_agent.tools.stack_states import (
@@ -233,6 +233,19 @@ def _aws(action: str, stack_name: str) -> Iterator[None]:
         raise StageFailed(f"cannot {action} stack {stack_name}: {exc}") from None
 
 
+@contextlib.contextmanager
+def _masked(redact: Callable[[str], str]) -> Iterator[None]:
+    """Errors leave with NoEcho parameter values masked: CloudFormation may quote a
+    rejected value in its message."""
+    try:
+        yield
+    except EnvpipeError as exc:
+        masked = redact(str(exc))
+        if masked == str(exc):
+            raise
+        raise type(exc)(masked) from None
+
+
 def describe_stack(client, name_or_id: str) -> Optional[Dict[str, Any]]:
     """The stack, or None when there is none (never created, or deleted)."""
     try:
@@ -345,6 +358,9 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
             code, message = _error_text(exc)
             if code == "ValidationError" and _is_no_change(message):
                 return ChangeSet(id="", stack_id="", kind=kind, no_changes=True)
+            if code == "InsufficientCapabilitiesException":
+                raise ConfigError(f"{request.config.path}: cloudformation.capabilities: template "
+                                  f"{prepared.template_path} needs more: {message}; add them to the list") from None
             raise StageFailed(f"stack {name}: CloudFormation rejected the change set: {code}: {message}") from None
     change_set = ChangeSet(id=response["Id"], stack_id=response["StackId"], kind=kind,
                            template_url=template.get("TemplateURL"))
@@ -382,7 +398,7 @@ class CloudFormationRunner:
     name = "cloudformation"
 
     def _existing_stack(self, client, request: RunRequest, prepared: Prepared, replace: bool,
-                        dry_run: bool = False) -> Optional[Dict[str, Any]]:
+                        dry_run: bool = False, redact: Callable[[str], str] = str) -> Optional[Dict[str, Any]]:
         """The stack a change set can be based on, or None for a CREATE; clears away an
         empty placeholder, and a failed first creation when ``replace`` is allowed."""
         name = prepared.stack_name
@@ -393,7 +409,7 @@ class CloudFormationRunner:
         if stack_state(status) is StackState.PENDING:
             # Left by a change set that was never executed: it holds no resources.
             log.info("stack %s is %s (an unexecuted change set); removing the empty stack first", name, status)
-            self._delete(client, stack, name)
+            self._delete(client, stack, name, redact)
             return None
         if status in NEEDS_REPLACEMENT:
             reasons = failure_reasons(recent_events(client, stack["StackId"]))
@@ -403,19 +419,21 @@ class CloudFormationRunner:
                               f"update it{cause}; run again with --replace-failed to delete and re-create it")
             if dry_run:
                 return stack
-            log.info("stack %s is %s%s; deleting it to create it again (--replace-failed)", name, status, cause)
-            self._delete(client, stack, name)
+            log.info("stack %s is %s%s; deleting it to create it again (--replace-failed)", name, status,
+                     redact(cause))
+            self._delete(client, stack, name, redact)
             return None
         problem = blocking_reason(status)
         if problem:
             raise Refused(f"stack {name} is {status}: {problem}")
         return stack
 
-    def _delete(self, client, stack: Mapping[str, Any], name: str) -> List[Dict[str, Any]]:
+    def _delete(self, client, stack: Mapping[str, Any], name: str,
+                redact: Callable[[str], str] = str) -> List[Dict[str, Any]]:
         """Delete the stack and wait; return the events seen. Raise StageFailed if it fails."""
         stack_id = stack["StackId"]
         with _aws("delete", name):
-            with EventTail(client, stack_id) as tail:
+            with EventTail(client, stack_id, redact) as tail:
                 client.delete_stack(StackName=stack_id)
                 _wait(client, "stack_delete_complete", name, StackName=stack_id)
             final = describe_stack(client, stack_id)
@@ -427,7 +445,7 @@ class CloudFormationRunner:
         prepared = prepare(request)
         name = prepared.stack_name
         client = cloudformation_client(request.environ)
-        with _aws("plan", name):
+        with _masked(request.redactor.with_values(prepared.secret_values)), _aws("plan", name):
             stack = self._existing_stack(client, request, prepared, replace=True, dry_run=True)
             if stack is not None and stack["StackStatus"] in NEEDS_REPLACEMENT:
                 summary = (f"stack {name} is {stack['StackStatus']}: apply --replace-failed would delete it and "
@@ -455,17 +473,23 @@ class CloudFormationRunner:
 
     def apply(self, request: RunRequest) -> RunOutcome:
         prepared = prepare(request)
+        redact = request.redactor.with_values(prepared.secret_values)
+        with _masked(redact):
+            return self._apply(request, prepared, redact)
+
+    def _apply(self, request: RunRequest, prepared: Prepared, redact: Callable[[str], str]) -> RunOutcome:
         name = prepared.stack_name
         client = cloudformation_client(request.environ)
         with _aws("apply", name):
-            stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")))
+            stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")),
+                                         redact=redact)
             change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
             if change_set.no_changes:
                 log.info("stack %s is up to date with version %s: nothing to change", name, request.version)
                 return RunOutcome(changed=False, outputs=_outputs(stack, prepared.secret_values),
                                   summary=f"stack {name}: no changes",
                                   details={"stack_name": name, "status": stack["StackStatus"] if stack else None})
-            tail = EventTail(client, change_set.stack_id)
+            tail = EventTail(client, change_set.stack_id, redact)
             try:
                 with tail:
                     client.execute_change_set(ChangeSetName=change_set.id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -105,11 +105,13 @@ def failure_reasons(events: Iterable[Mapping[str, Any]], limit: int = 5) -> List
 
 class EventTail:
     """Logs a stack's new events while an operation runs (a background poll), and
-    keeps them for the failure message. Events older than the start are skipped."""
+    keeps them for the failure message. Events older than the start are skipped;
+    ``redact`` masks secrets a resource's status reason might quote."""
 
-    def __init__(self, client, stack_id: str) -> None:
+    def __init__(self, client, stack_id: str, redact: Callable[[str], str] = str) -> None:
         self.client = client
         self.stack_id = stack_id
+        self.redact = redact
         self.events: List[Dict[str, Any]] = []  # oldest first
         self._seen = {event["EventId"] for event in self._first_page()}
         self._stop = threading.Event()
@@ -136,7 +138,7 @@ class EventTail:
         for event in reversed(fresh):  # the API answers newest first
             self._seen.add(event["EventId"])
             self.events.append(event)
-            log.info("  %s", format_event(event))
+            log.info("  %s", self.redact(format_event(event)))
 
     def _run(self) -> None:
         while not self._stop.wait(EVENT_POLL_SECONDS):
