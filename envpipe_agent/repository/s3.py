@@ -161,7 +161,15 @@ class S3Repository:
         source = {"Bucket": self.bucket, "Key": self._key(source_key)}
         with self._errors("copy", key):
             if size < COPY_OBJECT_LIMIT:
-                response = self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=source)
+                extra = {}
+                if size >= MULTIPART_SIZE:
+                    # The source was uploaded in parts, so its checksum is a checksum of
+                    # part checksums; ask for a whole-object one for the single-part
+                    # copy, or some servers hand the source's on and every read fails
+                    # botocore's response validation.
+                    extra["ChecksumAlgorithm"] = "CRC32"
+                response = self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=source,
+                                                   **extra)
                 return response["CopyObjectResult"]["ETag"].strip('"')
             self.client.copy(source, self.bucket, self._key(key), Config=LARGE_TRANSFER)
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import GateNotPassed, NotFound, Refused, UsageError
+from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, UsageError
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
 from envpipe_agent.records import iso, test_passed, utc_now, write_record
+from envpipe_agent.repository import KeyNotFound
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ def load_version(ctx: StageContext, version: str) -> Manifest:
             f"version {version} is not published in {ctx.repository.location()}: "
             "run 'envpipe publish' first, or 'envpipe status' to see what is there"
         )
+    if manifest.version != version:
+        raise IntegrityError(
+            f"{ctx.repository.location(version)} holds the manifest of version {manifest.version}, "
+            f"not {version}: it was copied or edited; publish the definition under a new version"
+        )
     if manifest.project != ctx.config.project:
         raise Refused(
             f"version {version} in {ctx.repository.location()} belongs to project "
@@ -72,6 +78,15 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
     )
 
 
+def _previous_manifest(ctx: StageContext, environment: str) -> Optional[Manifest]:
+    """The environment's current manifest; a damaged one is replaced, not a reason to stop."""
+    try:
+        return read_manifest(ctx.repository, environment)
+    except Refused as exc:
+        log.warning("ignoring the damaged manifest of %s (%s); promote rewrites it", environment, exc)
+        return None
+
+
 def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
                      promoted: Dict[str, Any]) -> Dict[str, Any]:
     """Make ``<environment>/`` hold exactly ``manifest``'s files; write its manifest last."""
@@ -83,14 +98,24 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
         check_relative_path(relative, repository.location(prefix))
         listing[relative] = info
     had_manifest = listing.pop(MANIFEST_KEY, None) is not None
+    previous = _previous_manifest(ctx, environment) if had_manifest else None
 
     def current(path: str, entry: FileEntry) -> bool:
+        """Does the environment's object already hold this file's content?"""
         info = listing.get(path)
-        return info is not None and info.size == entry.size and entry.etag is not None and info.etag == entry.etag
+        if info is None or info.size != entry.size:
+            return False
+        if entry.etag is not None and info.etag == entry.etag:
+            return True
+        # A server-side copy may carry another tag than its source (the copy of a
+        # multipart upload does): the environment manifest remembers the tag each
+        # object got when it was copied, and which content that was.
+        held = previous.files.get(path) if previous else None
+        return (held is not None and held.etag is not None and held.etag == info.etag
+                and (held.size, held.sha256) == (entry.size, entry.sha256))
 
     to_copy = sorted(p for p, e in manifest.files.items() if not current(p, e))
     stale = sorted(set(listing) - set(manifest.files))
-    previous = read_manifest(repository, environment) if had_manifest else None
     counts = {"previous_version": previous.version if previous else None, "copied": len(to_copy),
               "deleted": len(stale), "unchanged": len(manifest.files) - len(to_copy)}
     if not to_copy and not stale and previous is not None and previous.digest == manifest.digest \
@@ -102,7 +127,13 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
              manifest.version, environment, len(to_copy), len(stale), counts["unchanged"])
 
     def copy(path: str) -> str:
-        return repository.copy(f"{manifest.version}/{path}", prefix + path, manifest.files[path].size)
+        try:
+            return repository.copy(f"{manifest.version}/{path}", prefix + path, manifest.files[path].size)
+        except KeyNotFound:
+            raise IntegrityError(
+                f"{repository.location(manifest.version + '/' + path)} is listed in the manifest of version "
+                f"{manifest.version} but missing: the version was damaged; publish a new version"
+            ) from None
 
     etags = dict(zip(to_copy, parallel_map(copy, to_copy)))
     if stale:
