@@ -58,10 +58,6 @@ class Command:
 
     args: Tuple[str, ...]
 
-    @property
-    def name(self) -> str:
-        return self.args[0]
-
 
 @dataclass(frozen=True)
 class Secret:
@@ -92,10 +88,6 @@ class Pipeline:
     install: Tuple[Tuple[str, ...], ...]  # argv lists run before envpipe on a fresh agent
     secrets: Tuple[Secret, ...]
     variables: Tuple[Tuple[str, str], ...]
-
-    @property
-    def approvals(self) -> Tuple[Stage, ...]:
-        return tuple(stage for stage in self.stages if stage.kind == "plan")
 
 
 def pipeline_model(config: Config) -> Pipeline:
