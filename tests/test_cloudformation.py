@@ -360,6 +360,16 @@ def test_a_creation_that_rolls_back_fails_with_the_events_reasons(
                for message in runner_log.messages)
 
 
+def test_a_template_that_does_not_parse_fails_before_any_aws_call(
+        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation) -> None:
+    pipeline.release("1.0.1", template="Resources: [\n")
+
+    with pytest.raises(StageFailed, match="template stack.yaml is neither valid YAML nor JSON"):
+        runner.apply(pipeline.request())
+
+    assert stack(cloudformation) is None
+
+
 def test_a_good_version_after_a_failed_creation_creates_the_stack(
         pipeline: Pipeline, runner: CloudFormationRunner, cloudformation) -> None:
     pipeline.release("1.0.1", template=FAILING_TEMPLATE)

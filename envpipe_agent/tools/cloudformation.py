@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -105,25 +106,31 @@ def _read_template(request: RunRequest) -> Tuple[str, bytes, Dict[str, Parameter
         raise ConfigError(f"{config.path}: cloudformation.template: {relative!r} is not in version "
                           f"{request.version}'s definition; fix the path or publish the template")
     body = path.read_bytes()
-    try:
-        document = yaml.load(body, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StageFailed(f"template {relative} is neither valid YAML nor JSON ({problem}); "
-                          "fix it and publish a new version") from None
+    document = _parse_template(body, relative)
     if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
         raise StageFailed(f"template {relative} has no Resources section; is it a CloudFormation template?")
     declared = document.get("Parameters") or {}
-    if not isinstance(declared, dict):
-        raise StageFailed(f"template {relative}: Parameters must be a mapping")
+    if not isinstance(declared, dict) or not all(isinstance(spec, dict) for spec in declared.values()):
+        raise StageFailed(f"template {relative}: Parameters must map each name to its properties; "
+                          "fix it and publish a new version")
     parameters = {
-        str(name): Parameter(
-            no_echo=str((spec or {}).get("NoEcho", False)).lower() == "true",
-            has_default="Default" in (spec or {}),
-        )
+        str(name): Parameter(no_echo=str(spec.get("NoEcho", False)).lower() == "true", has_default="Default" in spec)
         for name, spec in declared.items()
     }
     return relative, body, parameters
+
+
+def _parse_template(body: bytes, relative: str) -> Any:
+    """The template as data, from YAML (short forms included) or JSON."""
+    try:
+        return yaml.load(body, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        yaml_problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    try:  # JSON that YAML 1.1 trips over (tabs, for one)
+        return json.loads(body)
+    except ValueError:
+        raise StageFailed(f"template {relative} is neither valid YAML nor JSON ({yaml_problem}); "
+                          "fix it and publish a new version") from None
 
 
 def _parameter_value(value: Any) -> str:
