@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -153,7 +153,39 @@ class Completed:
     stdout: str = ""
     first_error: Optional[str] = None
     summary: Optional[str] = None
-    lines: List[str] = field(default_factory=list)
+    # From Terraform's machine-readable UI (-json): the change counts and the outputs
+    # (Terraform leaves sensitive values out of these itself).
+    changes: Optional[Dict[str, int]] = None
+    outputs: Optional[Dict[str, Any]] = None
+
+
+def _json_message(line: str) -> Optional[Dict[str, Any]]:
+    """A message of Terraform's machine-readable UI, or None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and "@message" in message else None
+
+
+def _readable(message: Dict[str, Any]) -> List[str]:
+    """What the human UI would have printed for one machine-readable message."""
+    lines = [str(message["@message"])]
+    diagnostic = message.get("diagnostic") or {}
+    where = diagnostic.get("range") or {}
+    if where.get("filename"):
+        lines.append(f"  on {where['filename']} line {(where.get('start') or {}).get('line', '?')}")
+    if diagnostic.get("detail"):
+        lines.extend(f"  {text}" for text in str(diagnostic["detail"]).splitlines())
+    return lines
+
+
+def _as_outputs(raw: Mapping[str, Any]) -> Dict[str, Output]:
+    return {name: Output(value=None if item.get("sensitive") else item.get("value"),
+                         sensitive=bool(item.get("sensitive")))
+            for name, item in raw.items()}
 
 
 def _counts(summary: Optional[str]) -> Dict[str, int]:
@@ -187,6 +219,7 @@ class TerraformRunner:
         """Run ``terraform ARGS`` in the work folder, streaming its output redacted.
 
         With ``capture_stdout`` stdout is kept (for ``output -json``) and not shown.
+        Machine-readable UI lines (``-json``) are shown as the text they carry.
         """
         command = self.command or find_terraform(environ)
         argv = [*command, *args]
@@ -202,24 +235,36 @@ class TerraformRunner:
         lock = threading.Lock()
         captured: List[str] = []
 
+        def note(text: str) -> None:
+            if completed.first_error is None and text.startswith("Error: "):
+                completed.first_error = text
+            if _SUMMARY_LINE.match(text):
+                completed.summary = text
+            if text == "No changes." or text.startswith("No changes. "):
+                completed.summary = completed.summary or "No changes."
+            if text == "Changes to Outputs:":
+                completed.summary = completed.summary or "Changes to outputs only."
+
         def pump(source: IO[str], keep: bool) -> None:
             for line in source:
                 if keep:
                     captured.append(line)
                     continue
-                shown = request.redactor(line)
-                text = _DIAGNOSTIC_DECORATION.sub("", shown).strip()
+                message = _json_message(line)
+                if message is not None:
+                    if message.get("type") == "outputs":
+                        completed.outputs = message.get("outputs") or {}
+                    if message.get("type") == "change_summary":
+                        completed.changes = message.get("changes") or {}
+                    lines = [request.redactor(text) for text in _readable(message)]
+                else:
+                    lines = [request.redactor(line.rstrip("\n"))]
                 with lock:
-                    if completed.first_error is None and text.startswith("Error: "):
-                        completed.first_error = text
-                    if _SUMMARY_LINE.match(text):
-                        completed.summary = text
-                    if text == "No changes." or text.startswith("No changes. "):
-                        completed.summary = completed.summary or "No changes."
-                    if text == "Changes to Outputs:":
-                        completed.summary = completed.summary or "Changes to outputs only."
+                    for shown in lines:
+                        note(_DIAGNOSTIC_DECORATION.sub("", shown).strip())
+                        if stream is not None:
+                            stream.write(shown + "\n")
                     if stream is not None:
-                        stream.write(shown if shown.endswith("\n") else shown + "\n")
                         stream.flush()
 
         threads = [threading.Thread(target=pump, args=(process.stdout, capture_stdout), daemon=True),
@@ -261,8 +306,7 @@ class TerraformRunner:
             raw = json.loads(completed.stdout or "{}")
         except ValueError:
             raise StageFailed(f"terraform output -json in {request.environment.name} did not print JSON") from None
-        return {name: Output(value=item.get("value"), sensitive=bool(item.get("sensitive")))
-                for name, item in raw.items()}
+        return _as_outputs(raw)
 
     def _plan(self, request: RunRequest, environ: Mapping[str, str], out: Optional[str]) -> RunOutcome:
         args = ["plan", "-input=false", "-no-color", "-detailed-exitcode"]
@@ -282,14 +326,18 @@ class TerraformRunner:
     def apply(self, request: RunRequest) -> RunOutcome:
         environ = self._init(request)
         planned = self._plan(request, environ, out=PLAN_FILE)
-        outcome = planned
-        if planned.changed:
-            # Apply exactly what was planned (and shown in the log), nothing newer.
-            completed = self._checked(request, ["apply", "-input=false", "-no-color", PLAN_FILE], environ)
-            counts = _counts(completed.summary)
-            outcome = RunOutcome(changed=True, added=counts["add"], changed_count=counts["change"],
-                                 destroyed=counts["destroy"], summary=completed.summary or planned.summary)
-        outcome.outputs = self._outputs(request, environ)
+        if not planned.changed:
+            planned.outputs = self._outputs(request, environ)
+            return planned
+        # Apply exactly what was planned (and shown in the log), nothing newer. Its
+        # machine-readable UI carries the outputs, which saves a Terraform run.
+        completed = self._checked(request, ["apply", "-json", "-input=false", PLAN_FILE], environ)
+        counts = completed.changes or {}
+        outcome = RunOutcome(changed=True, added=int(counts.get("add", 0)),
+                             changed_count=int(counts.get("change", 0)),
+                             destroyed=int(counts.get("remove", 0)), summary=completed.summary or planned.summary)
+        outcome.outputs = (_as_outputs(completed.outputs) if completed.outputs is not None
+                           else self._outputs(request, environ))
         return outcome
 
     def destroy(self, request: RunRequest) -> RunOutcome:
