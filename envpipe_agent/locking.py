@@ -29,21 +29,28 @@ def lock_key(environment: str) -> str:
     return f"{LOCKS_PREFIX}{environment}.json"
 
 
+_UNREADABLE = {"holder": "unknown (unreadable lock)", "expires": "1970-01-01T00:00:00Z"}
+
+
 def read_lock(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    """The lock on ``environment``, or None; an unreadable lock reads as long expired."""
     try:
-        return json.loads(repository.read(lock_key(environment)))
+        lock = json.loads(repository.read(lock_key(environment)))
     except KeyNotFound:
         return None
     except ValueError:
-        return {"holder": "unknown (unreadable lock)", "expires": "1970-01-01T00:00:00Z"}
+        return dict(_UNREADABLE)
+    return lock if isinstance(lock, dict) else dict(_UNREADABLE)
 
 
 def _expired(lock: Dict[str, Any], now: dt.datetime) -> bool:
     try:
         expires = dt.datetime.fromisoformat(str(lock["expires"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=dt.timezone.utc)
+        return expires <= now
+    except (KeyError, ValueError, TypeError):
         return True
-    return expires <= now
 
 
 def _describe(lock: Dict[str, Any]) -> str:
@@ -85,8 +92,13 @@ def environment_lock(
             if current is None:
                 continue  # released between our create and our read
             if _expired(current, now):
-                log.warning("breaking expired lock on %s held by %s", environment, _describe(current))
-                repository.delete([lock_key(environment)])
+                # Two agents may both find it expired. Reading it once more just
+                # before the delete makes it very unlikely that one deletes the fresh
+                # lock the other has just taken (there is no conditional delete to
+                # rule it out); the lock's id tells the two apart.
+                if read_lock(repository, environment) == current:
+                    log.warning("breaking expired lock on %s held by %s", environment, _describe(current))
+                    repository.delete([lock_key(environment)])
                 continue
             waited = (now - start).total_seconds()
             if waited >= timeout:

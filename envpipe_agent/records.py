@@ -13,6 +13,7 @@ import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from envpipe_agent.ci_context import CIContext
+from envpipe_agent.errors import RepositoryError
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
 RECORDS_PREFIX = ".envpipe/records/"
@@ -75,6 +76,9 @@ def write_record(
             break
         except AlreadyExists:  # same microsecond as another record: take the next one
             moment += dt.timedelta(microseconds=1)
+    else:
+        raise RepositoryError(f"cannot write a record for {environment}: {key} and the keys after it exist; "
+                              "is the clock of this agent right?")
     record["key"] = key
     _update_summary(repository, environment, action, record)
     if action == "test" and version:
