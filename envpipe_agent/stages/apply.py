@@ -185,6 +185,12 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     except StageFailed as exc:
         record("failed", {"error": str(exc)})
         raise
+    except KeyboardInterrupt:
+        # Stopped mid-run (an aborted CI build): say so on the record, as far as we
+        # still can, so nobody mistakes the environment's state for a finished run.
+        with contextlib.suppress(Exception):
+            record("interrupted", {"error": "interrupted; the tool may have left changes half-done"})
+        raise
     result.record = written["key"]
     result.seconds = round(time.monotonic() - started, 3)
     return result
