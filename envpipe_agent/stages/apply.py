@@ -96,9 +96,14 @@ def last_applied(repository: Repository, environment: str) -> Optional[Dict[str,
     if apply_record is None:
         return None
     destroyed = summary.get("destroy")
-    if destroyed and destroyed.get("result") == "done" and str(destroyed.get("at")) >= str(apply_record.get("at")):
+    if destroyed and destroyed.get("result") == "done" and _moment(destroyed) > _moment(apply_record):
         return None
     return apply_record
+
+
+def _moment(record: Mapping[str, Any]) -> str:
+    """A record's sortable stamp (microseconds, from its key; 'at' is only to the second)."""
+    return str(record.get("key", "")).rsplit("/", 1)[-1] or str(record.get("at", ""))
 
 
 def recorded_outputs(repository: Repository, environment: str) -> Dict[str, Any]:
