@@ -1,0 +1,110 @@
+"""Append-only records with CI provenance; status and history read them (SPEC §4, §6)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+
+import pytest
+
+from conftest import list_repository
+from envpipe_agent.ci_context import CIContext, detect
+from envpipe_agent.context import StageContext
+from envpipe_agent import records
+from envpipe_agent.records import history, latest_test, read_summary, write_record
+from envpipe_agent.repository import open_repository
+from envpipe_agent.stages.promote import promote
+from envpipe_agent.stages.publish import publish
+
+GOCD = CIContext(server="gocd", build="17", label="17", build_url="https://gocd.example.com/go/tab/build/detail/p/17/s/1/j",
+                 user="bob", job="p")
+MOMENT = dt.datetime(2026, 11, 29, 5, 43, 12, 123456, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def repo(repository_url):
+    return open_repository(repository_url, dict(os.environ))
+
+
+def test_a_record_is_written_under_its_stamp_action_and_version_with_ci_context(repo, repository_url):
+    record = write_record(repo, "staging", "apply", "1.0.3", "done", GOCD, {"outputs": {"url": "x"}}, moment=MOMENT)
+    assert record["key"] == ".envpipe/records/staging/20261129T054312.123456Z-apply-1.0.3.json"
+    stored = json.loads(repo.read(record["key"]))
+    assert stored["ci"]["build_url"] == GOCD.build_url and stored["ci"]["user"] == "bob"
+    assert (stored["action"], stored["version"], stored["result"], stored["at"]) == (
+        "apply", "1.0.3", "done", "2026-11-29T05:43:12Z")
+    assert stored["outputs"] == {"url": "x"}
+
+
+def test_records_at_the_same_moment_never_replace_each_other(repo):
+    first = write_record(repo, "test", "test", "1.0.1", "failed", GOCD, moment=MOMENT)
+    second = write_record(repo, "test", "test", "1.0.1", "passed", GOCD, moment=MOMENT)
+    assert first["key"] != second["key"]
+    assert json.loads(repo.read(first["key"]))["result"] == "failed"
+    assert json.loads(repo.read(second["key"]))["result"] == "passed"
+
+
+def test_summary_and_test_result_follow_the_latest_record(repo):
+    write_record(repo, "test", "test", "1.0.1", "failed", GOCD)
+    assert latest_test(repo, "test", "1.0.1")["result"] == "failed" and not records.test_passed(repo, "test", "1.0.1")
+    write_record(repo, "test", "test", "1.0.1", "passed", GOCD)
+    write_record(repo, "test", "apply", "1.0.1", "done", GOCD)
+    assert records.test_passed(repo, "test", "1.0.1") and not records.test_passed(repo, "test", "1.0.2")
+    summary = read_summary(repo, "test")
+    assert set(summary) == {"test", "apply"} and summary["test"]["result"] == "passed"
+
+
+def test_history_is_newest_first_and_reaches_back_past_the_first_window(repo):
+    now = dt.datetime.now(dt.timezone.utc)
+    for days, version in ((40, "1.0.1"), (3, "1.0.2"), (0, "1.0.3")):
+        write_record(repo, "test", "promote", version, "done", GOCD, moment=now - dt.timedelta(days=days))
+    assert [r["version"] for r in history(repo, "test", limit=20, now=now)] == ["1.0.3", "1.0.2", "1.0.1"]
+    assert [r["version"] for r in history(repo, "test", limit=2, now=now)] == ["1.0.3", "1.0.2"]
+
+
+# --- end to end: status and history ------------------------------------------------------
+
+
+def test_status_lists_which_version_each_environment_holds(project):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    publish(ctx, version="1.0.1")
+    promote(ctx, "test", "1.0.1")
+    table = project.envpipe("status", check=0).stdout
+    assert table.splitlines()[0].split()[:2] == ["ENVIRONMENT", "VERSION"]
+    rows = [re.split(r"\s{2,}", line)[:2] for line in table.splitlines()[1:]]
+    assert rows == [["test", "1.0.1"], ["staging", "-"], ["production (manual)", "-"]]
+    as_json = json.loads(project.envpipe("status", "--json", check=0).stdout)
+    assert json.loads(project.envpipe("--json", "status", check=0).stdout) == as_json
+    assert [(e["environment"], e["version"]) for e in as_json["environments"]] == [
+        ("test", "1.0.1"), ("staging", None), ("production", None)]
+    assert as_json["environments"][2]["approval"] == "manual"
+    assert as_json["environments"][0]["last"]["promote"]["version"] == "1.0.1"
+
+
+def test_history_lists_records_newest_first(project):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    publish(ctx, version="1.0.1")
+    project.write("main.tf", "# two\n")
+    publish(ctx, version="1.0.2")
+    promote(ctx, "test", "1.0.1")
+    promote(ctx, "test", "1.0.2")
+    records = json.loads(project.envpipe("history", "test", "--json", check=0).stdout)
+    assert [(r["action"], r["version"]) for r in records] == [("promote", "1.0.2"), ("promote", "1.0.1")]
+    assert "promote" in project.envpipe("history", check=0).stdout
+    stored = list_repository(project.repository, ".envpipe/records/test/")
+    assert len(stored) == 2 and all(json.loads(b)["ci"]["server"] == "local" for b in stored.values())
+
+
+def test_status_of_an_empty_repository_shows_every_environment_empty(project):
+    entries = json.loads(project.envpipe("status", "--json", check=0).stdout)["environments"]
+    assert all(e["version"] is None for e in entries) and len(entries) == 3
+
+
+def test_ci_context_of_a_gocd_agent_reaches_the_record(repo):
+    ci = detect({"GO_SERVER_URL": "https://g/go", "GO_PIPELINE_NAME": "p", "GO_PIPELINE_COUNTER": "4",
+                 "GO_STAGE_NAME": "s", "GO_STAGE_COUNTER": "1", "GO_JOB_NAME": "j", "GO_TRIGGER_USER": "erin"})
+    record = write_record(repo, "test", "destroy", None, "done", ci)
+    stored = json.loads(repo.read(record["key"]))
+    assert stored["ci"]["build_url"] == "https://g/go/tab/build/detail/p/4/s/1/j" and stored["ci"]["user"] == "erin"
+    assert record["key"].endswith("-destroy-none.json")
