@@ -72,6 +72,7 @@ def environment_lock(
     """Hold ``environment``'s lock for the block; wait up to ``timeout`` seconds for it."""
     lock_id = uuid.uuid4().hex
     start = clock()
+    waiting_said = False
     while True:
         now = clock()
         lock = {
@@ -107,6 +108,10 @@ def environment_lock(
                     f"{current.get('expires')}; wait for it (--lock-timeout SECONDS) or, if that "
                     f"build is dead, run 'envpipe unlock {environment}'"
                 ) from None
+            if not waiting_said:  # a CI log then shows why the stage stands still
+                log.info("environment %s is locked by %s; waiting up to %gs", environment,
+                         _describe(current), timeout)
+                waiting_said = True
             sleep(min(5.0, max(0.2, timeout - waited)))
     acquired = time.monotonic()
     try:

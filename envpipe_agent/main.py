@@ -6,11 +6,14 @@ Only this module reads ``os.environ`` and ``sys.argv``; the commands in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Mapping, NoReturn, Optional, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
 
 from envpipe_agent.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError
 from envpipe_agent.redact import Redactor, RedactingFilter
@@ -80,6 +83,32 @@ def _configure_logging(quiet: bool, verbose: bool, redactor: Redactor) -> None:
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+def _one_line(text: str) -> str:
+    """Every failure is one stderr line (SPEC §4), whatever a message carries."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or "(no message)"
+
+
+class Terminated(BaseException):
+    """SIGTERM (a CI server aborting the build), raised like Ctrl-C so that ``finally``
+    blocks run: environment locks are released and work folders removed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
     environ = dict(os.environ) if environ is None else dict(environ)
     parser = build_parser()
@@ -92,21 +121,29 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
     redactor = Redactor.from_environ(environ)
     _configure_logging(args.quiet, args.verbose, redactor)
     try:
-        return int(args.handler(args, environ) or 0)
+        with _sigterm_raises():
+            return int(args.handler(args, environ) or 0)
     except EnvpipeError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"envpipe: error: {redactor(str(exc))}", file=sys.stderr)
+        print(f"envpipe: error: {_one_line(redactor(str(exc)))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("envpipe: interrupted; an environment lock may be left until it expires "
               "(see 'envpipe unlock')", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `envpipe history | head`
+        # Point stdout at /dev/null so the interpreter's final flush does not
+        # report the broken pipe again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # noqa: BLE001 - the one place that catches bugs
         if args.verbose:
             traceback.print_exc()
-        print(f"envpipe: internal error: {type(exc).__name__}: {redactor(str(exc))}: this is a bug in "
+        print(f"envpipe: internal error: {type(exc).__name__}: {_one_line(redactor(str(exc)))}: this is a bug in "
               "envpipe; rerun with -v for the traceback and report it", file=sys.stderr)
         return EXIT_INTERNAL
