@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
@@ -93,12 +94,18 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
     repository = ctx.repository
     prefix = f"{environment}/"
     listing = {}
-    for info in repository.list(prefix):
-        relative = info.key[len(prefix):]
-        check_relative_path(relative, repository.location(prefix))
-        listing[relative] = info
-    had_manifest = listing.pop(MANIFEST_KEY, None) is not None
-    previous = _previous_manifest(ctx, environment) if had_manifest else None
+    previous_read = None
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        for info in repository.list(prefix):
+            relative = info.key[len(prefix):]
+            check_relative_path(relative, repository.location(prefix))
+            if relative == MANIFEST_KEY:
+                # It sorts first ('.' precedes digits and letters): read it while
+                # the rest of the listing pages in, instead of one round trip after.
+                previous_read = reader.submit(_previous_manifest, ctx, environment)
+                continue
+            listing[relative] = info
+        previous = previous_read.result() if previous_read else None
 
     def current(path: str, entry: FileEntry) -> bool:
         """Does the environment's object already hold this file's content?"""
@@ -135,9 +142,13 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
                 f"{manifest.version} but missing: the version was damaged; publish a new version"
             ) from None
 
-    etags = dict(zip(to_copy, parallel_map(copy, to_copy)))
-    if stale:
-        repository.delete([prefix + path for path in stale])
+    with ThreadPoolExecutor(max_workers=1) as deleter:
+        # Stale files go while the copies run: the environment's manifest, written
+        # last, is what marks the folder complete, so the order does not matter.
+        deleting = deleter.submit(repository.delete, [prefix + path for path in stale]) if stale else None
+        etags = dict(zip(to_copy, parallel_map(copy, to_copy)))
+        if deleting is not None:
+            deleting.result()
     files = {
         path: FileEntry(size=entry.size, sha256=entry.sha256,
                         etag=etags.get(path, listing[path].etag if path in listing else entry.etag))
@@ -156,8 +167,12 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
     env = ctx.config.environment(environment)
     version = ctx.resolve_version(version)
-    manifest = load_version(ctx, version)
-    overridden = check_gate(ctx, env.name, version, force)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        # The gate's test result is read alongside the version's manifest (one round
+        # trip, not two); a missing version is still the error reported first.
+        gate = reader.submit(check_gate, ctx, env.name, version, force)
+        manifest = load_version(ctx, version)
+        overridden = gate.result()
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout):
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
         if overridden:
