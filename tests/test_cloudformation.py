@@ -156,9 +156,9 @@ def tags(found: Mapping[str, Any]) -> Dict[str, str]:
     return {t["Key"]: t["Value"] for t in found.get("Tags", [])}
 
 
-def pending_change_sets(client) -> List[str]:
+def pending_change_sets(client, name: str = STACK) -> List[str]:
     """Change sets left unexecuted (moto keeps executed ones listed; AWS drops them)."""
-    return [summary["ChangeSetName"] for summary in client.list_change_sets(StackName=STACK)["Summaries"]
+    return [summary["ChangeSetName"] for summary in client.list_change_sets(StackName=name)["Summaries"]
             if summary.get("ExecutionStatus") != "EXECUTE_COMPLETE"]
 
 
@@ -268,6 +268,20 @@ def test_apply_of_an_unchanged_definition_is_a_no_op(
     assert stack(cloudformation)["StackStatus"] == "CREATE_COMPLETE"
     assert len(cloudformation.describe_stack_events(StackName=STACK)["StackEvents"]) == events_before
     assert pending_change_sets(cloudformation) == []
+
+
+def test_a_no_op_reported_as_a_failed_change_set_is_recognised(
+        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation) -> None:
+    # Without parameters, moto answers as real CloudFormation does: the change set is
+    # created and FAILED "didn't contain changes" (with them, moto says ValidationError).
+    pipeline.release("1.0.1", template=FAILING_TEMPLATE.replace("NotAType", "String").replace(
+        "Parameters:\n  QueueDelay: {Type: Number, Default: 0}\n", ""), environment="staging")
+    runner.apply(pipeline.request("staging"))
+
+    outcome = runner.apply(pipeline.request("staging"))
+
+    assert outcome.changed is False
+    assert pending_change_sets(cloudformation, "our-project-staging") == []
 
 
 def test_apply_of_a_new_version_updates_the_stack(
