@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
@@ -594,10 +595,10 @@ def test_credentials_region_and_endpoint_come_from_the_request_environment(
     environ = {"AWS_ACCESS_KEY_ID": "assumed-key", "AWS_SECRET_ACCESS_KEY": "assumed-secret",
                "AWS_SESSION_TOKEN": "assumed-token", "AWS_REGION": "eu-west-1",
                "AWS_ENDPOINT_URL_CLOUDFORMATION": moto_server}
-    from dataclasses import replace
+    outcome = runner.plan(replace(request, environ=environ))
 
-    runner.plan(replace(request, environ=environ))
-
+    # moto answered, though the process environment names no endpoint or credentials.
+    assert (outcome.changed, outcome.added) == (True, 2)
     client = cfn_module.cloudformation_client(environ)
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.endpoint_url == moto_server
