@@ -9,6 +9,10 @@ streamed line by line, redacted, to stderr (the CI log).
 Definitions need no backend block: envpipe writes a backend override file into the
 work folder, so state lives where envpipe.yml says (``terraform.state``) or, by
 default, in the artefact repository under ``.envpipe/state/<env>/terraform.tfstate``.
+
+apply is init, plan to a plan file (its diff shown in the log), and apply of that
+file with Terraform's machine-readable UI, whose messages are shown as text and
+whose last message carries the outputs (sensitive values left out by Terraform).
 """
 from __future__ import annotations
 
