@@ -158,35 +158,39 @@ def http_check(check: HttpCheck, url: str, clock: Callable[[], float] = time.mon
             sleep(min(RETRY_INTERVAL, remaining))
 
 
-def _http_suite(ctx: StageContext, environment: str, version: str, outputs: Mapping[str, Any]) -> Suite:
-    checks = ctx.config.tests.http
+def _check_urls(ctx: StageContext, environment: str, version: str,
+                outputs: Mapping[str, Any]) -> List[Tuple[Optional[str], str]]:
+    """(URL, problem) per HTTP check. A bad placeholder raises UsageError (exit 2) before
+    anything runs; an output the last apply did not produce fails that check only."""
     values = {"outputs": outputs, "environment": environment, "version": version, "project": ctx.config.project}
-    # Templates are checked before any request, so a typo fails fast with exit 2.
-    urls: List[Optional[str]] = []
-    problems: List[str] = []
-    for index, check in enumerate(checks):
+    urls: List[Tuple[Optional[str], str]] = []
+    for index, check in enumerate(ctx.config.tests.http):
         try:
-            urls.append(render_url(check.url, f"tests.http[{index}].url", values))
-            problems.append("")
+            urls.append((render_url(check.url, f"tests.http[{index}].url", values), ""))
         except KeyError as exc:
-            urls.append(None)
-            problems.append(str(exc.args[0]))
+            urls.append((None, str(exc.args[0])))
+    return urls
+
+
+def _http_suite(ctx: StageContext, environment: str, urls: List[Tuple[Optional[str], str]]) -> Suite:
+    checks = ctx.config.tests.http
 
     def run(index: int) -> Case:
         check = checks[index]
         case = Case(name=f"[{index}] GET {check.url}", classname=f"{environment}.http")
         started = time.monotonic()
-        if urls[index] is None:
-            case.outcome, case.message = ERROR, problems[index]
+        url, problem = urls[index]
+        if url is None:
+            case.outcome, case.message = ERROR, problem
             return case
-        log.info("%s: GET %s (expect %d%s, within %gs)", environment, urls[index], check.status,
+        log.info("%s: GET %s (expect %d%s, within %gs)", environment, url, check.status,
                  f" and {check.body!r}" if check.body else "", check.within)
-        passed, last, attempts = http_check(check, urls[index])
+        passed, last, attempts = http_check(check, url)
         case.seconds = time.monotonic() - started
         if not passed:
             case.outcome = FAILED
             case.message = ctx.redactor(
-                f"GET {urls[index]}: expected status {check.status}"
+                f"GET {url}: expected status {check.status}"
                 + (f" and {check.body!r} in the body" if check.body else "")
                 + f" within {check.within:g}s; {attempts} attempts, the last got {last}")
             log.info("%s: %s", environment, case.message)
@@ -268,6 +272,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "
                        "and apply it first")
     outputs = applied_outputs(ctx, env.name, manifest.version)
+    urls = _check_urls(ctx, env.name, manifest.version, outputs)
     suites: List[Suite] = []
     if settings.path:
         # The suite comes from the verified environment folder, never the working copy.
@@ -282,7 +287,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if settings.http:
-        suites.append(_http_suite(ctx, env.name, manifest.version, outputs))
+        suites.append(_http_suite(ctx, env.name, urls))
     counts = totals(suites)
     seconds = time.monotonic() - started
     failed = [case.title for suite in suites for case in suite.cases if case.outcome in (FAILED, ERROR)]
