@@ -120,7 +120,9 @@ def test_promote_into_a_locked_environment_exits_3_naming_the_holder(project):
     plant_lock(project, held_lock(3600, holder="bob@agent-9"))
     result = project.envpipe("promote", "1.0.1", "--to", "test", "--lock-timeout", "0.5", check=3)
     assert "locked by bob@agent-9" in result.stderr and "https://ci.example.com/b/3/" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    # the wait is logged as progress; the failure itself is one line
+    assert [line for line in result.stderr.splitlines() if line.startswith("envpipe:")] == [
+        result.stderr.strip().splitlines()[-1]]
     assert read_repository_file(project.repository, "test/main.tf") is None
 
 

@@ -165,7 +165,9 @@ def test_interrupted_publish_leaves_no_version_and_a_rerun_uploads_only_the_rest
                             cwd=project.root, env=dict(os.environ, KILL_AFTER_UPLOADS="10"),
                             capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL
-    partial = list_repository(project.repository, "1.0.1/")
+    # A folder repository may also hold the temporary file of a copy cut short;
+    # it is never listed, so it is not part of what the re-run finds.
+    partial = {k: v for k, v in list_repository(project.repository, "1.0.1/").items() if ".envpipe-tmp-" not in k}
     assert 10 <= len(partial) < 61
     assert ".envpipe/manifest.json" not in partial
 
@@ -176,7 +178,7 @@ def test_interrupted_publish_leaves_no_version_and_a_rerun_uploads_only_the_rest
     rerun = json.loads(project.envpipe("--json", "publish", "--version", "1.0.1", check=0).stdout)
     assert rerun["files"] == 61
     assert rerun["uploaded"] == 61 - len(partial)
-    stored = list_repository(project.repository, "1.0.1/")
+    stored = {k: v for k, v in list_repository(project.repository, "1.0.1/").items() if ".envpipe-tmp-" not in k}
     assert stored["modules/m59/main.tf"] == b"# module 59\n" * 50
     assert set(manifest_of(project, "1.0.1")["files"]) == set(stored) - {".envpipe/manifest.json"}
     project.envpipe("verify", "1.0.1", check=0)

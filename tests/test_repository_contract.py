@@ -148,15 +148,15 @@ def test_local_delete_prunes_emptied_folders_but_never_the_root(tmp_path):
 
 
 def test_local_writes_survive_a_concurrent_delete_pruning_their_folder(tmp_path):
-    """A lock released in one agent must not break another agent's lock write."""
+    """One agent's delete empties a folder while another writes into it."""
     repo = open_repository(str(tmp_path / "repo"), {})
     failures = []
 
     def writer() -> None:
         for n in range(300):
             try:
-                repo.write(f".envpipe/locks/w{n}.json", b"x")
-                repo.delete([f".envpipe/locks/w{n}.json"])
+                repo.write(f"staging/deep/w{n}.json", b"x")
+                repo.delete([f"staging/deep/w{n}.json"])
             except Exception as exc:  # noqa: BLE001 - collected for the assertion
                 failures.append(exc)
 
@@ -166,6 +166,13 @@ def test_local_writes_survive_a_concurrent_delete_pruning_their_folder(tmp_path)
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+def test_local_delete_keeps_envpipes_own_folders(tmp_path):
+    repo = open_repository(str(tmp_path / "repo"), {})
+    repo.write(".envpipe/locks/staging.json", b"{}")
+    repo.delete([".envpipe/locks/staging.json"])
+    assert (tmp_path / "repo" / ".envpipe" / "locks").is_dir()
 
 
 def test_local_listing_skips_half_written_temporary_files(tmp_path):

@@ -16,7 +16,10 @@ from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound
 # Writes go to a temporary sibling first and are renamed into place, so a reader
 # never sees half a file; listings skip these names.
 TEMP_MARK = ".envpipe-tmp-"
-_PRUNE_RETRIES = 5
+_PRUNE_RETRIES = 20
+# envpipe's own folders at the root (locks, records, summaries) are written to all the
+# time by every agent; they are never pruned.
+_NEVER_PRUNED = ".envpipe/"
 
 
 def _md5_file(path: Path) -> str:
@@ -134,8 +137,8 @@ class LocalRepository:
         return self._place(self._path(source_key), key)
 
     def delete(self, keys: Sequence[str]) -> None:
-        paths = [self._path(key) for key in keys]  # refuse an unsafe key before deleting any
-        for path in paths:
+        paths = [(key, self._path(key)) for key in keys]  # refuse an unsafe key before deleting any
+        for key, path in paths:
             try:
                 path.unlink(missing_ok=True)
             except IsADirectoryError:
@@ -146,7 +149,7 @@ class LocalRepository:
             # folder disappears as it would on S3. Another agent may be writing into
             # one of them at the same moment: then it is not empty, and we stop.
             parent = path.parent
-            while parent != self.root and self.root in parent.parents:
+            while not key.startswith(_NEVER_PRUNED) and parent != self.root and self.root in parent.parents:
                 try:
                     parent.rmdir()
                 except OSError:
