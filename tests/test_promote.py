@@ -14,6 +14,7 @@ from envpipe_agent.ci_context import detect
 from envpipe_agent.records import write_record
 from envpipe_agent.context import StageContext
 from envpipe_agent.repository import open_repository
+from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 
 MANIFEST = ".envpipe/manifest.json"
@@ -231,3 +232,34 @@ def test_large_file_round_trips_through_publish_promote_and_verify_on_s3(project
     project.envpipe("verify", "1.0.1", check=0)
     again = json.loads(project.envpipe("--json", "promote", "1.0.1", "--to", "test", check=0).stdout)
     assert again["copied"] == 0  # the copy's own tag is remembered: no second 40 MB copy
+
+
+def test_s3_request_counts_stay_close_to_what_a_sync_needs(s3_bucket, tmp_path):
+    """Counted, not timed: the benchmark holds these against `aws s3 sync`."""
+    import collections
+
+    work = tmp_path / "counted"
+    (work / "infra").mkdir(parents=True)
+    for n in range(20):
+        (work / "infra" / f"f{n}.tf").write_text(f"# {n}\n")
+    (work / "envpipe.yml").write_text(
+        f"project: p\nsource: infra\nrepository: s3://{s3_bucket}/p\nenvironments: [{{name: test}}]\n")
+    ctx = StageContext.load(work / "envpipe.yml", environ=dict(os.environ))
+    calls = collections.Counter()
+    ctx.repository.client.meta.events.register("before-call.s3", lambda model, **_: calls.update([model.name]))
+
+    def count(action) -> collections.Counter:
+        calls.clear()
+        action()
+        return collections.Counter(calls)
+
+    assert sum(count(lambda: publish(ctx, version="1.0.1")).values()) == 20 + 2  # list, 20 puts, manifest
+    assert sum(count(lambda: publish(ctx, version="1.0.1")).values()) == 2  # list, read manifest
+    first = count(lambda: promote(ctx, "test", "1.0.1"))
+    assert first["CopyObject"] == 20 and sum(first.values()) <= 20 + 7
+    (work / "infra" / "f0.tf").write_text("# changed\n")
+    publish(ctx, version="1.0.2")
+    one_changed = count(lambda: promote(ctx, "test", "1.0.2"))
+    assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 8
+    no_op = count(lambda: promote(ctx, "test", "1.0.2"))
+    assert no_op["CopyObject"] == 0 and sum(no_op.values()) <= 5
