@@ -291,3 +291,14 @@ def test_publish_when_the_manifest_vanishes_between_listing_and_reading(project,
     result = publish(ctx, version="1.0.1")
     assert result.already_published is False and result.uploaded == 0
     assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is not None
+
+
+def test_symlinked_module_folders_are_published_and_loops_are_not_followed(tmp_path):
+    shared = tmp_path / "shared-modules" / "net"
+    shared.mkdir(parents=True)
+    (shared / "net.tf").write_text("# shared\n")
+    root = definition(tmp_path, {"main.tf": "# main\n"})
+    (root / "modules").symlink_to(tmp_path / "shared-modules", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "dangling.tf").symlink_to(tmp_path / "nowhere.tf")
+    assert [f.path for f in read_definition(root)] == ["main.tf", "modules/net/net.tf"]
