@@ -83,6 +83,15 @@ def _configure_logging(quiet: bool, verbose: bool, redactor: Redactor) -> None:
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
+def _active_redactor(default: Redactor) -> Redactor:
+    """The log's redactor: once a command loaded its config, it masks `secrets:` too."""
+    for handler in log.handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, RedactingFilter):
+                return log_filter.redactor
+    return default
+
+
 def _one_line(text: str) -> str:
     """Every failure is one stderr line (SPEC §4), whatever a message carries."""
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or "(no message)"
@@ -126,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
     except EnvpipeError as exc:
         if args.verbose:
             traceback.print_exc()
+        redactor = _active_redactor(redactor)
         print(f"envpipe: error: {_one_line(redactor(str(exc)))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -144,6 +154,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
     except Exception as exc:  # noqa: BLE001 - the one place that catches bugs
         if args.verbose:
             traceback.print_exc()
+        redactor = _active_redactor(redactor)
         print(f"envpipe: internal error: {type(exc).__name__}: {_one_line(redactor(str(exc)))}: this is a bug in "
               "envpipe; rerun with -v for the traceback and report it", file=sys.stderr)
         return EXIT_INTERNAL

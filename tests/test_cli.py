@@ -173,3 +173,11 @@ def test_sigterm_while_waiting_for_a_lock_exits_130_with_one_line(project):
     assert process.returncode == 130
     assert "terminated (SIGTERM)" in one_line(rest)
     assert json.loads(read_repository_file(project.repository, ".envpipe/locks/test.json"))["holder"] == "bob@agent-9"
+
+
+@FOLDER_ONLY
+def test_config_secrets_are_masked_in_the_error_line(project):
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text() + "secrets: [DB_PASSWORD]\n")
+    result = project.envpipe("verify", "s3cr3t-value-9", env={"DB_PASSWORD": "s3cr3t-value-9"}, check=2)
+    assert "s3cr3t-value-9" not in result.stderr and "****" in result.stderr

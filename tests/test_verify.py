@@ -123,3 +123,10 @@ def test_fetching_a_folder_with_an_unsafe_key_refuses(project, promoted, tmp_pat
     plant(project, "test/x\\y", b"x")
     with pytest.raises(UnsafePath):
         check_folder(promoted, "test", tmp_path)
+
+
+def test_an_environment_manifest_copied_from_another_environment_is_refused(project, promoted):
+    for info in list(promoted.list("test/")):
+        promoted.write("staging/" + info.key[len("test/"):], promoted.read(info.key))
+    result = project.envpipe("verify", "staging", check=3)
+    assert "holds the manifest of 'test', not 'staging'" in result.stderr

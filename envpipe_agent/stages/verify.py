@@ -104,7 +104,14 @@ def verify(ctx: StageContext, target: str) -> VerifyResult:
         ctx.config.environment(target)  # a clear error for an unknown environment
     elif not VERSION_RE.match(target) or ".." in target:
         raise UsageError(f"{target!r} is neither a version nor an environment name")
-    _, result = check_folder(ctx.repository, target)
+    manifest, result = check_folder(ctx.repository, target)
+    # Files matching a manifest prove little if the manifest is another folder's.
+    belongs_to = manifest.environment if manifest.environment is not None else manifest.version
+    if belongs_to != target:
+        raise IntegrityError(
+            f"{ctx.repository.location(target)} holds the manifest of {belongs_to!r}, not {target!r}: "
+            "it was copied there; re-promote (or re-publish under a new version)"
+        )
     log.info("%s: %d files match manifest of version %s", ctx.repository.location(target), result.files,
              result.version)
     return result
