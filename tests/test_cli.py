@@ -181,3 +181,19 @@ def test_config_secrets_are_masked_in_the_error_line(project):
     config.write_text(config.read_text() + "secrets: [DB_PASSWORD]\n")
     result = project.envpipe("verify", "s3cr3t-value-9", env={"DB_PASSWORD": "s3cr3t-value-9"}, check=2)
     assert "s3cr3t-value-9" not in result.stderr and "****" in result.stderr
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["publish", "--version", "../1.0.1"], "invalid version '../1.0.1'"),
+        (["publish", "--version", "1.0/1"], "invalid version '1.0/1'"),
+        (["promote", "v1", "--to", "test"], "invalid version 'v1'"),
+        (["promote", "1.0.1", "--to", "Test"], "environment 'Test' is not in envpipe.yml"),
+        (["unlock", "../test"], "environment '../test' is not in envpipe.yml"),
+    ],
+)
+def test_invalid_versions_and_environment_names_exit_2(project, args, expected):
+    assert expected in one_line(project.envpipe(*args, check=2).stderr)
+    assert list_repository(project.repository, "") == {}
