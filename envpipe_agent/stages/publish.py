@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -56,14 +57,16 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     started = time.monotonic()
     version = ctx.resolve_version(version)
     repository = ctx.repository
-    files = read_definition(Path(source) if source else ctx.config.source)
-    digest = content_digest({f.path: f.entry for f in files})
     location = repository.location(version)
-
     # One listing tells both whether the version exists and what an interrupted
-    # earlier run already uploaded.
+    # earlier run already uploaded. It runs while the source is read and hashed;
+    # an unsafe source is still the error reported first.
     prefix = f"{version}/"
-    existing = {info.key[len(prefix):]: info for info in repository.list(prefix)}
+    with ThreadPoolExecutor(max_workers=1) as lister:
+        listing = lister.submit(lambda: {info.key[len(prefix):]: info for info in repository.list(prefix)})
+        files = read_definition(Path(source) if source else ctx.config.source)
+        existing = listing.result()
+    digest = content_digest({f.path: f.entry for f in files})
     # None also when the manifest was deleted between the listing and the read:
     # then the version does not exist, and this run publishes it.
     published = read_manifest(repository, version) if existing.pop(MANIFEST_KEY, None) else None
