@@ -1,9 +1,13 @@
 """How a CloudFormation stack is doing: its state, and its events.
 
 CloudFormation has two dozen stack statuses; a stage needs four answers (done,
-failed, still running, waiting for a change set), so every decision is made on
-``StackState`` rather than on the raw strings (Sceptre's lesson). The raw status is
-still shown to the user, since it is what the AWS console shows them.
+failed, still running, waiting for a change set), so decisions are made on
+``StackState`` rather than on the raw strings (Sceptre's lesson); only the few
+statuses that need their own remedy (a failed first creation, a failed rollback) are
+named. The raw status is still shown to the user: it is what the AWS console shows.
+
+While an operation runs, ``EventTail`` logs the stack's new events, so a CI log
+shows which resource failed and why.
 """
 from __future__ import annotations
 
