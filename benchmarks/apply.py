@@ -190,7 +190,33 @@ def fetch_benchmark(files: int, repeats: int, env: Dict[str, str], base: Path) -
         with fetched(ctx.repository, "fetch", environ=env) as workdir:
             assert workdir.verified.files == files
         seconds.append(time.perf_counter() - started)
-    return {"files": files, "seconds": seconds, "median": statistics.median(seconds)}
+    result: Dict[str, Any] = {"files": files, "seconds": seconds, "median": statistics.median(seconds)}
+
+    # References: the same download by `aws s3 sync` (no verification) from the same
+    # server, and envpipe's fetch from a folder repository (no network at all).
+    aws = shutil.which("aws", path=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    if aws:
+        synced = []
+        for i in range(repeats):
+            target = base / f"aws-sync-{i}"
+            started = time.perf_counter()
+            timed([aws, "s3", "sync", "--quiet", f"s3://{BUCKET}/fetch/", str(target)], base, env)
+            synced.append(time.perf_counter() - started)
+            shutil.rmtree(target)
+        result["aws_s3_sync_median"] = statistics.median(synced)
+    folder_repo = base / "folder-repository"
+    (work / "envpipe.yml").write_text(CONFIG.format(bucket=BUCKET, round=0).replace(f"s3://{BUCKET}", str(folder_repo)))
+    local = StageContext.load(work / "envpipe.yml", environ=env)
+    publish(local, version="2.0.1")
+    promote(local, "fetch", "2.0.1", force=True, reason="benchmark")
+    folder_seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with fetched(local.repository, "fetch", environ=env):
+            pass
+        folder_seconds.append(time.perf_counter() - started)
+    result["folder_median"] = statistics.median(folder_seconds)
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -229,7 +255,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         item = comparison[kind]
         print(f"{label:<24} envpipe {item['envpipe_median']:.2f}s  direct {item['direct_median']:.2f}s  "
               f"ratio {item['ratio_median']:.2f} (without fetch {item['ratio_without_fetch_median']:.2f})")
-    print(f"fetch + verify of {fetch['files']} files: {fetch['median']:.2f}s (median of {len(fetch['seconds'])})")
+    print(f"fetch + verify of {fetch['files']} files: {fetch['median']:.2f}s from S3 (median of "
+          f"{len(fetch['seconds'])}; aws s3 sync of the same folder: "
+          f"{fetch['aws_s3_sync_median']:.2f}s)" if "aws_s3_sync_median" in fetch else
+          f"fetch + verify of {fetch['files']} files: {fetch['median']:.2f}s from S3 (aws not installed)")
+    print(f"fetch + verify of {fetch['files']} files from a folder repository: {fetch['folder_median']:.2f}s")
     results = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "terraform": version,
                "resources": args.resources, "delay_ms": args.delay_ms, "rounds": rounds,
                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
