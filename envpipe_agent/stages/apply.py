@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from envpipe_agent.aws_credentials import environment_credentials
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import LockHeld, NotFound, Refused, StageFailed, UsageError
+from envpipe_agent.errors import LockHeld, NotFound, Refused, RepositoryError, StageFailed, UsageError
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
@@ -189,6 +189,12 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         raise
     except StageFailed as exc:
         record("failed", {"error": str(exc)})
+        raise
+    except RepositoryError as exc:
+        # e.g. the infrastructure is destroyed but its folder could not be emptied:
+        # try to leave a trace, though the repository is the thing failing.
+        with contextlib.suppress(Exception):
+            record("failed", {"error": str(exc)})
         raise
     except KeyboardInterrupt:
         # Stopped mid-run (an aborted CI build): say so on the record, as far as we
