@@ -30,6 +30,7 @@ def test_python_m_envpipe_agent_runs_the_cli(tmp_path):
     assert "publish" in result.stdout and "promote" in result.stdout
 
 
+@FOLDER_ONLY
 def test_global_options_before_or_after_the_command_are_the_same(project):
     project.envpipe("publish", "--version", "1.0.1", check=0)
     before = json.loads(project.envpipe("--json", "status", check=0).stdout)

@@ -19,6 +19,8 @@ from envpipe_agent.stages.publish import publish
 AGENT = CIContext(server="jenkins", build="12", build_url="https://jenkins.example.com/job/p/12/",
                   user="alice", host="agent-7")
 
+FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+
 
 @pytest.fixture
 def repo(repository_url):
@@ -146,6 +148,7 @@ def test_unlock_removes_the_lock_and_records_it(project):
     assert "was not locked" in project.envpipe("unlock", "test", check=0).stdout
 
 
+@FOLDER_ONLY
 def test_unlock_of_an_unknown_environment_is_a_usage_error(project):
     assert "choose one of" in project.envpipe("unlock", "qa", check=2).stderr
 

@@ -21,6 +21,8 @@ MANIFEST = ".envpipe/manifest.json"
 JENKINS = {"JENKINS_URL": "https://jenkins.example.com/", "BUILD_NUMBER": "7", "JOB_NAME": "our-project",
            "BUILD_URL": "https://jenkins.example.com/job/our-project/7/", "BUILD_USER_ID": "alice"}
 
+FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+
 
 def repo_of(project):
     return open_repository(project.repository, dict(os.environ))
@@ -148,6 +150,7 @@ def test_gate_refuses_a_version_not_tested_in_the_previous_environment(project):
     assert files_of(project, "staging") == files_of(project, "1.0.1")
 
 
+@FOLDER_ONLY
 def test_force_with_reason_overrides_the_gate_on_the_record(project):
     publish_in_process(project, "1.0.1")
     project.envpipe("promote", "1.0.1", "--to", "staging", "--force", "--reason", "hotfix INC-42",
@@ -161,6 +164,7 @@ def test_force_with_reason_overrides_the_gate_on_the_record(project):
     assert manifest["promoted"]["forced"] is True and manifest["promoted"]["reason"] == "hotfix INC-42"
 
 
+@FOLDER_ONLY
 def test_promote_record_carries_ci_provenance(project):
     publish_in_process(project, "1.0.1")
     project.envpipe("promote", "1.0.1", "--to", "test", env=JENKINS, check=0)
@@ -170,12 +174,14 @@ def test_promote_record_carries_ci_provenance(project):
     assert record["copied"] == 1 and record["digest"].startswith("sha256:")
 
 
+@FOLDER_ONLY
 def test_version_defaults_to_the_ci_builds(project):
     project.envpipe("publish", env=JENKINS, check=0)
     project.envpipe("promote", "--to", "test", env=JENKINS, check=0)
     assert json.loads(read_repository_file(project.repository, f"test/{MANIFEST}"))["version"] == "1.0.7"
 
 
+@FOLDER_ONLY
 def test_unpublished_version_and_unknown_environment_are_usage_errors(project):
     assert "not published" in project.envpipe("promote", "9.9.9", "--to", "test", check=2).stderr
     publish_in_process(project, "1.0.1")
@@ -191,6 +197,7 @@ def test_a_version_missing_a_file_is_refused_not_a_crash(project):
     assert read_repository_file(project.repository, f"test/{MANIFEST}") is None
 
 
+@FOLDER_ONLY
 def test_a_manifest_copied_under_another_version_is_refused(project):
     publish_in_process(project, "1.0.1")
     repo = repo_of(project)

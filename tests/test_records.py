@@ -21,6 +21,8 @@ GOCD = CIContext(server="gocd", build="17", label="17", build_url="https://gocd.
                  user="bob", job="p")
 MOMENT = dt.datetime(2026, 11, 29, 5, 43, 12, 123456, tzinfo=dt.timezone.utc)
 
+FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+
 
 @pytest.fixture
 def repo(repository_url):
@@ -82,6 +84,7 @@ def test_status_lists_which_version_each_environment_holds(project):
     assert as_json["environments"][0]["last"]["promote"]["version"] == "1.0.1"
 
 
+@FOLDER_ONLY
 def test_history_lists_records_newest_first(project):
     ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
     publish(ctx, version="1.0.1")
@@ -96,6 +99,7 @@ def test_history_lists_records_newest_first(project):
     assert len(stored) == 2 and all(json.loads(b)["ci"]["server"] == "local" for b in stored.values())
 
 
+@FOLDER_ONLY
 def test_status_of_an_empty_repository_shows_every_environment_empty(project):
     entries = json.loads(project.envpipe("status", "--json", check=0).stdout)["environments"]
     assert all(e["version"] is None for e in entries) and len(entries) == 3

@@ -20,6 +20,8 @@ from envpipe_agent.stages.verify import check_folder
 MANIFEST = ".envpipe/manifest.json"
 S3_ONLY = pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
 
+FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+
 
 @pytest.fixture
 def promoted(project):
@@ -70,6 +72,7 @@ def test_an_edited_manifest_is_refused(project, promoted):
     assert "manifest digest does not match" in project.envpipe("verify", "test", check=3).stderr
 
 
+@FOLDER_ONLY
 def test_verify_of_nothing_or_of_nonsense_is_a_usage_error(project, promoted):
     assert "has no manifest" in project.envpipe("verify", "9.9.9", check=2).stderr
     assert "not in envpipe.yml" in project.envpipe("verify", "qa", check=2).stderr
