@@ -302,3 +302,21 @@ def test_symlinked_module_folders_are_published_and_loops_are_not_followed(tmp_p
     (root / "loop").symlink_to(root, target_is_directory=True)
     (root / "dangling.tf").symlink_to(tmp_path / "nowhere.tf")
     assert [f.path for f in read_definition(root)] == ["main.tf", "modules/net/net.tf"]
+
+
+def test_a_source_file_vanishing_mid_publish_is_a_clear_error(project, monkeypatch):
+    from envpipe_agent import source as source_module
+    from envpipe_agent.errors import UsageError
+
+    real = source_module.read_definition
+
+    def then_delete(root):
+        files = real(root)
+        (root / "main.tf").unlink()
+        return files
+
+    monkeypatch.setattr("envpipe_agent.stages.publish.read_definition", then_delete)
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    with pytest.raises(UsageError, match="main.tf disappeared while publishing"):
+        publish(ctx, version="1.0.1")
+    assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is None

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import VersionConflict
+from envpipe_agent.errors import UsageError, VersionConflict
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, content_digest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import iso, utc_now
-from envpipe_agent.repository import AlreadyExists
+from envpipe_agent.repository import AlreadyExists, KeyNotFound
 from envpipe_agent.source import SourceFile, read_definition
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,11 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
         raise _refuse_other_content(version, published, digest, location)
 
     def upload(source_file: SourceFile) -> str:
-        return repository.upload(f"{prefix}{source_file.path}", source_file.local, source_file.entry.size)
+        try:
+            return repository.upload(f"{prefix}{source_file.path}", source_file.local, source_file.entry.size)
+        except (KeyNotFound, FileNotFoundError):
+            raise UsageError(f"{source_file.local} disappeared while publishing: is something changing "
+                             "the working copy? Run publish again") from None
 
     def already_there(source_file: SourceFile) -> bool:
         info = existing.get(source_file.path)
