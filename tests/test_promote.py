@@ -270,3 +270,23 @@ def test_s3_request_counts_stay_close_to_what_a_sync_needs(s3_bucket, tmp_path):
     assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 8
     no_op = count(lambda: promote(ctx, "test", "1.0.2"))
     assert no_op["CopyObject"] == 0 and sum(no_op.values()) <= 5
+
+
+def test_a_promote_cut_short_before_its_manifest_leaves_a_folder_that_fails_verification(project, two_versions):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    promote(ctx, "test", "1.0.1")
+    real_write = ctx.repository.write
+
+    def dies_at_the_manifest(key, data, **kwargs):
+        if key == f"test/{MANIFEST}":
+            raise KeyboardInterrupt  # the agent is stopped just before the manifest
+        return real_write(key, data, **kwargs)
+
+    ctx.repository.write = dies_at_the_manifest
+    with pytest.raises(KeyboardInterrupt):
+        promote(ctx, "test", "1.0.2")
+    assert read_repository_file(project.repository, ".envpipe/locks/test.json") is None  # released
+    result = project.envpipe("verify", "test", check=3)
+    assert "main.tf" in result.stderr and "does not match its manifest" in result.stderr
+    project.envpipe("promote", "1.0.2", "--to", "test", check=0)  # and a re-run completes it
+    project.envpipe("verify", "test", check=0)
