@@ -139,8 +139,8 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
         print(f"envpipe: error: {_one_line(redactor(str(exc)))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("envpipe: interrupted; an environment lock may be left until it expires "
-              "(see 'envpipe unlock')", file=sys.stderr)
+        print("envpipe: interrupted; locks held by this run were released (if one is left, it expires, "
+              "or see 'envpipe unlock')", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Terminated:
         print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)

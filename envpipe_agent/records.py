@@ -123,6 +123,8 @@ def _record_keys_since(repository: Repository, environment: str, since: Optional
 def history(repository: Repository, environment: str, limit: int = 20,
             now: Optional[dt.datetime] = None) -> Iterator[Dict[str, Any]]:
     """Up to ``limit`` records of ``environment``, newest first."""
+    if limit <= 0:
+        return
     now = now or utc_now()
     keys: List[str] = []
     for days in _WINDOWS_DAYS:

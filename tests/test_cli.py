@@ -198,3 +198,8 @@ def test_config_secrets_are_masked_in_the_error_line(project):
 def test_invalid_versions_and_environment_names_exit_2(project, args, expected):
     assert expected in one_line(project.envpipe(*args, check=2).stderr)
     assert list_repository(project.repository, "") == {}
+
+
+def test_history_limit_must_be_positive(tmp_path):
+    line = one_line(run_envpipe(["history", "--limit", "0"], cwd=tmp_path, check=2).stderr)
+    assert "expected a positive whole number, got '0'" in line

@@ -92,6 +92,16 @@ def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("publish", parents=[common], help="copy the definition to <repo>/VERSION/")
     parser.add_argument("--source", metavar="DIR", help="definition folder (default: 'source' in the config)")
@@ -119,5 +129,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     parser = subparsers.add_parser("history", parents=[common], help="records, newest first")
     parser.add_argument("environment", nargs="?", metavar="ENV")
-    parser.add_argument("--limit", type=int, default=20, help="at most this many records (default 20)")
+    parser.add_argument("--limit", type=_positive_int, default=20, help="at most this many records (default 20)")
     parser.set_defaults(handler=run_history)
