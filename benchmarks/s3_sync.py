@@ -313,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server = BenchServer()
     report: Dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_start": os.getloadavg()},
         "files": args.files, "folders": args.folders, "rounds": args.rounds, "threads": threads,
         "delays": {},
     }
@@ -344,6 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         server.stop()
     report["total_seconds"] = time.perf_counter() - started
+    report["machine"]["load_average_at_end"] = os.getloadavg()
     args.output.mkdir(parents=True, exist_ok=True)
     out = args.output / f"s3_sync-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
