@@ -96,9 +96,10 @@ def pipeline_model(config: Config) -> Pipeline:
     stages = [Stage("publish", "publish", (Command(("publish",)),))]
     for env in config.environments:
         if env.manual:
-            # The approver sees what will change before being asked (SPEC §8).
+            # The approver sees what promoting this build's version would change
+            # before being asked (SPEC §8): plan it against the environment.
             stages.append(Stage(
-                f"plan-{env.name}", "plan", (Command(("plan", env.name)),), environment=env,
+                f"plan-{env.name}", "plan", (Command(("plan", env.name, "--version")),), environment=env,
                 aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
                 approvers=env.approvers,
             ))

@@ -121,6 +121,25 @@ def test_plan_detailed_exitcode_is_0_then_2_after_a_changed_version_is_promoted(
 
 
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_plan_of_a_candidate_version_shows_its_changes_before_it_is_promoted(project):
+    published(project, "1.0.1")
+    project.envpipe("apply", "test", check=0)
+    project.write("main.tf", DEFINITION.replace("instance_count}", "instance_count}-v2"))
+    publish(StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ)), version="1.0.2")
+
+    candidate = project.envpipe("plan", "test", "--version", "1.0.2", "--detailed-exitcode", check=2)
+    assert candidate.stdout.strip() == "test: Plan: 0 to add, 1 to change, 0 to destroy. (version 1.0.2)"
+    # Nothing was promoted: the environment still holds, and plans, 1.0.1.
+    assert read_repository_file(project.repository, "test/.envpipe/manifest.json").count(b'"1.0.1"') == 1
+    project.envpipe("plan", "test", "--detailed-exitcode", check=0)
+    # --version alone means this CI build's version.
+    jenkins = {"JENKINS_URL": "https://ci.example.com/", "JOB_NAME": "infra", "BUILD_NUMBER": "2"}
+    project.envpipe("plan", "test", "--version", "--detailed-exitcode", env=jenkins, check=2)
+    missing = project.envpipe("plan", "test", "--version", "9.9.9", check=2)
+    assert "version 9.9.9 is not published" in missing.stderr
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 def test_plan_reports_a_promoted_version_that_was_never_applied(project):
     # No output depends on the version, so Terraform itself sees no change.
     definition = 'resource "terraform_data" "example" {}\n'

@@ -211,7 +211,7 @@ def test_jenkinsfile_has_publish_then_an_approved_stage_per_environment_in_path_
     assert "timeout(time: 45, unit: 'MINUTES')" in text
     assert "agent { label 'terraform' }" in text
     # the plan runs before the input; the milestone follows the approval
-    plan = text.index("sh '.envpipe-venv/bin/envpipe plan production'")
+    plan = text.index("sh '.envpipe-venv/bin/envpipe plan production --version'")
     ask = text.index("input(message: 'Deploy version ' + env.ENVPIPE_PUBLISHED_VERSION + ' to production?'")
     milestone = text.index("milestone(ordinal: 1, label: 'approved production')")
     promote = text.index("sh '.envpipe-venv/bin/envpipe promote --to production'")
@@ -269,7 +269,7 @@ def test_gocd_xml_has_label_from_version_git_material_and_manual_approval(tmp_pa
     assert stages[4]["jobs"][0]["test_artifacts"] == ["reports/production.xml"]
     assert stages[2]["variables"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     assert stages[1]["variables"] == []
-    assert stages[3]["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production"]
+    assert stages[3]["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version"]
     assert all(job["resources"] == ["terraform"] for s in stages for job in s["jobs"])
 
 

@@ -31,7 +31,9 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         ctx = load_context(args, environ)
-        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir)
+        # --version alone means this CI build's version (SPEC §5), as for promote.
+        candidate = None if args.version is None else ctx.resolve_version(args.version or None)
+        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate)
     except UsageError as exc:
         if args.detailed_exitcode:
             # With the flag, 2 means "changes" (Terraform's convention); a pipeline
@@ -61,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("environment", metavar="ENV")
     parser.add_argument("--detailed-exitcode", action="store_true",
                         help="exit 0 for no changes, 2 for changes, 1 for an error")
+    parser.add_argument("--version", nargs="?", const="", metavar="V",
+                        help="plan published version V (alone: this CI build's) instead of the one ENV holds")
     parser.set_defaults(handler=run_plan)
 
     parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")

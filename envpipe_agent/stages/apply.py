@@ -129,18 +129,30 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
 
 
 def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
-               options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None) -> StageResult:
+               options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
+               candidate: Optional[str] = None) -> StageResult:
     started = time.monotonic()
     env = ctx.config.environment(environment)
     tool = ctx.config.tool
     runner = runner or get_runner(tool)
-    promoted = read_manifest(ctx.repository, env.name)
+    # The definition comes from the environment's folder, or for a plan of a
+    # candidate version (what an approver looks at before promoting) from that
+    # version's own folder, verified against its manifest all the same.
+    folder = candidate or env.name
+    promoted = read_manifest(ctx.repository, folder)
+    if promoted is None and candidate:
+        raise NotFound(f"version {candidate} is not published in {ctx.repository.location()}: "
+                       "run 'envpipe publish' first")
     if promoted is None:
         raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote one "
                        f"first ('envpipe promote VERSION --to {env.name}')")
     version = promoted.version
+    if candidate:
+        details_candidate = {"candidate": True}
+    else:
+        details_candidate = {}
     redactor = ctx.redactor
-    details: Dict[str, Any] = {"tool": tool}
+    details: Dict[str, Any] = {"tool": tool, **details_candidate}
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
         body = _redacted({**details, **extra, "seconds": round(time.monotonic() - started, 3)}, redactor)
@@ -155,7 +167,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
                 if action in LOCKED_ACTIONS else contextlib.nullcontext())
         with lock:
-            with fetched(ctx.repository, env.name, keep_workdir, ctx.environ) as work:
+            with fetched(ctx.repository, folder, keep_workdir, ctx.environ) as work:
                 version = work.manifest.version
                 details["digest"] = work.manifest.digest
                 fetch_seconds = work.verified.seconds
@@ -235,9 +247,13 @@ def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, repla
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
-         runner: Optional[ToolRunner] = None) -> StageResult:
-    """What apply would change in ``environment`` (``changed`` says whether anything would)."""
-    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner)
+         runner: Optional[ToolRunner] = None, version: Optional[str] = None) -> StageResult:
+    """What apply would change in ``environment`` (``changed`` says whether anything would).
+
+    With ``version``, plan that published version against the environment instead of
+    the version its folder holds: what promoting and applying it would change.
+    """
+    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner, candidate=version)
 
 
 def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
