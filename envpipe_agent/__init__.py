@@ -7,18 +7,42 @@ The Python API does what the CLI does::
     publish(ctx, version="1.0.123")
     promote(ctx, "staging", "1.0.123")
 """
-from envpipe_agent.context import StageContext
-from envpipe_agent.generate import render as render_pipeline
-from envpipe_agent.stages.apply import apply, destroy, plan
-from envpipe_agent.stages.promote import promote
-from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.run import run_pipeline
-from envpipe_agent.stages.status import history, status
-from envpipe_agent.stages.testing import run_tests
-from envpipe_agent.stages.unlock import unlock
-from envpipe_agent.stages.verify import verify
-from envpipe_agent.status_page import write_status_page
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["StageContext", "apply", "destroy", "history", "plan", "promote", "publish", "render_pipeline",
-           "run_pipeline", "run_tests", "status", "unlock", "verify", "write_status_page"]
+
+# name -> module that defines it. Imported on first use (PEP 562), so that every
+# `envpipe` command does not pay for importing boto3, requests and jinja2 first.
+_API = {
+    "StageContext": "envpipe_agent.context",
+    "apply": "envpipe_agent.stages.apply",
+    "destroy": "envpipe_agent.stages.apply",
+    "plan": "envpipe_agent.stages.apply",
+    "history": "envpipe_agent.stages.status",
+    "status": "envpipe_agent.stages.status",
+    "promote": "envpipe_agent.stages.promote",
+    "publish": "envpipe_agent.stages.publish",
+    "render_pipeline": "envpipe_agent.generate:render",
+    "run_pipeline": "envpipe_agent.stages.run",
+    "run_tests": "envpipe_agent.stages.testing",
+    "unlock": "envpipe_agent.stages.unlock",
+    "verify": "envpipe_agent.stages.verify",
+    "write_status_page": "envpipe_agent.status_page",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'envpipe_agent' has no attribute {name!r}")
+    module_name, _, attribute = _API[name].partition(":")
+    value = getattr(importlib.import_module(module_name), attribute or name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted([*globals(), *_API])

@@ -18,7 +18,9 @@ from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
 from envpipe_agent.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError
 from envpipe_agent.redact import Redactor, RedactingFilter
 
-# Each module adds its sub-commands with register(subparsers, common).
+# Each module adds its sub-commands with register(subparsers, common). Handlers
+# import their stage when they run, so a command loads only what it uses (the CLI's
+# start-up is part of every pipeline stage's time).
 COMMAND_MODULES = (
     "envpipe_agent.commands.repository",
     "envpipe_agent.commands.apply",

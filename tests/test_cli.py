@@ -11,7 +11,7 @@ import pytest
 
 from conftest import list_repository, read_repository_file, run_envpipe
 from envpipe_agent import main as main_module
-from envpipe_agent.commands import repository as repository_commands
+from envpipe_agent.stages import status as status_stage
 from envpipe_agent.locking import lock_key
 from envpipe_agent.repository import open_repository
 
@@ -132,7 +132,7 @@ def test_internal_error_shows_no_traceback_without_v(project, monkeypatch, capsy
     def broken(ctx):
         raise KeyError("boom")
 
-    monkeypatch.setattr(repository_commands, "status", broken)
+    monkeypatch.setattr(status_stage, "status", broken)
     monkeypatch.chdir(project.root)
     assert main_module.main(["status"], environ=dict(os.environ)) == 4
     err = capsys.readouterr().err
@@ -148,7 +148,7 @@ def test_a_multi_line_error_message_is_still_one_line(project, monkeypatch, caps
     def failing(ctx):
         raise StageFailed("terraform failed:\nError: bad\n\n  on main.tf line 1")
 
-    monkeypatch.setattr(repository_commands, "status", failing)
+    monkeypatch.setattr(status_stage, "status", failing)
     monkeypatch.chdir(project.root)
     assert main_module.main(["status"], environ=dict(os.environ)) == 1
     assert one_line(capsys.readouterr().err) == (

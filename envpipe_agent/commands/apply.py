@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from envpipe_agent.commands import emit, load_context
 from envpipe_agent.errors import StageFailed, UsageError
-from envpipe_agent.stages.apply import StageResult, apply, destroy, plan
+
+if TYPE_CHECKING:
+    from envpipe_agent.stages.apply import StageResult
 
 
 def _counts(result: StageResult) -> str:
@@ -19,6 +21,8 @@ def _outputs_text(result: StageResult) -> str:
 
 
 def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.apply import apply
+
     ctx = load_context(args, environ)
     result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed)
     state = _counts(result) if result.changed else "no changes"
@@ -29,6 +33,8 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.apply import plan
+
     try:
         ctx = load_context(args, environ)
         # --version alone means this CI build's version (SPEC §5), as for promote.
@@ -46,6 +52,8 @@ def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.apply import destroy
+
     ctx = load_context(args, environ)
     result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir)
     emit(args, ctx, result.as_dict(),

@@ -7,16 +7,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from envpipe_agent.commands import emit, load_context
-from envpipe_agent.stages.promote import promote
-from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.status import history, status
-from envpipe_agent.stages.unlock import unlock
-from envpipe_agent.stages.verify import verify
 
 log = logging.getLogger(__name__)
 
 
 def run_publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.publish import publish
+
     ctx = load_context(args, environ)
     result = publish(ctx, source=Path(args.source) if args.source else None, version=args.version)
     emit(args, ctx, result.as_dict(), result.version)
@@ -24,6 +21,8 @@ def run_publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.promote import promote
+
     ctx = load_context(args, environ)
     result = promote(ctx, args.to, version=args.version, force=args.force, reason=args.reason)
     text = (f"{result.environment}: version {result.version} (was {result.previous_version or 'empty'}; "
@@ -33,6 +32,8 @@ def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.verify import verify
+
     ctx = load_context(args, environ)
     result = verify(ctx, args.target)
     emit(args, ctx, result.as_dict(), f"{args.target}: {result.files} files match version {result.version}")
@@ -40,6 +41,8 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_unlock(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.unlock import unlock
+
     ctx = load_context(args, environ)
     previous = unlock(ctx, args.environment)
     text = (f"{args.environment}: lock of {previous.get('holder')} ({previous.get('action')}) removed"
@@ -71,6 +74,8 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
 
 
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.status import status
+
     ctx = load_context(args, environ)
     entries = status(ctx)
     if args.html:
@@ -83,6 +88,8 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.status import history
+
     ctx = load_context(args, environ)
     records = history(ctx, args.environment, args.limit)
     lines = [f"{r.get('at')}  {r.get('environment'):<12} {r.get('action'):<8} {r.get('version') or '-':<14} "

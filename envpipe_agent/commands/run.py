@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Mapping
 
 from envpipe_agent.commands import emit, load_context
-from envpipe_agent.stages.run import run_pipeline
 
 
 def run_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.run import run_pipeline
+
     ctx = load_context(args, environ)
     result = run_pipeline(ctx, version=args.version, through=args.through, approve=args.approve or (),
                           junit_dir=Path(args.junit_dir) if args.junit_dir else None)

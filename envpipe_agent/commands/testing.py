@@ -7,10 +7,11 @@ from typing import Mapping
 
 from envpipe_agent.commands import emit, load_context
 from envpipe_agent.errors import StageFailed
-from envpipe_agent.stages.testing import run_tests
 
 
 def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.testing import run_tests
+
     ctx = load_context(args, environ)
     result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None)
     emit(args, ctx, result.as_dict(), result.summary())

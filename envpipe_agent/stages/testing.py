@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-import requests
-
 from envpipe_agent.aws_credentials import Credentials, environment_credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
@@ -138,6 +136,8 @@ def http_check(check: HttpCheck, url: str, clock: Callable[[], float] = time.mon
     last = ""
     # A check expecting a redirect must see it, not where it leads.
     follow = not 300 <= check.status < 400
+    import requests  # only HTTP checks need it; keeps every other command's start-up light
+
     with requests.Session() as session:
         while True:
             attempts += 1
