@@ -6,6 +6,7 @@ which backend they have.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 from dataclasses import dataclass
@@ -69,33 +70,24 @@ class Repository(Protocol):
         """A URL a person can read (``s3://bucket/prefix/key``, ``/abs/path``)."""
 
 
-def download(repository: Repository, key: str, destination: Path) -> Tuple[int, str]:
-    """Stream ``key`` into ``destination``; return (size, sha256 hex) of what was written."""
+def download(repository: Repository, key: str, destination: Optional[Path]) -> Tuple[int, str]:
+    """Stream ``key`` into ``destination`` (or only read it, when None); return the
+    (size, sha256 hex) of what was read, computed on the way."""
     sha = hashlib.sha256()
     size = 0
-    with repository.open(key) as stream, open(destination, "wb") as out:
-        while True:
-            chunk = stream.read(CHUNK_SIZE)
-            if not chunk:
-                break
+    with repository.open(key) as stream, \
+            (open(destination, "wb") if destination is not None else contextlib.nullcontext()) as out:
+        for chunk in iter(lambda: stream.read(CHUNK_SIZE), b""):
             sha.update(chunk)
             size += len(chunk)
-            out.write(chunk)
+            if out is not None:
+                out.write(chunk)
     return size, sha.hexdigest()
 
 
 def stream_sha256(repository: Repository, key: str) -> Tuple[int, str]:
     """(size, sha256 hex) of a stored object, read as a stream."""
-    sha = hashlib.sha256()
-    size = 0
-    with repository.open(key) as stream:
-        while True:
-            chunk = stream.read(CHUNK_SIZE)
-            if not chunk:
-                break
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
+    return download(repository, key, None)
 
 
 # scheme -> "module:class"; imported on use so a folder-only run never imports boto3.
