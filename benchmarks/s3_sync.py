@@ -2,6 +2,7 @@
 
     python benchmarks/s3_sync.py                 # both delay settings, 3 rounds, 1 GiB RSS check
     python benchmarks/s3_sync.py --quick         # 1 round, 30 ms only, no 1 GiB file
+    python benchmarks/s3_sync.py --show benchmarks/results/s3_sync-....json
 
 Both tools run as subprocesses, as a CD agent runs them, against one moto server
 (benchmarks/moto_delay.py, its own process) that counts requests and can delay
@@ -215,6 +216,10 @@ def summarise(rounds: List[Dict[str, Dict[str, Any]]]) -> Dict[str, Any]:
                 "by_kind": runs[-1]["by_kind"],
             }
         row["ratio"] = row["envpipe"]["median_seconds"] / row["awscli"]["median_seconds"]
+        # Each round runs the two sides back to back, so a round's ratio is robust to
+        # load that drifts over minutes (other work on a shared machine).
+        row["median_round_ratio"] = statistics.median(r["envpipe"][step]["seconds"] / r["awscli"][step]["seconds"]
+                                                      for r in rounds)
         summary[step] = row
     return summary
 
@@ -276,15 +281,26 @@ def peak_rss(server: BenchServer, work: Path, env: Dict[str, str], size_mib: int
 def print_table(delay: float, summary: Dict[str, Any], threads: Dict[str, int]) -> None:
     print(f"\n== per-request delay {delay:g} ms "
           f"(envpipe {threads['envpipe']} threads, awscli {threads['awscli']}) ==")
-    print(f"{'step':<14}{'envpipe s':>10}{'awscli s':>10}{'ratio':>8}{'target':>8}"
+    print(f"{'step':<14}{'envpipe s':>10}{'awscli s':>10}{'ratio':>8}{'rounds':>8}{'target':>8}"
           f"{'envpipe req':>13}{'awscli req':>12}")
     for step, row in summary.items():
         target = TARGETS.get(step)
         print(f"{step:<14}{row['envpipe']['median_seconds']:>10.2f}{row['awscli']['median_seconds']:>10.2f}"
-              f"{row['ratio']:>8.2f}{('<= %.1f' % target) if target else '-':>8}"
+              f"{row['ratio']:>8.2f}{row['median_round_ratio']:>8.2f}{('<= %.1f' % target) if target else '-':>8}"
               f"{row['envpipe']['requests']:>13.0f}{row['awscli']['requests']:>12.0f}")
     for step, row in summary.items():
         print(f"  {step} requests: envpipe {row['envpipe']['by_kind']}  awscli {row['awscli']['by_kind']}")
+
+
+def show(path: Path) -> int:
+    report = json.loads(path.read_text())
+    print(f"{path.name}: {report['date']}, {report['machine']['cpus']} CPUs, {report['files']} files, "
+          f"{report['rounds']} rounds; startup {report['startup_seconds']}")
+    for delay, result in report["delays"].items():
+        print_table(float(delay[:-2]), summarise(result["rounds"]), report["threads"])
+    if "peak_rss" in report:
+        print("\npeak RSS:", report["peak_rss"])
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -296,10 +312,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--big-file-mib", type=int, default=1024, help="size for the peak-RSS check; 0 skips it")
     parser.add_argument("--quick", action="store_true", help="1 round, 30 ms only, no big file")
     parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument("--show", type=Path, metavar="JSON", help="print the tables of a saved result and stop")
     parser.add_argument("--code", type=Path, metavar="DIR",
                         help="benchmark the envpipe_agent package in DIR (e.g. a 'git archive' of a commit) "
                              "instead of the installed one")
     args = parser.parse_args(argv)
+    if args.show:
+        return show(args.show)
     if args.quick:
         args.rounds, args.delays, args.big_file_mib = 1, "30", 0
     for tool in ("envpipe", "aws"):
