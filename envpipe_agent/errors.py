@@ -13,6 +13,12 @@ EXIT_INTERNAL = 4
 EXIT_INTERRUPTED = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI server aborting the build), raised like Ctrl-C: every ``except
+    KeyboardInterrupt`` and ``finally`` runs for it too, so children are stopped,
+    locks released and "interrupted" records written. Exit code 130."""
+
+
 class EnvpipeError(Exception):
     """An expected failure: the message is the one line the user sees."""
 

@@ -15,7 +15,7 @@ import threading
 import traceback
 from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
 
-from envpipe_agent.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError
+from envpipe_agent.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError, Terminated
 from envpipe_agent.redact import Redactor, RedactingFilter
 
 # Each module adds its sub-commands with register(subparsers, common). Handlers
@@ -99,11 +99,6 @@ def _one_line(text: str) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or "(no message)"
 
 
-class Terminated(BaseException):
-    """SIGTERM (a CI server aborting the build), raised like Ctrl-C so that ``finally``
-    blocks run: environment locks are released and work folders removed."""
-
-
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -140,12 +135,12 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
         redactor = _active_redactor(redactor)
         print(f"envpipe: error: {_one_line(redactor(str(exc)))}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:  # before KeyboardInterrupt, its base class
+        print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("envpipe: interrupted; locks held by this run were released (if one is left, it expires, "
               "or see 'envpipe unlock')", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `envpipe history | head`
         # Point stdout at /dev/null so the interpreter's final flush does not

@@ -16,7 +16,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from envpipe_agent.aws_credentials import environment_credentials
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import LockHeld, NotFound, Refused, RepositoryError, StageFailed, UsageError
+from envpipe_agent.errors import (LockHeld, NotFound, Refused, RepositoryError, StageFailed, Terminated,
+                                  UsageError)
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
@@ -208,11 +209,19 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         with contextlib.suppress(Exception):
             record("failed", {"error": str(exc)})
         raise
-    except KeyboardInterrupt:
-        # Stopped mid-run (an aborted CI build): say so on the record, as far as we
-        # still can, so nobody mistakes the environment's state for a finished run.
+    except KeyboardInterrupt as exc:
+        # Stopped mid-run (Ctrl-C, or SIGTERM from an aborted CI build). The tool was
+        # told to stop and waited for (envpipe_agent.children), and the lock is
+        # released by now; say so on the record, as far as we still can, so nobody
+        # mistakes the environment's state for a finished run.
+        how = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         with contextlib.suppress(Exception):
-            record("interrupted", {"error": "interrupted; the tool may have left changes half-done"})
+            record("interrupted", {
+                "error": f"interrupted ({how}); the tool may have left changes half-done: "
+                         f"run 'envpipe plan {env.name}' to see what is left, then apply again",
+                "signal": how,
+                "tool_stopped": getattr(exc, "child_stopped", None),
+            })
         raise
     result.record = written["key"]
     result.seconds = round(time.monotonic() - started, 3)

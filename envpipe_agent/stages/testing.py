@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from envpipe_agent import children
 from envpipe_agent.aws_credentials import Credentials, environment_credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
@@ -230,16 +231,27 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
     command = _pytest_command(tests, definition, report)
     log.info("%s: pytest %s against version %s", environment, tests_path, manifest.version)
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=definition, env=environ, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    # In a session of its own; interrupted, envpipe stops pytest (SIGINT: the suite's
+    # teardown and finally blocks run) and waits for it before the interrupt goes on.
+    process = children.start(command, cwd=definition, env=environ, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
     redactor = ctx.redactor.with_values(credentials.secrets)
     tail: List[str] = []
-    assert process.stdout is not None
-    for line in process.stdout:
+
+    def show(line: str) -> None:
         line = redactor(line.rstrip("\n"))
         log.info("  %s", line)
-        tail = (tail + [line])[-40:]
-    code = process.wait()
+        tail.append(line)
+        del tail[:-40]
+
+    assert process.stdout is not None
+    reader = children.pump(process.stdout, show)
+    try:
+        code = children.wait(process, "pytest")
+    except KeyboardInterrupt:
+        children.join([reader], timeout=5)
+        raise
+    children.join([reader])
     seconds = time.monotonic() - started
     suites = read_report(report) if report.exists() else []
     cases = [case for suite in suites for case in suite.cases]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from envpipe_agent import aws_credentials
+from envpipe_agent import aws_credentials, children
 from envpipe_agent.errors import Refused, StageFailed, UsageError
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
 
@@ -229,9 +229,10 @@ class TerraformRunner:
         argv = [*command, *args]
         log.debug("running %s in %s", " ".join(argv), request.workdir)
         try:
-            process = subprocess.Popen(argv, cwd=request.workdir, env=dict(environ), stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       encoding="utf-8", errors="replace")
+            # In a session of its own: an interrupt reaches Terraform once, from us.
+            process = children.start(argv, cwd=request.workdir, env=dict(environ), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     encoding="utf-8", errors="replace")
         except OSError as exc:
             raise UsageError(f"cannot run {command[0]}: {exc}; check ENVPIPE_TERRAFORM or PATH") from None
         completed = Completed(returncode=-1)
@@ -249,43 +250,36 @@ class TerraformRunner:
             if text == "Changes to Outputs:":
                 completed.summary = completed.summary or "Changes to outputs only."
 
-        def pump(source: IO[str], keep: bool) -> None:
-            for line in source:
-                if keep:
-                    captured.append(line)
-                    continue
-                message = _json_message(line)
-                if message is not None:
-                    if message.get("type") == "outputs":
-                        completed.outputs = message.get("outputs") or {}
-                    if message.get("type") == "change_summary":
-                        completed.changes = message.get("changes") or {}
-                    lines = [request.redactor(text) for text in _readable(message)]
-                else:
-                    lines = [request.redactor(line.rstrip("\n"))]
-                with lock:
-                    for shown in lines:
-                        note(_DIAGNOSTIC_DECORATION.sub("", shown).strip())
-                        if stream is not None:
-                            stream.write(shown + "\n")
+        def show(line: str) -> None:
+            message = _json_message(line)
+            if message is not None:
+                if message.get("type") == "outputs":
+                    completed.outputs = message.get("outputs") or {}
+                if message.get("type") == "change_summary":
+                    completed.changes = message.get("changes") or {}
+                lines = [request.redactor(text) for text in _readable(message)]
+            else:
+                lines = [request.redactor(line.rstrip("\n"))]
+            with lock:
+                for shown in lines:
+                    note(_DIAGNOSTIC_DECORATION.sub("", shown).strip())
                     if stream is not None:
-                        stream.flush()
+                        stream.write(shown + "\n")
+                if stream is not None:
+                    stream.flush()
 
-        threads = [threading.Thread(target=pump, args=(process.stdout, capture_stdout), daemon=True),
-                   threading.Thread(target=pump, args=(process.stderr, False), daemon=True)]
-        for thread in threads:
-            thread.start()
+        assert process.stdout is not None and process.stderr is not None
+        threads = [children.pump(process.stdout, captured.append if capture_stdout else show),
+                   children.pump(process.stderr, show)]
         try:
-            completed.returncode = process.wait()
+            # Interrupted (Ctrl-C, or SIGTERM from an aborted build), Terraform is told
+            # to stop and given the time to save its state and release its state lock
+            # before the interrupt goes on to release the environment lock.
+            completed.returncode = children.wait(process, "terraform")
         except KeyboardInterrupt:
-            # Terraform handles an interrupt itself (it releases the state lock and
-            # writes state); give it the time to do so, then let ours through.
-            try:
-                process.wait(timeout=60)
-            finally:
-                raise
-        for thread in threads:
-            thread.join()
+            children.join(threads, timeout=5)  # Terraform's last words into the log
+            raise
+        children.join(threads)
         completed.stdout = "".join(captured)
         return completed
 
