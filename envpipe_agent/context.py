@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Tuple, Union
 
 from envpipe_agent.ci_context import CIContext, detect, render_version
 from envpipe_agent.config import Config, load_config, validate_version
 from envpipe_agent.errors import UsageError
+from envpipe_agent.records import ACTIONS
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import Repository, open_repository
 
@@ -19,8 +20,10 @@ class StageContext:
     repository: Repository
     ci: CIContext
     environ: Mapping[str, str]
-    redactor: Redactor
+    redactor: Redactor  # for everything printed (SPEC §7)
     lock_timeout: float = 0.0
+    # For records (SPEC §6): secrets and AWS credentials, not every TF_VAR_* value.
+    record_redactor: Redactor = field(default_factory=Redactor)
 
     @classmethod
     def load(
@@ -44,8 +47,9 @@ class StageContext:
             repository=open_repository(url, environ),
             ci=detect(environ),
             environ=environ,
-            redactor=Redactor.from_environ(environ, config.secrets),
+            redactor=Redactor.from_environ(environ, config.secrets, public=_public_names(config)),
             lock_timeout=lock_timeout,
+            record_redactor=Redactor.for_records(environ, config.secrets),
         )
 
     def resolve_version(self, version: Optional[str]) -> str:
@@ -53,3 +57,9 @@ class StageContext:
         if version:
             return validate_version(version)
         return render_version(self.config.version, self.ci)
+
+
+def _public_names(config: Config) -> Tuple[str, ...]:
+    """Names envpipe prints as identifiers, public in envpipe.yml itself: a TF_VAR_*
+    value equal to one is not masked, or `--json` would say "environment": "****"."""
+    return (*config.environment_names, config.project, config.tool, *ACTIONS)

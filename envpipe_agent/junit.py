@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from envpipe_agent.errors import StageFailed
 
@@ -46,6 +46,14 @@ class Suite:
     def counts(self) -> Dict[str, int]:
         return {"tests": len(self.cases), "failures": self.count(FAILED), "errors": self.count(ERROR),
                 "skipped": self.count(SKIPPED)}
+
+
+def redact_case(case: Case, redactor: Callable[[str], str]) -> Case:
+    """Mask secrets in every text field of ``case``: its name and classname too, since
+    a parametrised test's id quotes its parameters (``test_login[S3cr3t]``)."""
+    case.name, case.classname = redactor(case.name), redactor(case.classname)
+    case.message, case.text = redactor(case.message), redactor(case.text)
+    return case
 
 
 def totals(suites: Sequence[Suite]) -> Dict[str, int]:

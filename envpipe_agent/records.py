@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.errors import RepositoryError
+from envpipe_agent.redact import redact_data
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
 RECORDS_PREFIX = ".envpipe/records/"
@@ -56,9 +57,17 @@ def write_record(
     context: CIContext,
     details: Optional[Mapping[str, Any]] = None,
     moment: Optional[dt.datetime] = None,
+    redactor: Optional[Callable[[str], str]] = None,
 ) -> Dict[str, Any]:
-    """Write one record (never replacing another) and update the summaries."""
+    """Write one record (never replacing another) and update the summaries.
+
+    ``redactor`` (a StageContext's ``record_redactor``) masks secret values in every
+    string of the details, at any depth: the one place records are redacted, so no
+    stage can forget to (SPEC §6).
+    """
     moment = moment or utc_now()
+    if redactor is not None:
+        details = redact_data(dict(details or {}), redactor)
     record: Dict[str, Any] = {
         "action": action,
         "environment": environment,

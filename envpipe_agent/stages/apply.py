@@ -21,7 +21,7 @@ from envpipe_agent.errors import (LockHeld, NotFound, Refused, RepositoryError, 
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
-from envpipe_agent.redact import Redactor
+from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
 from envpipe_agent.workdir import fetched
@@ -74,17 +74,6 @@ class StageResult:
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def _redacted(value: Any, redactor: Redactor) -> Any:
-    """``value`` with every secret masked in its strings, at any depth."""
-    if isinstance(value, str):
-        return redactor(value)
-    if isinstance(value, Mapping):
-        return {k: _redacted(v, redactor) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redacted(v, redactor) for v in value]
-    return value
 
 
 def last_applied(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
@@ -153,16 +142,21 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     else:
         details_candidate = {}
     redactor = ctx.redactor
+    # Records are masked by write_record with secrets and credentials only: a
+    # TF_VAR_* value masked there would corrupt an output that merely equals it.
+    record_redactor = ctx.record_redactor
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
-        body = _redacted({**details, **extra, "seconds": round(time.monotonic() - started, 3)}, redactor)
-        return write_record(ctx.repository, env.name, action, version, result, ctx.ci, body)
+        body = {**details, **extra, "seconds": round(time.monotonic() - started, 3)}
+        return write_record(ctx.repository, env.name, action, version, result, ctx.ci, body,
+                            redactor=record_redactor)
 
     try:
         # Credentials first: a wrong account is refused before anything is locked or run.
         credentials = environment_credentials(env, ctx.environ, ctx.ci)
         redactor = redactor.with_values(credentials.secrets)
+        record_redactor = record_redactor.with_values(credentials.secrets)
         if credentials.account:
             details["aws"] = credentials.as_record()
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
@@ -179,7 +173,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 outcome: RunOutcome = getattr(runner, action)(request)
                 kept = str(work.path) if keep_workdir else None
             emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
-            result = _finish(ctx, action, env.name, version, tool, outcome, redactor)
+            result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
             result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
             extra: Dict[str, Any] = {
                 "changed": result.changed,
@@ -229,13 +223,15 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
 
 
 def _finish(ctx: StageContext, action: str, environment: str, version: str, tool: str, outcome: RunOutcome,
-            redactor: Redactor) -> StageResult:
+            redactor: Redactor, record_redactor: Redactor) -> StageResult:
     """The stage's result from the tool's outcome; for plan, also a promoted-but-unapplied version."""
     result = StageResult(action=action, environment=environment, version=version, tool=tool, result="done",
                          changed=outcome.changed, added=outcome.added, changed_count=outcome.changed_count,
                          destroyed=outcome.destroyed, summary=redactor(outcome.summary))
     if action == "apply":
-        result.outputs = _redacted(outcome.recorded_outputs(), redactor)
+        # Outputs are data (the test stage's ENVPIPE_OUTPUT_*): masked for secrets,
+        # never for TF_VAR_* values; printing masks those on the way out.
+        result.outputs = redact_data(outcome.recorded_outputs(), record_redactor)
     if action == "plan":
         applied = last_applied(ctx.repository, environment)
         result.last_applied_version = applied.get("version") if applied else None

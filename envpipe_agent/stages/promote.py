@@ -185,7 +185,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         if overridden:
             details.update(forced=True, reason=reason, gate=overridden)
             write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                         {"reason": reason, "gate": overridden, "overrides": "promote"})
-        write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details)
+                         {"reason": reason, "gate": overridden, "overrides": "promote"}, redactor=ctx.record_redactor)
+        write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details, redactor=ctx.record_redactor)
     return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
                          outcome["unchanged"], bool(overridden), time.monotonic() - started)

@@ -31,7 +31,7 @@ from envpipe_agent.aws_credentials import Credentials, environment_credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
-from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, totals, write_report
+from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, redact_case, totals, write_report
 from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
@@ -256,8 +256,10 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
     suites = read_report(report) if report.exists() else []
     cases = [case for suite in suites for case in suite.cases]
     for case in cases:
+        # A parametrised test's name can carry a secret (test_login[S3cr3t]): every
+        # field goes through the redactor before the report or a record sees it.
+        redact_case(case, redactor)
         case.classname = f"{environment}.{case.classname}" if case.classname else environment
-        case.text, case.message = redactor(case.text), redactor(case.message)
     # pytest's own failures (collection errors, bad options, no tests) must not pass
     # a gate: they become an error case carrying the end of pytest's output.
     if code != 0 and not any(case.outcome in (FAILED, ERROR) for case in cases):
@@ -302,6 +304,9 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         suites.append(_http_suite(ctx, env.name, urls))
     counts = totals(suites)
     seconds = time.monotonic() - started
+    for suite in suites:
+        for case in suite.cases:
+            redact_case(case, ctx.redactor)  # the http checks' names quote their URLs
     failed = [case.title for suite in suites for case in suite.cases if case.outcome in (FAILED, ERROR)]
     report = str(write_report(Path(junit), f"envpipe {ctx.config.project} {env.name}", suites)) if junit else None
     result = TestResult(environment=env.name, version=manifest.version,
@@ -313,6 +318,6 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         "digest": manifest.digest,
         "suites": {suite.name.rsplit(".", 1)[-1]: suite.counts() for suite in suites},
         "failed": failed[:20],
-    })
+    }, redactor=ctx.record_redactor)
     log.info("%s", result.summary())
     return result

@@ -13,5 +13,6 @@ def unlock(ctx: StageContext, environment: str) -> Optional[Dict[str, Any]]:
     name = ctx.config.environment(environment).name
     previous = break_lock(ctx.repository, name)
     if previous is not None:
-        write_record(ctx.repository, name, "unlock", None, "done", ctx.ci, {"lock": previous})
+        write_record(ctx.repository, name, "unlock", None, "done", ctx.ci, {"lock": previous},
+                     redactor=ctx.record_redactor)
     return previous

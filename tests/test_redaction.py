@@ -1,0 +1,127 @@
+"""Redaction: secrets stay out of records and reports; TF_VAR_* values are masked in
+what envpipe prints but never corrupt recorded data or identifiers (SPEC §6, §7)."""
+from __future__ import annotations
+
+import json
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import run_envpipe
+
+from envpipe_agent.ci_context import detect
+from envpipe_agent.junit import Case, redact_case
+from envpipe_agent.records import history, latest_test, read_summary, write_record
+from envpipe_agent.redact import Redactor
+from envpipe_agent.repository import open_repository
+
+SECRET = "S3cr3tPW-9f2"
+
+MAIN_TF = """\
+variable "envpipe_environment" { type = string }
+variable "envpipe_version" { type = string }
+variable "pw" {
+  type    = string
+  default = "none"
+}
+output "name" { value = "app-${var.envpipe_environment}" }
+output "connection" { value = "db://user:${var.pw}@host" }
+"""
+
+SUITE = f"""\
+import os
+import pytest
+
+def test_output_equal_to_a_tf_var_value_arrives_unmasked():
+    assert os.environ["ENVPIPE_OUTPUT_NAME"] == "app-test"
+
+@pytest.mark.parametrize("pw", [os.environ["DB_PASSWORD"]])
+def test_login(pw):
+    assert pw == "wrong", "login refused for " + pw
+"""
+
+
+@pytest.fixture
+def working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "work"
+    (root / "infra" / "tests").mkdir(parents=True)
+    (root / "envpipe.yml").write_text(textwrap.dedent(f"""\
+        project: our-project
+        source: infra
+        repository: {tmp_path / 'repository'}
+        secrets: [DB_PASSWORD]
+        environments:
+          - name: test
+          - name: production
+            approval: manual
+        tests:
+          path: tests/
+        """))
+    (root / "infra" / "main.tf").write_text(MAIN_TF)
+    (root / "infra" / "tests" / "test_app.py").write_text(SUITE)
+    monkeypatch.setenv("DB_PASSWORD", SECRET)
+    monkeypatch.setenv("TF_VAR_pw", SECRET)
+    monkeypatch.setenv("TF_VAR_label", "app-test")  # equals an output's value
+    return root
+
+
+def test_outputs_equal_to_a_tf_var_value_are_recorded_and_tested_unmasked_but_secrets_never(
+        working: Path, tmp_path: Path) -> None:
+    run_envpipe(["publish", "--version", "1.0.1"], cwd=working, check=0)
+    run_envpipe(["promote", "1.0.1", "--to", "test"], cwd=working, check=0)
+    applied = run_envpipe(["apply", "test", "--json"], cwd=working, check=0)
+    report = tmp_path / "junit.xml"
+    tested = run_envpipe(["test", "test", "--junit", str(report)], cwd=working, check=1)
+
+    repository = open_repository(str(tmp_path / "repository"), {})
+    apply_record = read_summary(repository, "test")["apply"]
+    assert apply_record["outputs"] == {"name": "app-test", "connection": "db://user:****@host"}
+    # What envpipe prints still masks every TF_VAR_* value (SPEC §7).
+    assert json.loads(applied.stdout)["outputs"]["name"] == "****"
+    test_record = latest_test(repository, "test", "1.0.1")
+    assert (test_record["tests"], test_record["failures"]) == (2, 1)  # the output check passed
+    assert test_record["failed"] == ["test.tests.test_app.test_login[****]"]
+    stored = json.dumps(list(history(repository, "test"))) + report.read_text()
+    assert SECRET not in stored and SECRET not in tested.stdout + tested.stderr + applied.stderr
+    names = [case.get("name") for case in ET.parse(report).getroot().iter("testcase")]
+    assert "test_login[****]" in names
+    failure = next(ET.parse(report).getroot().iter("failure"))
+    assert failure.get("message").startswith("AssertionError: login refused for ****")
+
+
+def test_tf_var_equal_to_an_environment_name_leaves_status_json_intact(working: Path, tmp_path: Path) -> None:
+    result = run_envpipe(["status", "--json"], cwd=working, env={"TF_VAR_stage": "test"}, check=0)
+
+    environments = json.loads(result.stdout)["environments"]
+    assert [entry["environment"] for entry in environments] == ["test", "production"]
+
+
+def test_write_record_masks_secrets_at_any_depth_keys_included(tmp_path: Path) -> None:
+    repository = open_repository(str(tmp_path / "repository"), {})
+    redactor = Redactor.for_records({"DB_PASSWORD": SECRET, "TF_VAR_x": "plain-value"}, ["DB_PASSWORD"])
+
+    record = write_record(repository, "test", "apply", "1.0.1", "done", detect({}),
+                          {"outputs": {"a": [f"x{SECRET}y", "plain-value"], SECRET: 1}}, redactor=redactor)
+
+    stored = repository.read(record["key"]).decode()
+    assert SECRET not in stored
+    assert json.loads(stored)["outputs"] == {"a": ["x****y", "plain-value"], "****": 1}
+    assert SECRET not in json.dumps(read_summary(repository, "test"))
+
+
+def test_printing_redactor_masks_tf_vars_except_public_names() -> None:
+    environ = {"TF_VAR_a": "production", "TF_VAR_b": "hunter22", "AWS_SECRET_ACCESS_KEY": "abcdefgh"}
+    printing = Redactor.from_environ(environ, public=["production"])
+    records = Redactor.for_records(environ)
+
+    assert printing("production hunter22 abcdefgh") == "production **** ****"
+    assert records("production hunter22 abcdefgh") == "production hunter22 ****"
+
+
+def test_redact_case_masks_name_classname_message_and_text() -> None:
+    case = Case(name=f"test_pw[{SECRET}]", classname=f"tests.{SECRET}", message=SECRET, text=f"got {SECRET}")
+
+    redact_case(case, Redactor([SECRET]))
+
+    assert (case.name, case.classname, case.message, case.text) == ("test_pw[****]", "tests.****", "****", "got ****")
