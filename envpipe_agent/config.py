@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from envpipe_agent.errors import ConfigError, UsageError
+from envpipe_agent.errors import ConfigError, UnsafePath, UsageError
+from envpipe_agent.paths import check_relative_path
 
 PROJECT_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
 ENVIRONMENT_RE = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
@@ -276,6 +277,34 @@ def _check_template(reader: _Reader, value: str, where: str, fields: Sequence[st
     return value
 
 
+def _check_per_environment(reader: _Reader, value: str, where: str, environments: Sequence[Environment],
+                           what: str) -> str:
+    """With several environments, ``value`` must name {environment}: a fixed state key
+    or stack name would be shared by all of them, and applying production would
+    replace (or destroy) what test had."""
+    names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    if len(environments) > 1 and "environment" not in names:
+        raise reader.fail(where, f"{value!r} has no {{environment}}, so all {len(environments)} environments "
+                                 f"would share one {what}: add {{environment}} to it")
+    return value
+
+
+def _relative_path(reader: _Reader, value: Optional[str], where: str, folder: bool = True) -> Optional[str]:
+    """A path inside the definition: relative, without '..', '.' or empty components
+    (for a ``folder``, a trailing '/' and '.' alone, the whole definition, are fine)."""
+    if value is None:
+        return None
+    relative = value.rstrip("/") if folder else value
+    if folder and relative in ("", "."):
+        return value
+    try:
+        check_relative_path(relative)
+    except UnsafePath:
+        raise reader.fail(where, f"{value!r} must be a relative path inside the definition "
+                                 "(no leading '/', no '..', '.' or empty components, no '\\')") from None
+    return value
+
+
 def _check_version_template(reader: _Reader, value: str) -> str:
     """A version template whose placeholders are known and that renders a valid version.
 
@@ -333,7 +362,10 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
             raise reader.fail(f"{where}.approval", f"expected one of {', '.join(APPROVALS)}, got {approval!r}")
         account_id = item.get("account_id")
         if isinstance(account_id, int) and not isinstance(account_id, bool):
-            account_id = f"{account_id:012d}"
+            # YAML reads an unquoted 012345670123 as octal and drops leading zeros:
+            # the number it gives is not the account id that was written.
+            raise reader.fail(f"{where}.account_id", f"read as the number {account_id}, not an account id: "
+                                                     "put the account id in quotes (account_id: \"012345678901\")")
         result.append(Environment(
             name=name,
             description=reader.optional_string(item.get("description"), f"{where}.description") or "",
@@ -364,7 +396,8 @@ def _tests(reader: _Reader, raw: Any) -> TestSettings:
             body=reader.optional_string(item.get("body"), f"{where}.body"),
             within=float(reader.number(item.get("within", 60), f"{where}.within")),
         ))
-    return TestSettings(path=reader.optional_string(raw.get("path"), "tests.path"), http=tuple(checks))
+    path = _relative_path(reader, reader.optional_string(raw.get("path"), "tests.path"), "tests.path")
+    return TestSettings(path=path, http=tuple(checks))
 
 
 def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettings:
@@ -439,17 +472,25 @@ def parse_config(data: Any, path: Path) -> Config:
         state = TerraformState(
             bucket=reader.string(state_raw["bucket"], "terraform.state.bucket",
                                  re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z"), "an S3 bucket name"),
-            key=_check_template(reader, reader.string(state_raw.get("key", "{environment}/terraform.tfstate"),
+            key=_check_per_environment(
+                reader,
+                _check_template(reader, reader.string(state_raw.get("key", "{environment}/terraform.tfstate"),
                                                       "terraform.state.key"),
                                 "terraform.state.key", ("environment", "project")),
+                "terraform.state.key", environments if tool == "terraform" else (), "Terraform state"),
             region=reader.optional_string(state_raw.get("region"), "terraform.state.region"),
         )
     cfn = reader.mapping(raw.get("cloudformation"), "cloudformation", ("template", "stack_name", "capabilities"))
     cloudformation = CloudFormationSettings(
-        template=reader.string(cfn.get("template", "template.yaml"), "cloudformation.template"),
-        stack_name=_check_template(reader, reader.string(cfn.get("stack_name", "{project}-{environment}"),
-                                                         "cloudformation.stack_name"),
-                                   "cloudformation.stack_name", ("project", "environment")),
+        template=_relative_path(reader, reader.string(cfn.get("template", "template.yaml"),
+                                                      "cloudformation.template"),
+                                "cloudformation.template", folder=False),
+        stack_name=_check_per_environment(
+            reader,
+            _check_template(reader, reader.string(cfn.get("stack_name", "{project}-{environment}"),
+                                                  "cloudformation.stack_name"),
+                            "cloudformation.stack_name", ("project", "environment")),
+            "cloudformation.stack_name", environments if tool == "cloudformation" else (), "stack"),
         capabilities=reader.string_list(cfn.get("capabilities"), "cloudformation.capabilities",
                                         re.compile(r"CAPABILITY_(IAM|NAMED_IAM|AUTO_EXPAND)\Z"),
                                         "CAPABILITY_IAM, CAPABILITY_NAMED_IAM or CAPABILITY_AUTO_EXPAND"),
