@@ -88,8 +88,11 @@ def detect(environ: Mapping[str, str]) -> CIContext:
     return CIContext(server="local", user=environ.get("USER") or user, host=socket.gethostname())
 
 
-def render_version(template: str, context: CIContext) -> str:
-    """Fill the version template from the CI context; refuse when a value is missing."""
+def render_version(template: str, context: CIContext, how: str = "pass --version") -> str:
+    """Fill the version template from the CI context; refuse when a value is missing.
+
+    ``how`` is the calling command's own way to give a version instead (promote takes
+    it positionally, publish and run as --version), ending the refusal's message."""
     values = {
         "build": context.build,
         "label": context.label,
@@ -101,7 +104,6 @@ def render_version(template: str, context: CIContext) -> str:
     if missing:
         where = "outside CI" if context.server == "local" else f"in this {context.server} build"
         raise UsageError(
-            f"version template {template!r} needs {{{missing[0]}}}, which has no value {where}: "
-            "pass --version"
+            f"version template {template!r} needs {{{missing[0]}}}, which has no value {where}: {how}"
         )
     return validate_version(template.format(**{k: v for k, v in values.items() if v is not None}))

@@ -52,11 +52,13 @@ class StageContext:
             record_redactor=Redactor.for_records(environ, config.secrets),
         )
 
-    def resolve_version(self, version: Optional[str]) -> str:
-        """``version`` if given, else the current CI build's version (SPEC §5)."""
+    def resolve_version(self, version: Optional[str], how: str = "pass --version VERSION") -> str:
+        """``version`` if given, else the current CI build's version (SPEC §5).
+
+        ``how`` tells the user how this command takes a version, should none be derivable."""
         if version:
             return validate_version(version)
-        return render_version(self.config.version, self.ci)
+        return render_version(self.config.version, self.ci, how)
 
 
 def _public_names(config: Config) -> Tuple[str, ...]:

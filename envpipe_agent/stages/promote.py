@@ -166,7 +166,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
     env = ctx.config.environment(environment)
-    version = ctx.resolve_version(version)
+    version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
     with ThreadPoolExecutor(max_workers=1) as reader:
         # The gate's test result is read alongside the version's manifest (one round
         # trip, not two); a missing version is still the error reported first.
