@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from envpipe_agent.repository import Repository
 
 MANIFEST_KEY = ".envpipe/manifest.json"
+# Written first by publish (a conditional create holding the content digest): the
+# version's number is taken by that content. It is not the manifest: a version
+# with a claim but no manifest still does not exist.
+CLAIM_KEY = ".envpipe/claim.json"
 RESERVED_PREFIX = ".envpipe/"
 FORMAT = 1
 

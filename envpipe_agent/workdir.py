@@ -43,16 +43,18 @@ def private_folder(prefix: str, parent: Optional[str] = None) -> Path:
 
 @contextlib.contextmanager
 def fetched(repository: Repository, folder: str, keep: bool = False,
-            environ: Optional[Mapping[str, str]] = None) -> Iterator[WorkDir]:
+            environ: Optional[Mapping[str, str]] = None, project: Optional[str] = None) -> Iterator[WorkDir]:
     """Download and verify ``folder`` into a private work folder for the block.
 
     Raises IntegrityError / UnsafePath (exit 3) naming the files when the folder
-    does not match its manifest; the folder is removed then too.
+    does not match its manifest, or when the manifest is another folder's (or, given
+    ``project``, another project's): the same checks as ``envpipe verify``. The
+    folder is removed then too.
     """
     parent = (environ or {}).get("TMPDIR") or None
     path = private_folder(f"envpipe-{folder}-", parent)
     try:
-        manifest, verified = check_folder(repository, folder, path)
+        manifest, verified = check_folder(repository, folder, path, project)
         log.info("%s: fetched and verified %d files of version %s in %.1fs", folder, verified.files,
                  manifest.version, verified.seconds)
         yield WorkDir(path=path, manifest=manifest, verified=verified)

@@ -168,8 +168,9 @@ def test_interrupted_publish_leaves_no_version_and_a_rerun_uploads_only_the_rest
     # A folder repository may also hold the temporary file of a copy cut short;
     # it is never listed, so it is not part of what the re-run finds.
     partial = {k: v for k, v in list_repository(project.repository, "1.0.1/").items() if ".envpipe-tmp-" not in k}
-    assert 10 <= len(partial) < 61
     assert ".envpipe/manifest.json" not in partial
+    assert json.loads(partial.pop(".envpipe/claim.json"))["version"] == "1.0.1"  # taken before any upload
+    assert 10 <= len(partial) < 61
 
     assert "1.0.1" not in project.envpipe("status", check=0).stdout
     assert "not published" in project.envpipe("promote", "1.0.1", "--to", "test", check=2).stderr
@@ -177,13 +178,15 @@ def test_interrupted_publish_leaves_no_version_and_a_rerun_uploads_only_the_rest
 
     # Listed again: a PUT the server had fully received when the client died may
     # have landed after the first listing.
-    partial = {k for k in list_repository(project.repository, "1.0.1/") if ".envpipe-tmp-" not in k}
+    partial = {k for k in list_repository(project.repository, "1.0.1/")
+               if ".envpipe-tmp-" not in k and k != ".envpipe/claim.json"}
     rerun = json.loads(project.envpipe("--json", "publish", "--version", "1.0.1", check=0).stdout)
     assert rerun["files"] == 61
     assert rerun["uploaded"] == 61 - len(partial)
     stored = {k: v for k, v in list_repository(project.repository, "1.0.1/").items() if ".envpipe-tmp-" not in k}
     assert stored["modules/m59/main.tf"] == b"# module 59\n" * 50
-    assert set(manifest_of(project, "1.0.1")["files"]) == set(stored) - {".envpipe/manifest.json"}
+    assert set(manifest_of(project, "1.0.1")["files"]) == set(stored) - {".envpipe/manifest.json",
+                                                                          ".envpipe/claim.json"}
     project.envpipe("verify", "1.0.1", check=0)
 
 
@@ -296,15 +299,12 @@ def test_publish_when_the_manifest_vanishes_between_listing_and_reading(project,
     assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is not None
 
 
-def test_symlinked_module_folders_are_published_and_loops_are_not_followed(tmp_path):
-    shared = tmp_path / "shared-modules" / "net"
-    shared.mkdir(parents=True)
-    (shared / "net.tf").write_text("# shared\n")
-    root = definition(tmp_path, {"main.tf": "# main\n"})
-    (root / "modules").symlink_to(tmp_path / "shared-modules", target_is_directory=True)
+def test_symlinked_module_folders_inside_the_source_are_published_and_loops_are_not_followed(tmp_path):
+    root = definition(tmp_path, {"main.tf": "# main\n", "shared/net/net.tf": "# shared\n"})
+    (root / "modules").symlink_to(root / "shared", target_is_directory=True)
     (root / "loop").symlink_to(root, target_is_directory=True)
     (root / "dangling.tf").symlink_to(tmp_path / "nowhere.tf")
-    assert [f.path for f in read_definition(root)] == ["main.tf", "modules/net/net.tf"]
+    assert [f.path for f in read_definition(root)] == ["main.tf", "modules/net/net.tf", "shared/net/net.tf"]
 
 
 def test_a_source_file_vanishing_mid_publish_is_a_clear_error(project, monkeypatch):
@@ -323,3 +323,89 @@ def test_a_source_file_vanishing_mid_publish_is_a_clear_error(project, monkeypat
     with pytest.raises(UsageError, match="main.tf disappeared while publishing"):
         publish(ctx, version="1.0.1")
     assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is None
+
+
+# --- claims: one version, one content, whoever publishes first ------------------------
+
+
+def two_sources(project) -> dict:
+    """Two definitions with the same paths but other bytes, and a few paths of their own."""
+    sources = {}
+    for name in ("big1", "big2"):
+        root = project.root / name
+        files = {f"modules/m{n:02d}/main.tf": f"# {name} module {n}\n" * 40 for n in range(40)}
+        files.update({f"only-{name}/f{n}.tf": f"# {name} only {n}\n" for n in range(5)})
+        for relative, text in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_text(text)
+        sources[name] = {relative: text.encode() for relative, text in files.items()}
+    return sources
+
+
+def test_concurrent_publishes_of_one_version_with_other_content_never_mix_it(project):
+    """Jenkins multibranch jobs share BUILD_NUMBER: one wins, the other is refused
+    having written nothing into the version, and the version verifies."""
+    sources = two_sources(project)
+    for attempt in range(1, 4):  # a few rounds, so the claim race itself is hit, not only the manifest's
+        version = f"3.0.{attempt}"
+        runs = {name: subprocess.Popen([sys.executable, "-m", "envpipe_agent", "publish", "--source", name,
+                                        "--version", version], cwd=project.root, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                for name in ("big1", "big2")}
+        outcomes = {name: (run.wait(timeout=120), run.communicate()[1]) for name, run in runs.items()}
+        assert sorted(code for code, _ in outcomes.values()) == [0, 3], outcomes
+        winner = next(name for name, (code, _) in outcomes.items() if code == 0)
+        refusal = next(stderr for code, stderr in outcomes.values() if code == 3)
+        assert "other content" in refusal and "new version" in refusal
+        assert refusal.strip().splitlines()[-1].startswith("envpipe: error: version ")
+        project.envpipe("verify", version, check=0)
+        stored = {k: v for k, v in list_repository(project.repository, f"{version}/").items()
+                  if ".envpipe-tmp-" not in k}
+        assert json.loads(stored.pop(".envpipe/claim.json"))["digest"] == manifest_of(project, version)["digest"]
+        del stored[".envpipe/manifest.json"]
+        assert stored == sources[winner]  # not one file, nor one byte, of the other source
+
+
+class InterruptedAtFirstUpload(Exception):
+    pass
+
+
+def test_a_version_claimed_by_an_interrupted_publish_refuses_other_content_until_that_one_completes(project):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    real_upload = ctx.repository.upload
+
+    def killed(*args, **kwargs):
+        raise InterruptedAtFirstUpload
+
+    ctx.repository.upload = killed
+    with pytest.raises(InterruptedAtFirstUpload):
+        publish(ctx, version="1.0.1")
+    ctx.repository.upload = real_upload
+    claim = read_repository_file(project.repository, "1.0.1/.envpipe/claim.json")
+    assert json.loads(claim)["project"] == "our-project"
+    assert set(list_repository(project.repository, "1.0.1/")) == {".envpipe/claim.json"}
+
+    original = (project.source / "main.tf").read_text()
+    project.write("main.tf", "# other content\n")
+    refused = project.envpipe("publish", "--version", "1.0.1", check=3)
+    assert "1.0.1" in refused.stderr and "taken by other content" in refused.stderr
+    assert "re-running it with its own source completes it" in refused.stderr
+    assert set(list_repository(project.repository, "1.0.1/")) == {".envpipe/claim.json"}
+    project.envpipe("verify", "1.0.1", check=2)  # a claim is not a version
+
+    project.write("main.tf", original)
+    rerun = json.loads(project.envpipe("--json", "publish", "--version", "1.0.1", check=0).stdout)
+    assert (rerun["already_published"], rerun["uploaded"]) == (False, 1)
+    assert read_repository_file(project.repository, "1.0.1/.envpipe/claim.json") == claim  # the same claim
+    project.envpipe("verify", "1.0.1", check=0)
+
+
+@FOLDER_ONLY
+def test_an_unreadable_claim_is_refused_rather_than_overwritten(project):
+    path = Path(project.repository, "1.0.1", ".envpipe", "claim.json")
+    path.parent.mkdir(parents=True)
+    path.write_text("[1]\n")
+    result = project.envpipe("publish", "--version", "1.0.1", check=3)
+    assert "claim.json is unreadable" in result.stderr
+    assert path.read_text() == "[1]\n"
+    assert not path.with_name("manifest.json").exists()

@@ -1,10 +1,16 @@
 """publish: copy the definition once into ``<repo>/<version>/`` (SPEC §3).
 
-The manifest is written last, with a conditional create, so a version either exists
-whole or not at all; re-running an interrupted publish uploads only what is missing.
+Before anything is uploaded the version is claimed: a conditional create of
+``<version>/.envpipe/claim.json`` holding the content digest. Two publishers of one
+version with different content (Jenkins multibranch jobs share BUILD_NUMBER) can then
+never mix their files: the second is refused before it writes a byte, while a retry of
+the same content finds its own claim and carries on. The manifest is written last, with
+a conditional create too, so a version either exists whole or not at all; re-running an
+interrupted publish uploads only what is missing.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +20,18 @@ from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError, VersionConflict
-from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, content_digest, manifest_key, read_manifest
+from envpipe_agent.manifest import (
+    CLAIM_KEY,
+    MANIFEST_KEY,
+    FileEntry,
+    Manifest,
+    content_digest,
+    manifest_key,
+    read_manifest,
+)
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import iso, utc_now
-from envpipe_agent.repository import AlreadyExists, KeyNotFound
+from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 from envpipe_agent.source import SourceFile, read_definition
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,64 @@ def _refuse_other_content(version: str, published: Optional[Manifest], digest: s
     )
 
 
+def _claimed_by(claim: Dict[str, Any]) -> str:
+    """Who holds a claim, as its publisher's CI context tells it."""
+    who = claim.get("build_url") or (f"build {claim['build']}" if claim.get("build") else None) \
+        or f"{claim.get('user') or 'unknown'}@{claim.get('host') or claim.get('server') or '?'}"
+    return f"{who}, at {claim.get('at', '?')}"
+
+
+def _read_claim(repository: Repository, key: str, version: str) -> Optional[Dict[str, Any]]:
+    """The claim's data, or None when it is gone; an unreadable claim is refused."""
+    try:
+        claim = json.loads(repository.read(key))
+    except KeyNotFound:
+        return None
+    except ValueError:
+        claim = None
+    if not isinstance(claim, dict) or not isinstance(claim.get("digest"), str):
+        raise VersionConflict(f"{repository.location(key)} is unreadable, so nobody can tell which content "
+                              f"version {version} belongs to: publish under a new version")
+    return claim
+
+
+def claim_version(ctx: StageContext, version: str, digest: str, listed: bool) -> bool:
+    """Take ``version`` for the content ``digest`` before anything is uploaded.
+
+    Returns True when this run created the claim, False when an earlier or a
+    concurrent run of the same content holds it. Raises VersionConflict when other
+    content holds it: that publisher may still be uploading, and nothing of ours may
+    land in its version. ``listed``: the version's listing already showed a claim,
+    so reading it saves a failing PUT on a retry.
+    """
+    repository = ctx.repository
+    key = f"{version}/{CLAIM_KEY}"
+    location = repository.location(version)
+    for _ in range(3):  # a claim deleted between our create and our read is tried again
+        if not listed:
+            claim = {"digest": digest, "project": ctx.config.project, "version": version, "at": iso(utc_now()),
+                     **{k: v for k, v in ctx.ci.as_record().items() if v}}
+            try:
+                repository.write(key, (json.dumps(claim, indent=1, sort_keys=True) + "\n").encode("utf-8"),
+                                 if_absent=True)
+                return True
+            except AlreadyExists:
+                pass
+        held = _read_claim(repository, key, version)
+        if held is None:
+            listed = False
+            continue
+        if held["digest"] == digest:
+            return False
+        raise VersionConflict(
+            f"version {version} at {location} is taken by other content ({held['digest'][:19]}…, this source "
+            f"{digest[:19]}…; claimed by {_claimed_by(held)}): versions are immutable, publish under a new "
+            "version (if that publish was cut short, re-running it with its own source completes it)"
+        )
+    raise VersionConflict(f"the claim on version {version} at {location} keeps vanishing: is someone deleting "
+                          "the version? Check 'envpipe status', then publish again")
+
+
 def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[str] = None) -> PublishResult:
     """Publish the definition at ``source`` (default: the config's) as ``version``."""
     started = time.monotonic()
@@ -70,12 +142,15 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     # None also when the manifest was deleted between the listing and the read:
     # then the version does not exist, and this run publishes it.
     published = read_manifest(repository, version) if existing.pop(MANIFEST_KEY, None) else None
+    claim_listed = existing.pop(CLAIM_KEY, None) is not None
     if published is not None:
         if published.digest == digest:
             log.info("version %s is already published with this content at %s", version, location)
             return PublishResult(version, location, digest, len(files), sum(f.entry.size for f in files),
                                  0, True, time.monotonic() - started)
         raise _refuse_other_content(version, published, digest, location)
+    # Nothing is written into the version, leftovers included, until it is ours.
+    claim_version(ctx, version, digest, claim_listed)
 
     def upload(source_file: SourceFile) -> str:
         try:
@@ -92,7 +167,8 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     log.info("publishing %s: %d files (%d to upload) to %s", version, len(files), len(pending), location)
     etags = {f.path: existing[f.path].etag for f in files if already_there(f)}
     etags.update(zip((f.path for f in pending), parallel_map(upload, pending)))
-    # Left by an interrupted publish of other content: not part of this version.
+    # Left by an interrupted publish of other content from before versions were
+    # claimed: not part of this version.
     leftovers = sorted(set(existing) - {f.path for f in files})
     if leftovers:
         repository.delete([prefix + path for path in leftovers])

@@ -2,7 +2,8 @@
 
 ``check_folder`` is also how apply and test fetch a definition: with a destination it
 downloads every file while hashing it, and refuses the whole folder when anything
-is missing, extra, altered or unsafe.
+is missing, extra, altered or unsafe, or when its manifest is another folder's (a
+folder copied by hand must not pass for a promoted one).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from envpipe_agent.config import ENVIRONMENT_RE, VERSION_RE
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError, NotFound, UnsafePath, UsageError
-from envpipe_agent.manifest import MANIFEST_KEY, Manifest, read_manifest
+from envpipe_agent.manifest import CLAIM_KEY, MANIFEST_KEY, Manifest, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path, local_path
 from envpipe_agent.repository import KeyNotFound, Repository
@@ -51,19 +52,45 @@ class VerifyResult:
         return f"{location} does not match its manifest ({'; '.join(parts)})"
 
 
-def check_folder(repository: Repository, folder: str, destination: Optional[Path] = None) -> Tuple[Manifest, VerifyResult]:
+def check_owner(repository: Repository, folder: str, manifest: Manifest, project: Optional[str] = None) -> None:
+    """Refuse a manifest that is not ``folder``'s own.
+
+    Files matching a manifest prove little if the manifest is another folder's: an
+    environment folder's must name that environment, a version folder's that version
+    and no environment, and both the project (when ``project`` is given).
+    """
+    location = repository.location(folder)
+    # Environment names and versions never look alike (a letter or a digit first), so
+    # one comparison covers both: a version's manifest has no environment.
+    owner = manifest.environment if manifest.environment is not None else manifest.version
+    if ENVIRONMENT_RE.match(folder):
+        remedy = f"re-promote a version into it ('envpipe promote VERSION --to {folder}')"
+    else:
+        remedy = "publish the definition under a new version"
+    if owner != folder:
+        raise IntegrityError(f"{location} holds the manifest of {owner!r}, not {folder!r}: it was copied there; "
+                             f"{remedy}")
+    if project is not None and manifest.project != project:
+        raise IntegrityError(f"{location} holds a manifest of project {manifest.project!r}, not {project!r}: it "
+                             f"was copied from another project's repository; {remedy}")
+
+
+def check_folder(repository: Repository, folder: str, destination: Optional[Path] = None,
+                 project: Optional[str] = None) -> Tuple[Manifest, VerifyResult]:
     """Check every file of ``folder`` against its manifest; download into ``destination``
-    when given. Raises IntegrityError naming the files when anything differs."""
+    when given. Raises IntegrityError naming the files when anything differs, or when
+    the manifest belongs to another folder or (given ``project``) another project."""
     started = time.monotonic()
     location = repository.location(folder)
     manifest = read_manifest(repository, folder)
     if manifest is None:
         raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
+    check_owner(repository, folder, manifest, project)
     prefix = f"{folder}/"
     listed = {}
     for info in repository.list(prefix):
         relative = info.key[len(prefix):]
-        if relative == MANIFEST_KEY:
+        if relative in (MANIFEST_KEY, CLAIM_KEY):  # envpipe's own, not the definition's
             continue
         try:
             check_relative_path(relative, location)
@@ -104,14 +131,7 @@ def verify(ctx: StageContext, target: str) -> VerifyResult:
         ctx.config.environment(target)  # a clear error for an unknown environment
     elif not VERSION_RE.match(target) or ".." in target:
         raise UsageError(f"{target!r} is neither a version nor an environment name")
-    manifest, result = check_folder(ctx.repository, target)
-    # Files matching a manifest prove little if the manifest is another folder's.
-    belongs_to = manifest.environment if manifest.environment is not None else manifest.version
-    if belongs_to != target:
-        raise IntegrityError(
-            f"{ctx.repository.location(target)} holds the manifest of {belongs_to!r}, not {target!r}: "
-            "it was copied there; re-promote (or re-publish under a new version)"
-        )
+    _, result = check_folder(ctx.repository, target, project=ctx.config.project)
     log.info("%s: %d files match manifest of version %s", ctx.repository.location(target), result.files,
              result.version)
     return result
