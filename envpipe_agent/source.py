@@ -123,11 +123,18 @@ def _ignore_spec(root: Path) -> pathspec.PathSpec:
     return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
-def _walk(root: Path, spec: pathspec.PathSpec) -> List[str]:
-    found = []
-    # Symlinked folders are followed, as Terraform and `aws s3 sync` follow them (a
-    # shared module linked in must not silently go missing); a link back into its
-    # own ancestry is skipped, so a loop cannot recurse for ever.
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path, spec: pathspec.PathSpec) -> Tuple[List[str], List[str]]:
+    """(files to publish, links leading outside ``root``), both relative and sorted."""
+    found, outside = [], []
+    real_root = os.path.realpath(root)
+    # Symlinked folders inside the source folder are followed, as Terraform and `aws
+    # s3 sync` follow them; a link back into its own ancestry is skipped, so a loop
+    # cannot recurse for ever. A link leading out of the source folder is reported:
+    # it would publish whatever it points at on this agent (~/.aws, /etc), unseen.
     for folder, dirs, files in os.walk(root, followlinks=True):
         rel_folder = Path(folder).relative_to(root).as_posix()
         prefix = "" if rel_folder == "." else rel_folder + "/"
@@ -139,11 +146,20 @@ def _walk(root: Path, spec: pathspec.PathSpec) -> List[str]:
         dirs[:] = sorted(d for d in dirs if d not in ALWAYS_SKIPPED
                          and not spec.match_file(prefix + d + "/")
                          and os.path.realpath(os.path.join(folder, d)) not in ancestry)
+        for d in [d for d in dirs if not _inside(os.path.realpath(os.path.join(folder, d)), real_root)]:
+            outside.append(f"{prefix}{d}/ -> {os.path.realpath(os.path.join(folder, d))}")
+            dirs.remove(d)
         for name in files:
             relative = prefix + name
-            if not spec.match_file(relative) and os.path.isfile(os.path.join(folder, name)):
+            path = os.path.join(folder, name)
+            if spec.match_file(relative) or not os.path.isfile(path):
+                continue  # ignored, or a dangling link: nothing to publish
+            # Only a link can leave the root: every folder walked into is inside it.
+            if os.path.islink(path) and not _inside(os.path.realpath(path), real_root):
+                outside.append(f"{relative} -> {os.path.realpath(path)}")
+            else:
                 found.append(relative)
-    return sorted(found)
+    return sorted(found), sorted(outside)
 
 
 def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
@@ -151,7 +167,11 @@ def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
     if not root.is_dir():
         raise UsageError(f"source folder {root} does not exist: fix 'source' in envpipe.yml or pass --source")
     spec = _ignore_spec(root)
-    relatives = _walk(root, spec)
+    relatives, outside = _walk(root, spec)
+    if outside:
+        shown = "; ".join(outside[:5]) + (f"; and {len(outside) - 5} more" if len(outside) > 5 else "")
+        raise UnsafeSource(f"refusing to publish links leading outside the source folder {root}: {shown}. "
+                           f"Copy what they point at into the source folder, or list them in {IGNORE_FILE}")
     problems = []
     for relative in relatives:
         if relative.startswith(".envpipe/"):
