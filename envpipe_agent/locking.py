@@ -11,12 +11,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from envpipe_agent.ci_context import CIContext
-from envpipe_agent.errors import LockHeld
+from envpipe_agent.errors import LockHeld, UsageError
 from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
@@ -70,6 +71,8 @@ def environment_lock(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Dict[str, Any]]:
     """Hold ``environment``'s lock for the block; wait up to ``timeout`` seconds for it."""
+    if not math.isfinite(timeout) or timeout < 0:  # nan compares false: it would wait for ever
+        raise UsageError(f"invalid lock timeout {timeout!r}: give the seconds to wait, a number >= 0")
     lock_id = uuid.uuid4().hex
     start = clock()
     waiting_said = False

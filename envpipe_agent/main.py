@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ import threading
 import traceback
 from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
 
-from envpipe_agent.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError, Terminated
+from envpipe_agent.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError,
+                                  Terminated)
 from envpipe_agent.redact import Redactor, RedactingFilter
 
 # Each module adds its sub-commands with register(subparsers, common). Handlers
@@ -39,6 +41,17 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"envpipe: error: {message} (see '{self.prog} --help')\n")
 
 
+def lock_timeout(text: str) -> float:
+    """--lock-timeout: seconds, finite and >= 0 (``nan`` would otherwise wait forever)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give the seconds to wait, a number >= 0")
+    return seconds
+
+
 def common_options() -> argparse.ArgumentParser:
     """Global options, accepted before or after the command (SPEC §4)."""
     common = ArgumentParser(add_help=False)
@@ -50,7 +63,7 @@ def common_options() -> argparse.ArgumentParser:
                         help="artefact repository, overriding the config (also ENVPIPE_REPO)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print a machine-readable result on stdout")
-    common.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
+    common.add_argument("--lock-timeout", metavar="SECONDS", type=lock_timeout, default=argparse.SUPPRESS,
                         help="wait this long for a held environment lock (default 0)")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="only errors on stderr")
@@ -115,10 +128,32 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+DETAILED_EXITCODE = "--detailed-exitcode"
+
+
+def _detailed_exitcode(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for --detailed-exitcode (or an abbreviation argparse takes)."""
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if len(name) > 3 and DETAILED_EXITCODE.startswith(name):
+            return True
+    return False
+
+
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
     environ = dict(os.environ) if environ is None else dict(environ)
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # With --detailed-exitcode, 2 means "changes" (Terraform's convention): a
+        # pipeline must never read a usage error (ENV missing, a typo) as that.
+        if exc.code == EXIT_USAGE and _detailed_exitcode(argv):
+            return EXIT_FAILED
+        raise
     for name, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)

@@ -119,3 +119,31 @@ def test_run_outside_ci_without_a_version_says_to_pass_one(tmp_path: Path) -> No
     result = project.envpipe("run", check=2)
 
     assert "pass --version" in result.stderr
+
+
+def test_run_with_nothing_to_test_exits_2_before_publishing(tmp_path: Path) -> None:
+    project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
+    project.root.mkdir()
+    configure(project)
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text().replace("tests:\n  path: tests/\n", ""))
+
+    result = project.envpipe("run", "--version", "1.0.1", check=2)
+
+    assert "nothing to test: set tests.path" in result.stderr
+    assert not (tmp_path / "repository").exists()  # truly nothing changed
+
+
+def test_a_usage_error_after_publishing_is_a_stage_failure_naming_the_stage(tmp_path: Path) -> None:
+    project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
+    project.root.mkdir()
+    configure(project)
+    config = project.root / "envpipe.yml"
+    # The suite's folder is not in the definition: found out only by the test stage.
+    config.write_text(config.read_text().replace("path: tests/", "path: checks/"))
+
+    result = project.envpipe("run", "--version", "1.0.1", check=1)
+
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("envpipe: error: run stopped at test of test: tests.path 'checks/' is not in version 1.0.1")
+    assert versions(project) == {"test": "1.0.1", "staging": None, "production": None}

@@ -1,7 +1,10 @@
 """run: the whole path locally, stage by stage, as the generated pipelines run it.
 
-Publish once, then for each environment in path order: promote, apply, test. A
-failing stage stops the run with that stage's error (and exit code); an
+Publish once, then for each environment in path order: promote, apply, test. What
+would stop every test stage (nothing to test, no pytest) is refused before anything
+is published. A failing stage stops the run with that stage's error, the stage
+named; once publish has run a usage error is a stage failure (exit 1), since exit 2
+would say nothing changed. An
 ``approval: manual`` environment stops it unless the person running it approved
 that environment by name. Each stage logs one line with its timing.
 """
@@ -14,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import EnvpipeError, StageFailed
+from envpipe_agent.errors import EnvpipeError, StageFailed, UsageError
 from envpipe_agent.stages.apply import apply
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.testing import run_tests
+from envpipe_agent.stages.testing import check_prerequisites, run_tests
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +65,29 @@ def _stage(result: RunResult, stage: str, environment: Optional[str], action: Ca
     started = time.monotonic()
     try:
         outcome = action()
-    except EnvpipeError:
+    except EnvpipeError as exc:
         log.info("%s FAILED after %.1fs", label, time.monotonic() - started)
-        raise
+        if stage == "publish":
+            raise  # nothing of the run's has changed anything yet
+        raise _stage_error(exc, stage, environment) from exc
     seconds = time.monotonic() - started
     detail = describe(outcome)
     result.steps.append(Step(stage, environment, round(seconds, 3), detail))
     log.info("%s %-60s %6.1fs", label, detail, seconds)
     return outcome
+
+
+def _stage_error(exc: EnvpipeError, stage: str, environment: Optional[str]) -> EnvpipeError:
+    """``exc`` with the stage named. A usage error (exit 2: "nothing changed") becomes
+    a stage failure: the version is published and maybe promoted by now. Other errors
+    keep their kind and exit code (a guard's refusal is still exit 3)."""
+    message = f"run stopped at {stage} of {environment}: {exc}" if environment else f"run stopped at {stage}: {exc}"
+    if isinstance(exc, UsageError):
+        return StageFailed(message)
+    try:
+        return type(exc)(message)
+    except TypeError:  # an error class that takes more than its message
+        return exc
 
 
 def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Optional[str] = None,
@@ -80,6 +98,7 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
     approved = {ctx.config.environment(name).name for name in approve}  # unknown names fail here
     last = ctx.config.environment(through).name if through else names[-1]
     version = ctx.resolve_version(version)
+    check_prerequisites(ctx)  # before publishing: a run that cannot test must change nothing
     result = RunResult(version=version)
 
     _stage(result, "publish", None, lambda: publish(ctx, version=version),

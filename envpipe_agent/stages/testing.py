@@ -270,10 +270,10 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
                  timestamp=suites[0].timestamp if suites else None)
 
 
-def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None) -> TestResult:
-    """Run the configured tests against ``environment``'s current version and record the result."""
-    started = time.monotonic()
-    env = ctx.config.environment(environment)
+def check_prerequisites(ctx: StageContext) -> None:
+    """Refuse (UsageError) what would stop any test stage before it starts: nothing
+    configured to test, or a pytest suite and no pytest. ``run`` checks this before
+    it publishes anything."""
     settings = ctx.config.tests
     if not settings.path and not settings.http:
         raise UsageError(f"{ctx.config.path.name}: nothing to test: set tests.path (a pytest suite in the "
@@ -281,6 +281,14 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
     if settings.path and importlib.util.find_spec("pytest") is None:
         raise UsageError(f"tests.path is set but pytest is not installed for {sys.executable}: "
                          "install it on the agent (pip install pytest)")
+
+
+def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None) -> TestResult:
+    """Run the configured tests against ``environment``'s current version and record the result."""
+    started = time.monotonic()
+    env = ctx.config.environment(environment)
+    settings = ctx.config.tests
+    check_prerequisites(ctx)
     manifest = read_manifest(ctx.repository, env.name)
     if manifest is None:
         raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "

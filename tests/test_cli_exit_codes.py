@@ -1,0 +1,53 @@
+"""Exit codes a pipeline branches on: --detailed-exitcode's 2 means "changes" only,
+and --lock-timeout takes only a finite number of seconds."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+from conftest import run_envpipe
+
+from envpipe_agent.ci_context import CIContext
+from envpipe_agent.errors import UsageError
+from envpipe_agent.locking import environment_lock
+from envpipe_agent.main import main
+from envpipe_agent.repository import open_repository
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "--detailed-exitcode"],                    # ENV missing
+    ["plan", "test", "--detailed-exitcode", "--bogus"],  # an unknown flag
+    ["--detailed-exitcode", "plan", "test"],            # the flag before the command is not an option there
+    ["plan", "test", "--detailed"],                     # argparse's abbreviation still asks for it
+])
+def test_usage_errors_with_detailed_exitcode_exit_1_never_2(tmp_path, args):
+    result = run_envpipe(args, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("envpipe: error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_usage_errors_without_detailed_exitcode_still_exit_2(tmp_path):
+    assert run_envpipe(["plan"], cwd=tmp_path).returncode == 2
+
+
+def test_help_with_detailed_exitcode_still_exits_0(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "--detailed-exitcode", "--help"], environ=dict(os.environ))
+    assert exited.value.code == 0 and "--detailed-exitcode" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "-1", "soon", ""])
+def test_lock_timeout_must_be_a_finite_number_of_seconds(tmp_path, value):
+    result = run_envpipe(["status", f"--lock-timeout={value}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"argument --lock-timeout: invalid value {value!r}: give the seconds to wait" in result.stderr
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -0.5])
+def test_the_lock_refuses_a_timeout_that_is_not_finite_seconds(tmp_path, seconds):
+    repository = open_repository(str(tmp_path / "repository"), {})
+    with pytest.raises(UsageError, match="invalid lock timeout"):
+        with environment_lock(repository, "test", "apply", CIContext(server="local"), timeout=seconds):
+            pass  # pragma: no cover - never entered
+    assert not list(repository.list(".envpipe/locks/"))
