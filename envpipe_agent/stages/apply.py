@@ -162,7 +162,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
                 if action in LOCKED_ACTIONS else contextlib.nullcontext())
         with lock:
-            with fetched(ctx.repository, folder, keep_workdir, ctx.environ) as work:
+            with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                 version = work.manifest.version
                 details["digest"] = work.manifest.digest
                 fetch_seconds = work.verified.seconds

@@ -125,8 +125,12 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
     stale = sorted(set(listing) - set(manifest.files))
     counts = {"previous_version": previous.version if previous else None, "copied": len(to_copy),
               "deleted": len(stale), "unchanged": len(manifest.files) - len(to_copy)}
+    # A folder copied by hand holds the right files under another folder's manifest
+    # (no environment, or another one): that is not "already promoted", and promoting
+    # again is how it is repaired, so only the environment's own manifest makes a no-op.
     if not to_copy and not stale and previous is not None and previous.digest == manifest.digest \
-            and previous.version == manifest.version:
+            and previous.version == manifest.version and previous.environment == environment \
+            and previous.project == manifest.project:
         log.info("%s already holds version %s: nothing to do", environment, manifest.version)
         return {**counts, "noop": True}
 

@@ -301,7 +301,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
         workdir = Path(tempfile.mkdtemp(prefix=f"envpipe-test-{env.name}-"))  # mode 0700
         try:
             credentials = environment_credentials(env, ctx.environ, ctx.ci)
-            fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition")
+            fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition", ctx.config.project)
             if fetched.version != manifest.version:
                 raise Refused(f"{env.name} was promoted to version {fetched.version} while its tests started: "
                               f"apply it, then run 'envpipe test {env.name}' again")
