@@ -40,12 +40,16 @@ def iso(moment: dt.datetime) -> str:
 
 
 def _read_json(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
+    """The JSON object stored at ``key``; None when absent or anything but an object."""
     try:
-        return json.loads(repository.read(key))
+        data = json.loads(repository.read(key))
     except KeyNotFound:
         return None
     except ValueError:
         return None  # an unreadable summary is rebuilt by the next record
+    # Valid JSON that is no object ([1], "x", null) is as unreadable to every caller,
+    # which reads fields from it, as a broken file.
+    return data if isinstance(data, dict) else None
 
 
 def write_record(

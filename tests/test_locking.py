@@ -159,3 +159,15 @@ def test_ci_context_detect_is_what_the_lock_names(project):
     repo = open_repository(project.repository, dict(os.environ))
     with environment_lock(repo, "test", "apply", ci):
         assert read_lock(repo, "test")["holder"] == "dave@n1"
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("body", [b"[1]\n", b'"held"\n', b"null\n"])
+def test_a_lock_that_is_json_but_no_object_reads_as_expired_and_is_broken(project, body):
+    publish_in_process(project)
+    plant_lock(project, body)
+    lock = read_lock(open_repository(project.repository, dict(os.environ)), "test")
+    assert lock is not None and lock["expires"] == "1970-01-01T00:00:00Z"
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+    assert read_repository_file(project.repository, "test/main.tf") is not None
+    assert read_repository_file(project.repository, ".envpipe/locks/test.json") is None

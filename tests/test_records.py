@@ -112,3 +112,21 @@ def test_ci_context_of_a_gocd_agent_reaches_the_record(repo):
     stored = json.loads(repo.read(record["key"]))
     assert stored["ci"]["build_url"] == "https://g/go/tab/build/detail/p/4/s/1/j" and stored["ci"]["user"] == "erin"
     assert record["key"].endswith("-destroy-none.json")
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("body", [b"[1]\n", b'"passed"\n', b"null\n", b"42\n"])
+def test_a_summary_result_or_record_that_is_json_but_no_object_reads_as_absent(project, body):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    publish(ctx, version="1.0.1")
+    promote(ctx, "test", "1.0.1")
+    for key in (".envpipe/results/test/1.0.1.json", ".envpipe/summary/test/test.json",
+                ".envpipe/records/test/20261129T000000.000000Z-test-1.0.1.json"):
+        ctx.repository.write(key, body)
+    assert latest_test(ctx.repository, "test", "1.0.1") is None
+    assert set(read_summary(ctx.repository, "test")) == {"promote"}
+    refused = project.envpipe("promote", "1.0.1", "--to", "staging", check=3)  # the gate, not a crash
+    assert "has not passed its tests in test" in refused.stderr
+    assert [r["action"] for r in json.loads(project.envpipe("history", "test", "--json", check=0).stdout)] == [
+        "promote"]
+    project.envpipe("status", check=0)
