@@ -214,6 +214,36 @@ def test_destroy_removes_the_infrastructure_and_empties_the_folder(project):
 
 
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_destroying_a_manual_approval_environment_needs_force_and_reason_and_is_recorded(project):
+    published(project, env="production")
+    project.envpipe("apply", "production", check=0)
+    promoted = list_repository(project.repository, "production/")
+
+    for args in ([], ["--force"], ["--reason", "decommissioned"]):
+        refused = project.envpipe("destroy", "production", *args, check=2)
+        assert refused.stderr.startswith("envpipe: error: ")
+    assert "destroying it needs 'envpipe destroy production --force --reason" in refused.stderr
+    # Nothing was done: the folder, the state and the records are as they were.
+    assert list_repository(project.repository, "production/") == promoted
+    state = json.loads(read_repository_file(project.repository, ".envpipe/state/production/terraform.tfstate"))
+    assert len(state["resources"]) == 2
+
+    def destroy_overrides():
+        return [r for r in records(project, "production", "override") if r["overrides"] == "destroy"]
+
+    assert records(project, "production", "destroy") == destroy_overrides() == []
+
+    done = project.envpipe("--json", "destroy", "production", "--force", "--reason", "decommissioned", check=0)
+
+    assert json.loads(done.stdout)["forced"] is True
+    assert list_repository(project.repository, "production/") == {}
+    [override] = destroy_overrides()
+    assert (override["result"], override["reason"]) == ("forced", "decommissioned")
+    [destroyed] = records(project, "production", "destroy")
+    assert (destroyed["result"], destroyed["forced"], destroyed["reason"]) == ("done", True, "decommissioned")
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 def test_work_folder_is_private_and_removed_unless_kept(project, tmp_path):
     published(project)
     scratch = tmp_path / "scratch"

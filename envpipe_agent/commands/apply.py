@@ -55,10 +55,11 @@ def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.apply import destroy
 
     ctx = load_context(args, environ)
-    result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir)
+    result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir, force=args.force, reason=args.reason)
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} destroyed ({result.destroyed} destroyed, "
-         f"{result.emptied} files removed from its folder, {result.seconds:.1f}s)")
+         f"{result.emptied} files removed from its folder, {result.seconds:.1f}s)"
+         + (" (approval: manual overridden; recorded)" if result.forced else ""))
     return 0
 
 
@@ -84,4 +85,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser = subparsers.add_parser("destroy", parents=[common, keep],
                                    help="destroy ENV's infrastructure and empty its folder")
     parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--force", action="store_true",
+                        help="needed to destroy an 'approval: manual' environment (with --reason)")
+    parser.add_argument("--reason", help="why an 'approval: manual' environment is destroyed (recorded)")
     parser.set_defaults(handler=run_destroy)

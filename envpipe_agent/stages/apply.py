@@ -71,6 +71,7 @@ class StageResult:
     seconds: float = 0.0
     fetch_seconds: float = 0.0
     record: Optional[str] = None
+    forced: bool = False  # an approval: manual environment's guard overridden (--force --reason)
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -120,7 +121,7 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
 
 def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
-               candidate: Optional[str] = None) -> StageResult:
+               candidate: Optional[str] = None, override: Optional[str] = None) -> StageResult:
     started = time.monotonic()
     env = ctx.config.environment(environment)
     tool = ctx.config.tool
@@ -146,6 +147,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     # TF_VAR_* value masked there would corrupt an output that merely equals it.
     record_redactor = ctx.record_redactor
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
+    if override:
+        details.update(forced=True, reason=override)
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
         body = {**details, **extra, "seconds": round(time.monotonic() - started, 3)}
@@ -162,6 +165,11 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
                 if action in LOCKED_ACTIONS else contextlib.nullcontext())
         with lock:
+            if override:
+                # Recorded before anything is run: the override stands whatever follows.
+                write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
+                             {"reason": override, "overrides": action, "approval": env.approval},
+                             redactor=record_redactor)
             with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                 version = work.manifest.version
                 details["digest"] = work.manifest.digest
@@ -175,6 +183,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
             emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
             result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
             result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
+            result.forced = bool(override)
             extra: Dict[str, Any] = {
                 "changed": result.changed,
                 "changes": {"added": result.added, "changed": result.changed_count, "destroyed": result.destroyed},
@@ -262,6 +271,17 @@ def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
 
 
 def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
-            runner: Optional[ToolRunner] = None) -> StageResult:
-    """Destroy ``environment``'s infrastructure, then empty its folder."""
-    return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner)
+            runner: Optional[ToolRunner] = None, force: bool = False, reason: Optional[str] = None) -> StageResult:
+    """Destroy ``environment``'s infrastructure, then empty its folder.
+
+    An ``approval: manual`` environment (production) is destroyed only with ``force``
+    and a ``reason``, recorded as an override: nobody takes it down by a slip.
+    """
+    if force and not (reason and reason.strip()):
+        raise UsageError("--force needs --reason TEXT saying why the guard is overridden")
+    env = ctx.config.environment(environment)
+    if env.manual and not force:
+        raise UsageError(f"{env.name} has approval: manual: destroying it needs "
+                         f"'envpipe destroy {env.name} --force --reason \"...\"' (recorded); nothing was done")
+    return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner,
+                      override=reason.strip() if env.manual and reason else None)
