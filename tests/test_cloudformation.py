@@ -20,7 +20,7 @@ from conftest import REGION, read_repository_file, run_envpipe
 from envpipe_agent.ci_context import detect
 from envpipe_agent.config import parse_config
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import ConfigError, NotFound, Refused, StageFailed, UsageError
+from envpipe_agent.errors import ConfigError, Refused, StageFailed, UsageError
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
@@ -547,7 +547,8 @@ def test_noecho_values_are_never_logged_and_outputs_echoing_them_are_sensitive(
     cloudformation.create_stack(StackName=STACK, TemplateBody=NO_ECHO_TEMPLATE, Parameters=[
         {"ParameterKey": "DbPassword", "ParameterValue": "pa55-w0rd-xyz"},
         {"ParameterKey": "QueueDelay", "ParameterValue": "5"}])
-    outputs = runner.outputs(pipeline.request())
+    prepared = cfn_module.prepare(pipeline.request())
+    outputs = cfn_module._outputs(cfn_module.describe_stack(cloudformation, STACK), prepared.secret_values)
 
     assert any("DbPassword=****" in message for message in runner_log.messages)
     assert not any("pa55-w0rd-xyz" in message for message in runner_log.messages)
@@ -574,14 +575,6 @@ def test_a_noecho_value_quoted_in_an_error_is_masked(
 
     assert "Value '****' at 'type' failed to satisfy constraint" in str(failure.value)
     assert "pa55-w0rd-xyz" not in str(failure.value)
-
-
-def test_outputs_of_a_missing_stack_say_to_apply_first(
-        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation) -> None:
-    pipeline.release("1.0.1")
-
-    with pytest.raises(NotFound, match=f"stack {STACK} does not exist: apply test first"):
-        runner.outputs(pipeline.request())
 
 
 def test_credentials_region_and_endpoint_come_from_the_request_environment(

@@ -69,6 +69,10 @@ class Repository(Protocol):
     def location(self, key: str = "") -> str:
         """A URL a person can read (``s3://bucket/prefix/key``, ``/abs/path``)."""
 
+    def https_url(self, key: str) -> Optional[str]:
+        """An https:// URL AWS services can fetch the object from (CloudFormation's
+        TemplateURL), or None when the backend has none (a folder)."""
+
 
 def download(repository: Repository, key: str, destination: Optional[Path]) -> Tuple[int, str]:
     """Stream ``key`` into ``destination`` (or only read it, when None); return the

@@ -158,3 +158,6 @@ class LocalRepository:
 
     def location(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)
+
+    def https_url(self, key: str) -> Optional[str]:
+        return None  # a folder on the agent: no AWS service can read it

@@ -68,6 +68,3 @@ class ToolRunner(Protocol):
 
     def destroy(self, request: RunRequest) -> RunOutcome:
         """Remove the environment's infrastructure."""
-
-    def outputs(self, request: RunRequest) -> Dict[str, Output]:
-        """The current outputs (for tests), without changing anything."""

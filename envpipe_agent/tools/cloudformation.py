@@ -21,7 +21,7 @@ import yaml
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from envpipe_agent.errors import ConfigError, EnvpipeError, NotFound, Refused, StageFailed, UnsafePath, UsageError
+from envpipe_agent.errors import ConfigError, EnvpipeError, Refused, StageFailed, UnsafePath, UsageError
 from envpipe_agent.paths import local_path
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
 from envpipe_agent.tools.stack_states import (
@@ -325,17 +325,16 @@ def _template_argument(request: RunRequest, prepared: Prepared) -> Iterator[Dict
     if size <= INLINE_TEMPLATE_LIMIT:
         yield {"TemplateBody": prepared.body.decode("utf-8")}
         return
-    https_url = getattr(request.repository, "https_url", None)
-    if https_url is None:
+    digest = hashlib.sha256(prepared.body).hexdigest()
+    key = f"{TEMPLATE_PREFIX}/{request.environment.name}/{digest}{_suffix(prepared.template_path)}"
+    url = request.repository.https_url(key)
+    if url is None:
         raise UsageError(
             f"template {prepared.template_path} is {size:,} bytes, over CloudFormation's {INLINE_TEMPLATE_LIMIT:,}-byte "
             f"limit for inline templates, and repository {request.repository.location()} is a folder: use an "
             "s3:// repository (the template is then passed by URL) or make the template smaller"
         )
-    digest = hashlib.sha256(prepared.body).hexdigest()
-    key = f"{TEMPLATE_PREFIX}/{request.environment.name}/{digest}{_suffix(prepared.template_path)}"
     request.repository.write(key, prepared.body)
-    url = https_url(key)
     log.info("template is %s bytes: passing it as %s", f"{size:,}", url)
     yield {"TemplateURL": url}
 
@@ -541,15 +540,6 @@ class CloudFormationRunner:
         log.info("stack %s: DELETE_COMPLETE", name)
         return RunOutcome(changed=True, destroyed=resources, summary=f"stack {name}: deleted ({resources} resources)",
                           details={"stack_name": name, "stack_id": stack["StackId"], "status": "DELETE_COMPLETE"})
-
-    def outputs(self, request: RunRequest) -> Dict[str, Output]:
-        prepared = prepare(request)
-        client = cloudformation_client(request.environ)
-        with _aws("read", prepared.stack_name):
-            stack = describe_stack(client, prepared.stack_name)
-        if stack is None:
-            raise NotFound(f"stack {prepared.stack_name} does not exist: apply {request.environment.name} first")
-        return _outputs(stack, prepared.secret_values)
 
     @staticmethod
     def _forget_templates(request: RunRequest) -> None:

@@ -343,8 +343,3 @@ class TerraformRunner:
         completed = self._checked(request, ["destroy", "-auto-approve", "-input=false", "-no-color"], environ)
         destroyed = _counts(completed.summary)["destroy"]
         return RunOutcome(changed=destroyed > 0, destroyed=destroyed, summary=completed.summary or "No changes.")
-
-    def outputs(self, request: RunRequest) -> Dict[str, Output]:
-        environ = self._init(request)
-        return self._outputs(request, environ)
-
