@@ -17,6 +17,7 @@ import pytest
 from conftest import list_repository, read_repository_file
 
 from envpipe_agent import StageContext, children, promote, publish
+from envpipe_agent.errors import Terminated
 
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 
@@ -181,3 +182,36 @@ def test_children_run_in_a_session_of_their_own():
     """)
     assert int(process.stdout.readline()) == process.pid != os.getsid(0)
     process.wait()
+
+
+@FOLDER_ONLY
+def test_a_promote_interrupted_while_copying_is_recorded_and_shown_by_status(project):
+    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    project.write("main.tf", 'resource "terraform_data" "a" {}\n')
+    publish(ctx, version="1.0.1")
+    promote(ctx, "test", "1.0.1")
+    project.write("main.tf", 'resource "terraform_data" "b" {}\n')
+    publish(ctx, version="1.0.2")
+    real_write = ctx.repository.write
+
+    def terminated_at_the_manifest(key, data, **kwargs):
+        if key == "test/.envpipe/manifest.json":
+            raise Terminated()  # SIGTERM arrives as the copy phase ends, before the manifest
+        return real_write(key, data, **kwargs)
+
+    ctx.repository.write = terminated_at_the_manifest
+    with pytest.raises(Terminated):
+        promote(ctx, "test", "1.0.2")
+
+    assert read_repository_file(project.repository, ".envpipe/locks/test.json") is None
+    records = [json.loads(body) for key, body in sorted(list_repository(
+        project.repository, ".envpipe/records/test/").items()) if "-promote-" in key]
+    assert [(r["version"], r["result"], r.get("signal")) for r in records] == [
+        ("1.0.1", "done", None), ("1.0.2", "interrupted", "SIGTERM")]
+    table = project.envpipe("status", check=0).stdout
+    assert "1.0.1 (promote of 1.0.2 interrupted)" in table
+    assert json.loads(project.envpipe("--json", "status", check=0).stdout)[
+        "environments"][0]["last"]["promote"]["result"] == "interrupted"
+
+    project.envpipe("promote", "1.0.2", "--to", "test", check=0)  # completing it clears the note
+    assert "interrupted" not in project.envpipe("status", check=0).stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.commands import emit, load_context
 
@@ -55,6 +55,13 @@ def _when(record: Dict[str, Any]) -> str:
     return f"{record.get('at', '?')} {record.get('result', '')}".strip() if record else "-"
 
 
+def _cut_short(record: Optional[Dict[str, Any]]) -> str:
+    """A note when the latest promote was interrupted: the folder may be half promoted."""
+    if record and record.get("result") == "interrupted":
+        return f" (promote of {record.get('version')} interrupted)"
+    return ""
+
+
 def status_table(entries: List[Dict[str, Any]]) -> str:
     rows = [("ENVIRONMENT", "VERSION", "PROMOTED", "APPLIED", "TESTED", "BY")]
     for entry in entries:
@@ -63,7 +70,7 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
         by = promoted.get("build_url") or promoted.get("user") or "-"
         rows.append((
             entry["environment"] + (" (manual)" if entry["approval"] == "manual" else ""),
-            entry["version"] or "-",
+            (entry["version"] or "-") + _cut_short(last.get("promote")),
             promoted.get("at", "-"),
             _when(last.get("apply") or last.get("destroy")),
             _when(last.get("test")),

@@ -8,6 +8,7 @@ ends with exactly the chosen version's bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, UsageError
+from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
@@ -181,7 +182,21 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
         if overridden:
             promoted.update(forced=True, reason=reason, gate=overridden)
-        outcome = sync_environment(ctx, env.name, manifest, promoted)
+        try:
+            outcome = sync_environment(ctx, env.name, manifest, promoted)
+        except KeyboardInterrupt as exc:
+            # Cut short while copying (Ctrl-C, an aborted build): the folder may hold
+            # part of the version under the old manifest, so it fails verification
+            # until a promote completes. Leave a trace for status while the lock is held.
+            how = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            with contextlib.suppress(Exception):
+                write_record(ctx.repository, env.name, "promote", version, "interrupted", ctx.ci, {
+                    "digest": manifest.digest, "signal": how,
+                    "error": f"interrupted ({how}) while copying: {env.name}'s folder may hold part of version "
+                             f"{version}; promote it again to complete it",
+                    **({"forced": True, "reason": reason, "gate": overridden} if overridden else {}),
+                }, redactor=ctx.record_redactor)
+            raise
         if outcome["noop"]:  # nothing changed, so nothing to record
             return PromoteResult(env.name, version, outcome["previous_version"], 0, 0, outcome["unchanged"],
                                  False, time.monotonic() - started)
