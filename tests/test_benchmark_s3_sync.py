@@ -88,7 +88,7 @@ def test_s3_sync_benchmark_copies_only_changed_files_where_awscli_copies_all(tmp
 
     assert set(summary) == {"publish", "promote_full", "promote_1pct", "promote_noop"}
     assert report["changed_files"] == 1
-    assert summary["publish"]["envpipe"]["by_kind"]["PUT"] == 40 + 1  # the files and the manifest
+    assert summary["publish"]["envpipe"]["by_kind"]["PUT"] == 40 + 2  # the claim, the files and the manifest
     assert summary["promote_full"]["envpipe"]["by_kind"]["COPY"] == 40
     # envpipe compares content tags; awscli's sync compares times, and the newer
     # version is newer everywhere.
