@@ -55,7 +55,7 @@ def test_force_without_reason_is_a_usage_error_and_changes_nothing(project):
         (["status", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["promote", "1.0.1"], "the following arguments are required: --to"),
         ([], "the following arguments are required: COMMAND"),
-        (["status", "--lock-timeout", "soon"], "invalid float value: 'soon'"),
+        (["status", "--lock-timeout", "soon"], "argument --lock-timeout: invalid value 'soon'"),
     ],
 )
 def test_unknown_commands_and_flags_exit_2_with_one_line(tmp_path, args, expected):
