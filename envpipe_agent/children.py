@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 # server that will not wait this long kills the whole tree itself.
 STOP_GRACE_SECONDS = 300.0
 _POSIX = os.name == "posix"
+_stopping = 0  # how many children are being stopped right now
+
+
+def stopping() -> bool:
+    """Whether a child is being stopped: another interrupt now is meant for it."""
+    return _stopping > 0
 
 
 def start(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
@@ -69,8 +75,17 @@ def stop(process: subprocess.Popen, name: str, grace: float = STOP_GRACE_SECONDS
     Another interrupt while waiting is forwarded too (a person insisting). Returns
     what happened, in words, for the record.
     """
+    global _stopping
     if process.poll() is not None:
         return f"{name} had already exited ({process.returncode})"
+    _stopping += 1
+    try:
+        return _stop(process, name, grace)
+    finally:
+        _stopping -= 1
+
+
+def _stop(process: subprocess.Popen, name: str, grace: float) -> str:
     log.warning("interrupted: asking %s to stop and save its state (waiting up to %gs; interrupt again "
                 "to stop it at once, which may lose state)", name, grace)
     _interrupt(process)

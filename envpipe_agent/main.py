@@ -112,7 +112,19 @@ def _one_line(text: str) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or "(no message)"
 
 
+_terminated = False
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    """The first SIGTERM stops the run. A later one is forwarded to a child being
+    stopped (envpipe_agent.children); otherwise it is ignored, so that it cannot cut
+    short the release of the lock and the writing of the record."""
+    global _terminated
+    children = sys.modules.get("envpipe_agent.children")  # loaded by any stage that has children
+    if _terminated and not (children is not None and children.stopping()):
+        log.warning("envpipe: terminating already: releasing locks and writing records")
+        return
+    _terminated = True
     raise Terminated()
 
 
@@ -121,6 +133,8 @@ def _sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set signal handlers
         return
+    global _terminated
+    _terminated = False
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield

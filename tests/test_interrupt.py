@@ -215,3 +215,16 @@ def test_a_promote_interrupted_while_copying_is_recorded_and_shown_by_status(pro
 
     project.envpipe("promote", "1.0.2", "--to", "test", check=0)  # completing it clears the note
     assert "interrupted" not in project.envpipe("status", check=0).stdout
+
+
+def test_a_later_sigterm_reaches_a_child_being_stopped_but_cannot_cut_the_cleanup_short(monkeypatch):
+    from envpipe_agent import main as main_module
+
+    monkeypatch.setattr(main_module, "_terminated", False)
+    with pytest.raises(Terminated):
+        main_module._raise_terminated(signal.SIGTERM, None)  # the first stops the run
+    monkeypatch.setattr(children, "_stopping", 1)
+    with pytest.raises(Terminated):
+        main_module._raise_terminated(signal.SIGTERM, None)  # forwarded to the child being stopped
+    monkeypatch.setattr(children, "_stopping", 0)
+    main_module._raise_terminated(signal.SIGTERM, None)  # releasing locks, writing records: ignored
