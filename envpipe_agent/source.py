@@ -21,7 +21,9 @@ from envpipe_agent.manifest import FileEntry
 from envpipe_agent.repository.base import CHUNK_SIZE, MULTIPART_SIZE
 
 IGNORE_FILE = ".envpipeignore"
-ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache"}
+# Version-control and cache folders, and envpipe's own working folders in a CI workspace
+# (the generated pipelines' virtualenv and JUnit reports): never part of a stack.
+ALWAYS_SKIPPED = {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".envpipe-venv", ".envpipe-reports"}
 
 _STATE_NAME = re.compile(r"(^|.*\.)tfstate(\.backup|\.\d+\.backup)?$|^\.terraform\.tfstate\.lock\.info$")
 _ENV_NAME = re.compile(r"^\.env(\..+)?$")
