@@ -130,3 +130,21 @@ def test_a_summary_result_or_record_that_is_json_but_no_object_reads_as_absent(p
     assert [r["action"] for r in json.loads(project.envpipe("history", "test", "--json", check=0).stdout)] == [
         "promote"]
     project.envpipe("status", check=0)
+
+
+def test_status_table_never_shows_an_older_versions_apply_or_test_as_the_current_ones():
+    from envpipe_agent.commands.repository import status_table
+
+    applied = {"key": "x/20261129T070000.000000Z-apply-1.0.1.json", "version": "1.0.1", "at": "07:00", "result": "done"}
+    tested = {"key": "x/20261129T070100.000000Z-test-1.0.1.json", "version": "1.0.1", "at": "07:01", "result": "passed"}
+    destroyed = {"key": "x/20261129T070200.000000Z-destroy-1.0.1.json", "version": "1.0.1", "at": "07:02",
+                 "result": "done"}
+    promoted_newer = {"environment": "staging", "approval": "auto", "version": "1.0.2", "promoted": {"at": "07:03"},
+                      "last": {"apply": applied, "test": tested}}
+    emptied = {"environment": "test", "approval": "auto", "version": None, "promoted": None,
+               "last": {"apply": applied, "destroy": destroyed, "test": tested}}
+
+    staging, test = status_table([promoted_newer, emptied]).splitlines()[1:]
+
+    assert "- (was 1.0.1: 07:00 done)" in staging and "- (was 1.0.1: 07:01 passed)" in staging
+    assert "- (was 1.0.1: 07:02 done)" in test  # the destroy, newer than the apply, is the one shown

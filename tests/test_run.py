@@ -134,16 +134,29 @@ def test_run_with_nothing_to_test_exits_2_before_publishing(tmp_path: Path) -> N
     assert not (tmp_path / "repository").exists()  # truly nothing changed
 
 
-def test_a_usage_error_after_publishing_is_a_stage_failure_naming_the_stage(tmp_path: Path) -> None:
+def test_run_with_a_test_folder_missing_from_the_definition_exits_2_before_publishing(tmp_path: Path) -> None:
     project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
     project.root.mkdir()
     configure(project)
     config = project.root / "envpipe.yml"
-    # The suite's folder is not in the definition: found out only by the test stage.
     config.write_text(config.read_text().replace("path: tests/", "path: checks/"))
+
+    result = project.envpipe("run", "--version", "1.0.1", check=2)
+
+    assert "tests.path 'checks/' is not a folder in the definition" in result.stderr
+    assert not (tmp_path / "repository").exists()  # truly nothing changed
+
+
+def test_a_usage_error_after_publishing_is_a_stage_failure_naming_the_stage(tmp_path: Path) -> None:
+    project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
+    project.root.mkdir()
+    configure(project)
+    # The suite is in the working copy but left out of the published definition:
+    # found out only by the test stage, after publish, promote and apply.
+    project.write(".envpipeignore", "tests/\n")
 
     result = project.envpipe("run", "--version", "1.0.1", check=1)
 
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("envpipe: error: run stopped at test of test: tests.path 'checks/' is not in version 1.0.1")
+    assert last.startswith("envpipe: error: run stopped at test of test: tests.path 'tests/' is not in version 1.0.1")
     assert versions(project) == {"test": "1.0.1", "staging": None, "production": None}

@@ -51,8 +51,19 @@ def run_unlock(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _when(record: Dict[str, Any]) -> str:
-    return f"{record.get('at', '?')} {record.get('result', '')}".strip() if record else "-"
+def _when(record: Optional[Dict[str, Any]], version: Optional[str]) -> str:
+    """When and how ``record`` ended, if it concerns the version the environment holds
+    now; an older version's run is named as such, never shown as this one's."""
+    if not record:
+        return "-"
+    text = f"{record.get('at', '?')} {record.get('result', '')}".strip()
+    return text if record.get("version") == version else f"- (was {record.get('version') or '?'}: {text})"
+
+
+def _latest(*records: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The newest of several records (their keys sort by time)."""
+    present = [r for r in records if r]
+    return max(present, key=lambda r: str(r.get("key", "")).rsplit("/", 1)[-1], default=None)
 
 
 def _cut_short(record: Optional[Dict[str, Any]]) -> str:
@@ -72,8 +83,8 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
             entry["environment"] + (" (manual)" if entry["approval"] == "manual" else ""),
             (entry["version"] or "-") + _cut_short(last.get("promote")),
             promoted.get("at", "-"),
-            _when(last.get("apply") or last.get("destroy")),
-            _when(last.get("test")),
+            _when(_latest(last.get("apply"), last.get("destroy")), entry["version"]),
+            _when(last.get("test"), entry["version"]),
             by,
         ))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

@@ -98,7 +98,8 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
     approved = {ctx.config.environment(name).name for name in approve}  # unknown names fail here
     last = ctx.config.environment(through).name if through else names[-1]
     version = ctx.resolve_version(version)
-    check_prerequisites(ctx)  # before publishing: a run that cannot test must change nothing
+    # Before publishing: a run that cannot test must change nothing.
+    check_prerequisites(ctx, source=ctx.config.source)
     result = RunResult(version=version)
 
     _stage(result, "publish", None, lambda: publish(ctx, version=version),

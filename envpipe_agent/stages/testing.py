@@ -183,6 +183,7 @@ def _http_suite(ctx: StageContext, environment: str, urls: List[Tuple[Optional[s
         url, problem = urls[index]
         if url is None:
             case.outcome, case.message = ERROR, problem
+            log.info("%s: %s", environment, problem)
             return case
         log.info("%s: GET %s (expect %d%s, within %gs)", environment, url, check.status,
                  f" and {check.body!r}" if check.body else "", check.within)
@@ -270,10 +271,11 @@ def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outpu
                  timestamp=suites[0].timestamp if suites else None)
 
 
-def check_prerequisites(ctx: StageContext) -> None:
+def check_prerequisites(ctx: StageContext, source: Optional[Path] = None) -> None:
     """Refuse (UsageError) what would stop any test stage before it starts: nothing
-    configured to test, or a pytest suite and no pytest. ``run`` checks this before
-    it publishes anything."""
+    configured to test, or a pytest suite and no pytest; with ``source`` (the
+    definition about to be published), a tests.path that is not a folder in it.
+    ``run`` checks this before it publishes anything."""
     settings = ctx.config.tests
     if not settings.path and not settings.http:
         raise UsageError(f"{ctx.config.path.name}: nothing to test: set tests.path (a pytest suite in the "
@@ -281,6 +283,9 @@ def check_prerequisites(ctx: StageContext) -> None:
     if settings.path and importlib.util.find_spec("pytest") is None:
         raise UsageError(f"tests.path is set but pytest is not installed for {sys.executable}: "
                          "install it on the agent (pip install pytest)")
+    if source is not None and settings.path and not (source / settings.path).is_dir():
+        raise UsageError(f"{ctx.config.path.name}: tests.path {settings.path!r} is not a folder in the "
+                         f"definition {source}: fix tests.path")
 
 
 def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None) -> TestResult:
