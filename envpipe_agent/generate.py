@@ -34,7 +34,9 @@ TARGETS: Dict[str, str] = {
 GOCD_SCHEMA_VERSION = 139
 GOCD_MATERIAL = "source"
 VENV = ".envpipe-venv"
-REPORTS = "reports"
+# envpipe's own folders in the job's workspace; source.ALWAYS_SKIPPED keeps both out of a
+# publish whose source is the workspace itself (source: .).
+REPORTS = ".envpipe-reports"
 # Characters a rendered version may hold (config.VERSION_RE) outside its placeholders.
 _VERSION_TEXT_RE = re.compile(r"[0-9A-Za-z._+-]*\Z")
 # XML 1.0 cannot carry these at all, not even as character references.
@@ -78,6 +80,8 @@ class Stage:
     junit: Optional[str] = None
     aws_credential: Optional[str] = None  # Jenkins usernamePassword credential id
     gocd_aws: bool = False  # GoCD: stage declares secure AWS key variables
+    credentials_of: Optional[str] = None  # the environment whose AWS credentials the stage binds
+    before: Tuple[Tuple[str, ...], ...] = ()  # argv lists run before envpipe (and before install)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,15 @@ class Pipeline:
 def pipeline_model(config: Config) -> Pipeline:
     """The stages every target renders: publish, then per environment (plan, approval) deploy."""
     jenkins, gocd = config.ci.jenkins, config.ci.gocd
-    stages = [Stage("publish", "publish", (Command(("publish",)),))]
+    # Publish writes to the repository that promoting into the first environment writes to,
+    # so that environment's credentials can already write there: an agent without an
+    # instance role needs them for publish too.
+    first = config.environments[0].name if config.environments else None
+    stages = [Stage(
+        "publish", "publish", (Command(("publish",)),),
+        aws_credential=jenkins.aws_credentials.get(first) if first else None,
+        gocd_aws=first in gocd.aws_credentials, credentials_of=first,
+    )]
     for env in config.environments:
         if env.manual:
             # The approver sees what promoting this build's version would change
@@ -101,7 +113,7 @@ def pipeline_model(config: Config) -> Pipeline:
             stages.append(Stage(
                 f"plan-{env.name}", "plan", (Command(("plan", env.name, "--version")),), environment=env,
                 aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
-                approvers=env.approvers,
+                approvers=env.approvers, credentials_of=env.name,
             ))
         junit = f"{REPORTS}/{env.name}.xml"
         stages.append(Stage(
@@ -110,6 +122,10 @@ def pipeline_model(config: Config) -> Pipeline:
              Command(("test", env.name, "--junit", junit))),
             environment=env, manual=env.manual, approvers=env.approvers, junit=junit,
             aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
+            credentials_of=env.name,
+            # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
+            # failed apply or a refused test would report an earlier build's results.
+            before=(("rm", "-f", junit),),
         ))
     if config.ci.install:
         # A private virtualenv in the workspace: agents' system Pythons refuse pip
@@ -297,8 +313,14 @@ def _check(config: Config, target: str, pipeline: Pipeline) -> Dict[str, Any]:
         "group": gocd.group or config.project,
         "material": GOCD_MATERIAL,
         "schema_version": GOCD_SCHEMA_VERSION,
-        "secret_ref": lambda key: Literal(yaml_string("{{SECRET:[%s][%s]}}" % (gocd.secret_config, key))),
+        "secret_ref": lambda key: Literal(yaml_string(_secret_reference(gocd.secret_config, key))),
+        "secret_value": lambda key: _secret_reference(gocd.secret_config, key),
     }
+
+
+def _secret_reference(secret_config: str, key: str) -> str:
+    """GoCD's secret param: the server resolves it from its secret config when a job runs."""
+    return "{{SECRET:[%s][%s]}}" % (secret_config, key)
 
 
 def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False) -> str:

@@ -127,8 +127,10 @@ def gocd_xml_stages(text: str) -> List[Dict]:
         stages.append({
             "name": stage.get("name"),
             "manual": approval is not None and approval.get("type") == "manual",
+            "only_on_success": approval is not None and approval.get("allowOnlyOnSuccess") == "true",
             "users": [u.text for u in stage.findall("approval/authorization/user")],
-            "variables": sorted(v.get("name") for v in stage.findall("environmentvariables/variable")),
+            "variables": {v.get("name"): v.findtext("value")
+                          for v in stage.findall("environmentvariables/variable")},
             "jobs": [{
                 "name": job.get("name"),
                 "commands": [[e.get("command")] + [a.text for a in e.findall("arg")] for e in job.findall("tasks/exec")],
@@ -150,8 +152,9 @@ def gocd_yaml_stages(text: str) -> List[Dict]:
         stages.append({
             "name": name,
             "manual": approval.get("type") == "manual",
+            "only_on_success": approval.get("allow_only_on_success") is True,
             "users": approval.get("users", []),
-            "variables": sorted((stage.get("environment_variables") or {}) | (stage.get("secure_variables") or {})),
+            "variables": {**(stage.get("environment_variables") or {}), **(stage.get("secure_variables") or {})},
             "jobs": [{
                 "name": job_name,
                 "commands": [[t["exec"]["command"]] + t["exec"].get("arguments", []) for t in job["tasks"]],
@@ -196,11 +199,70 @@ def test_every_generated_command_parses_with_the_real_cli_parser(tmp_path):
         + [c for s in gocd_xml_stages(render(config, "gocd-xml")) for j in s["jobs"] for c in j["commands"]]
         + [c for s in gocd_yaml_stages(render(config, "gocd-yaml")) for j in s["jobs"] for c in j["commands"]]
     )
+    others = set()
     for argv in everything:
         if argv[0].endswith("envpipe"):
             assert_parses(argv[1:])
             seen.add(argv[1])
+        else:
+            others.add(tuple(argv[:2]))
     assert seen == {"publish", "promote", "plan", "apply", "test"}
+    # besides envpipe: the virtualenv install and removing a stage's old report, nothing else
+    assert others == {("python3", "-m"), (".envpipe-venv/bin/python", "-m"), ("rm", "-f")}
+
+
+def gocd_stages(config) -> Dict[str, List[Dict]]:
+    """Both GoCD targets' stages, read the same way (gocd_xml_stages, gocd_yaml_stages)."""
+    xml = gocd_xml_stages(render(config, "gocd-xml"))
+    yml = gocd_yaml_stages(render(config, "gocd-yaml"))
+    return {"gocd-xml": xml, "gocd-yaml": yml}
+
+
+def test_each_deploy_stage_removes_its_own_old_report_before_promoting(tmp_path):
+    config = config_from(CONFIG, tmp_path)
+    for target, stages in gocd_stages(config).items():
+        for stage in stages:
+            commands = stage["jobs"][0]["commands"]
+            if not stage["name"].startswith("deploy-"):
+                assert ["rm", "-f"] not in [c[:2] for c in commands], (target, stage["name"])
+                continue
+            report = f".envpipe-reports/{stage['name'][len('deploy-'):]}.xml"
+            assert stage["jobs"][0]["test_artifacts"] == [report]
+            # first of all, so neither a failed install nor a failed apply leaves the old one
+            assert commands[0] == ["rm", "-f", report], target
+            assert commands[-1][1:] == ["test", stage["name"][len("deploy-"):], "--junit", report]
+    text = render(config, "jenkins")
+    blocks = dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}", text, re.S))
+    for env in ("test", "staging", "production"):
+        block = blocks[f"deploy-{env}"]
+        assert block.index(f"sh 'rm -f .envpipe-reports/{env}.xml'") < block.index(f"promote --to {env}'")
+        assert f"junit(testResults: '.envpipe-reports/{env}.xml'" in block
+
+
+FIRST_WITH_CREDENTIALS = CONFIG.replace("{staging: aws-staging,", "{test: aws-test, staging: aws-staging,") \
+    .replace("aws_credentials: [staging, production]", "aws_credentials: [test, staging, production]")
+
+
+def test_publish_binds_the_first_environments_aws_credentials(tmp_path):
+    config = config_from(FIRST_WITH_CREDENTIALS, tmp_path)
+    text = render(config, "jenkins")
+    blocks = dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}", text, re.S))
+    publish = blocks["publish"]
+    assert ("withCredentials([usernamePassword(credentialsId: 'aws-test', usernameVariable: 'AWS_ACCESS_KEY_ID', "
+            "passwordVariable: 'AWS_SECRET_ACCESS_KEY')])") in publish
+    assert publish.index("withCredentials") < publish.index("envpipe publish")
+    assert "db-password" not in publish  # only what writing to the repository needs
+    expected = {"AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][test-AWS_ACCESS_KEY_ID]}}",
+                "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][test-AWS_SECRET_ACCESS_KEY]}}"}
+    for target, stages in gocd_stages(config).items():
+        assert stages[0]["name"] == "publish"
+        assert stages[0]["variables"] == expected, target
+        assert stages[1]["variables"] == expected, target  # the same as deploy-test's
+    # without credentials for the first environment, publish binds none (an instance role)
+    plain = config_from(CONFIG, tmp_path)
+    assert "withCredentials" not in dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}",
+                                                    render(plain, "jenkins"), re.S))["publish"]
+    assert all(stages[0]["variables"] == {} for stages in gocd_stages(plain).values())
 
 
 def test_jenkinsfile_has_publish_then_an_approved_stage_per_environment_in_path_order(tmp_path):
@@ -217,8 +279,8 @@ def test_jenkinsfile_has_publish_then_an_approved_stage_per_environment_in_path_
     promote = text.index("sh '.envpipe-venv/bin/envpipe promote --to production'")
     assert plan < ask < milestone < promote
     assert "submitter: 'alice,bob'" in text
-    assert text.count("junit(testResults: 'reports/") == 3
-    assert "sh '.envpipe-venv/bin/envpipe test staging --junit reports/staging.xml'" in text
+    assert text.count("junit(testResults: '.envpipe-reports/") == 3
+    assert "sh '.envpipe-venv/bin/envpipe test staging --junit .envpipe-reports/staging.xml'" in text
 
 
 def test_jenkinsfile_binds_each_environments_credentials_in_its_own_stage(tmp_path):
@@ -258,17 +320,20 @@ def test_gocd_xml_has_label_from_version_git_material_and_manual_approval(tmp_pa
     assert (git.get("url"), git.get("branch")) == ("https://git.example.com/acme/infra.git", "main")
     variables = {v.get("name"): v for v in pipeline.findall("environmentvariables/variable")}
     assert variables["AWS_DEFAULT_REGION"].findtext("value") == "eu-west-1"
-    # secure variables are named, never given a value
+    # a secure variable's value refers to the secret config, as in the YAML: pasting this
+    # over the server's config keeps the secret instead of wiping it
     assert variables["DB_PASSWORD"].get("secure") == "true"
-    assert list(variables["DB_PASSWORD"]) == []
+    assert variables["DB_PASSWORD"].findtext("value") == "{{SECRET:[envpipe][DB_PASSWORD]}}"
     stages = gocd_xml_stages(text)
     assert [s["name"] for s in stages] == ["publish", "deploy-test", "deploy-staging", "plan-production",
                                            "deploy-production"]
     assert [s["manual"] for s in stages] == [False, False, False, False, True]
+    assert stages[4]["only_on_success"] is True
     assert stages[4]["users"] == ["alice", "bob"]
-    assert stages[4]["jobs"][0]["test_artifacts"] == ["reports/production.xml"]
-    assert stages[2]["variables"] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
-    assert stages[1]["variables"] == []
+    assert stages[4]["jobs"][0]["test_artifacts"] == [".envpipe-reports/production.xml"]
+    assert stages[2]["variables"] == {"AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][staging-AWS_ACCESS_KEY_ID]}}",
+                                      "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][staging-AWS_SECRET_ACCESS_KEY]}}"}
+    assert stages[1]["variables"] == {}
     assert stages[3]["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version"]
     assert all(job["resources"] == ["terraform"] for s in stages for job in s["jobs"])
 
@@ -341,13 +406,14 @@ def test_without_install_or_credentials_the_pipeline_calls_envpipe_from_path(tmp
         """), tmp_path)
     text = render(config, "jenkins")
     assert "agent any" in text and "withCredentials" not in text and "environment {" not in text
-    assert jenkins_commands(text) == [["envpipe", "publish"], ["envpipe", "promote", "--to", "dev"],
-                                      ["envpipe", "apply", "dev"], ["envpipe", "test", "dev", "--junit",
-                                                                     "reports/dev.xml"]]
+    assert jenkins_commands(text) == [["envpipe", "publish"], ["rm", "-f", ".envpipe-reports/dev.xml"],
+                                      ["envpipe", "promote", "--to", "dev"], ["envpipe", "apply", "dev"],
+                                      ["envpipe", "test", "dev", "--junit", ".envpipe-reports/dev.xml"]]
     stages = gocd_xml_stages(render(config, "gocd-xml"))
     assert ET.fromstring(render(config, "gocd-xml")).get("group") == "small"
     assert stages == gocd_yaml_stages(render(config, "gocd-yaml"))
-    assert stages[1]["jobs"][0]["commands"][0] == ["envpipe", "promote", "--to", "dev"]
+    assert stages[1]["jobs"][0]["commands"][:2] == [["rm", "-f", ".envpipe-reports/dev.xml"],
+                                                    ["envpipe", "promote", "--to", "dev"]]
 
 
 def test_install_given_as_a_pip_command_line_installs_its_arguments(tmp_path):

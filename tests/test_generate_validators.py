@@ -12,7 +12,7 @@ import pytest
 
 from envpipe_agent.config import load_config
 from envpipe_agent.generate import render
-from test_generate import CONFIG, config_from, hostile_config
+from test_generate import CONFIG, FIRST_WITH_CREDENTIALS, config_from, hostile_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATORS = ROOT.parent / "shared" / "validators"
@@ -23,12 +23,12 @@ needs_validators = pytest.mark.skipif(
 
 
 def configs(tmp_path: Path) -> Dict[str, object]:
-    """The example, a rich config, one full of hostile values and a minimal one."""
+    """The example, a rich config (every stage with credentials), one full of hostile values, a minimal one."""
     minimal = tmp_path / "minimal"
     minimal.mkdir()
     return {
         "example": load_config(ROOT / "examples" / "envpipe.yml"),
-        "rich": config_from(CONFIG, tmp_path),
+        "rich": config_from(FIRST_WITH_CREDENTIALS, tmp_path),  # publish binds credentials too
         "hostile": hostile_config(tmp_path),
         "minimal": config_from("project: small\nenvironments: [{name: dev}]\n"
                                "ci: {gocd: {git_url: 'https://example.com/small.git'}}\n", minimal),
