@@ -147,7 +147,7 @@ def test_plan_reports_a_promoted_version_that_was_never_applied(project):
     project.envpipe("apply", "test", check=0)
     published(project, "1.0.2", content=definition + "# only a comment changed\n")
     result = project.envpipe("plan", "test", "--detailed-exitcode", check=2)
-    assert "Version 1.0.2 is promoted but 1.0.1 was last applied." in result.stdout
+    assert "No changes; version 1.0.2 is promoted but 1.0.1 was last applied" in result.stdout
 
 
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)

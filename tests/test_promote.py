@@ -151,6 +151,18 @@ def test_gate_refuses_a_version_not_tested_in_the_previous_environment(project):
 
 
 @FOLDER_ONLY
+def test_the_gate_without_configured_tests_points_at_the_config_not_at_envpipe_test(project):
+    publish_in_process(project, "1.0.1")
+    refused = project.envpipe("promote", "1.0.1", "--to", "staging", check=3)
+    assert "envpipe.yml configures none: set tests.path or tests.http" in refused.stderr
+    assert "--force --reason" in refused.stderr
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text() + "tests:\n  http: [{url: 'http://127.0.0.1:9/health'}]\n")
+    refused = project.envpipe("promote", "1.0.1", "--to", "staging", check=3)
+    assert "run 'envpipe test test' first" in refused.stderr and "configures none" not in refused.stderr
+
+
+@FOLDER_ONLY
 def test_force_with_reason_overrides_the_gate_on_the_record(project):
     publish_in_process(project, "1.0.1")
     project.envpipe("promote", "1.0.1", "--to", "staging", "--force", "--reason", "hotfix INC-42",

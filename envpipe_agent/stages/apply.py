@@ -248,8 +248,10 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
             # The resources match, but the promoted version was never applied here:
             # applying it is still pending (SPEC §4: "a newer promoted version").
             result.changed = True
-            result.summary = (f"{result.summary} Version {version} is promoted but "
-                              f"{result.last_applied_version or 'nothing'} was last applied.").strip()
+            pending = f"version {version} is promoted but {result.last_applied_version or 'nothing'} was last applied"
+            # One sentence: Terraform's "No changes." and CloudFormation's "stack X: no changes" alike.
+            head = result.summary.strip().rstrip(".")
+            result.summary = f"{head}; {pending}" if head else pending
         result.result = "changes" if result.changed else "no-changes"
     return result
 

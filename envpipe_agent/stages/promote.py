@@ -73,10 +73,18 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
         return None
     if force:
         return previous.name
+    override = f"'envpipe promote {version} --to {environment} --force --reason \"...\"'"
+    tests = ctx.config.tests
+    if not tests.path and not tests.http:
+        # 'envpipe test' would only say there is nothing to test: point at the config.
+        raise GateNotPassed(
+            f"version {version} has not passed its tests in {previous.name}, and {ctx.config.path.name} "
+            f"configures none: set tests.path or tests.http, publish, then run 'envpipe test {previous.name}'; "
+            f"or override with {override}"
+        )
     raise GateNotPassed(
         f"version {version} has not passed its tests in {previous.name}: promote it there and run "
-        f"'envpipe test {previous.name}' first, or override with "
-        f"'envpipe promote {version} --to {environment} --force --reason \"...\"'"
+        f"'envpipe test {previous.name}' first, or override with {override}"
     )
 
 
