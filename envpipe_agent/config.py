@@ -5,6 +5,7 @@ what was expected, and raises ``ConfigError`` (exit 2) before anything is change
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 import string
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import yaml
 
 from envpipe_agent.errors import ConfigError, UnsafePath, UsageError
 from envpipe_agent.paths import check_relative_path
+from envpipe_agent.timespec import TimeSpecError, Window, parse_duration, parse_window
 
 PROJECT_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
 ENVIRONMENT_RE = re.compile(r"[a-z][a-z0-9-]{0,62}\Z")
@@ -58,6 +60,10 @@ class Environment:
     approvers: Tuple[str, ...] = ()
     role_arn: Optional[str] = None
     account_id: Optional[str] = None
+    # Promotion policy (SPEC §10): how long a version must have passed its tests in the
+    # previous environment, and when promotions into this one may happen.
+    soak: Optional[dt.timedelta] = None
+    windows: Tuple[Window, ...] = ()
 
     @property
     def manual(self) -> bool:
@@ -344,7 +350,7 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
         item = reader.mapping(
             item,
             where,
-            ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id"),
+            ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id", "soak", "window"),
             required=("name",),
         )
         name = reader.string(item["name"], f"{where}.name", ENVIRONMENT_RE,
@@ -377,8 +383,38 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
                                             "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
             account_id=reader.optional_string(account_id, f"{where}.account_id", re.compile(r"\d{12}\Z"),
                                               "a 12-digit AWS account id in quotes"),
+            soak=_soak(reader, item.get("soak"), where, first=not i),
+            windows=_windows(reader, item.get("window"), f"{where}.window"),
         ))
     return tuple(result)
+
+
+def _soak(reader: _Reader, value: Any, where: str, first: bool) -> Optional[dt.timedelta]:
+    if value is None:
+        return None
+    if first:
+        raise reader.fail(f"{where}.soak", "the first environment has no previous environment for a version "
+                                           "to soak in: put soak on a later environment")
+    try:
+        return parse_duration(value)
+    except TimeSpecError as exc:
+        raise reader.fail(f"{where}.soak", str(exc)) from None
+
+
+def _windows(reader: _Reader, value: Any, where: str) -> Tuple[Window, ...]:
+    """One window or a list of them (promotions allowed inside any)."""
+    if value is None:
+        return ()
+    items = [(where, value)] if not isinstance(value, list) else [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    if not items:
+        raise reader.fail(where, "expected a window or a list of windows, got an empty list")
+    windows = []
+    for item_where, item in items:
+        try:
+            windows.append(parse_window(item))
+        except TimeSpecError as exc:
+            raise reader.fail(item_where, str(exc)) from None
+    return tuple(windows)
 
 
 def _tests(reader: _Reader, raw: Any) -> TestSettings:
