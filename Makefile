@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench examples
+.PHONY: demo test install clean bench examples dist
 
 $(STAMP): setup.py setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,12 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet awscli
 	$(BIN)/python benchmarks/s3_sync.py $(BENCH_ARGS)
 
+# The sdist and the wheel users install, in dist/ (the wheel is built from the sdist,
+# so a file missing from the sdist shows here too).
+dist: $(STAMP)
+	$(BIN)/pip install --quiet build
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

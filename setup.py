@@ -1,5 +1,9 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
-# Metadata lives in setup.cfg; the package_dir mapping ships the project's
-# root templates/ folder inside the installed package (SPEC §8).
-setup(package_dir={"envpipe_agent.templates": "templates"})
+# Metadata lives in setup.cfg. The project's root templates/ folder ships inside the
+# installed package as envpipe_agent.templates (SPEC §8); find_packages cannot see a
+# package mapped from elsewhere, so it is the one package named here.
+setup(
+    package_dir={"envpipe_agent.templates": "templates"},
+    packages=[*find_packages(include=["envpipe_agent", "envpipe_agent.*"]), "envpipe_agent.templates"],
+)

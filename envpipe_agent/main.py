@@ -16,6 +16,7 @@ import threading
 import traceback
 from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
 
+from envpipe_agent import __version__
 from envpipe_agent.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError,
                                   Terminated)
 from envpipe_agent.redact import Redactor, RedactingFilter
@@ -82,6 +83,8 @@ def build_parser() -> ArgumentParser:
     common = common_options()
     parser = ArgumentParser(prog="envpipe", parents=[common],
                             description="Environment Pipeline for Terraform and CloudFormation.")
+    parser.add_argument("--version", action="version", version=f"envpipe {__version__}",
+                        help="print the installed envpipe's version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     subparsers.required = True
     for module_name in COMMAND_MODULES:
