@@ -75,6 +75,10 @@ class LockHeld(Refused):
     """Another holder has the environment's lock."""
 
 
+class LockLost(Refused):
+    """This run's environment lock was broken or ran out while it worked."""
+
+
 class AccountMismatch(Refused):
     """The credentials are for another AWS account than the environment's."""
 

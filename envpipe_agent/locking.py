@@ -3,7 +3,9 @@
 The lock is a conditional create of ``.envpipe/locks/<env>.json`` (S3
 ``If-None-Match: *``, an exclusive link on a folder), so two agents can never both
 hold it. It names its holder and build, and expires so a killed agent cannot
-block an environment for ever.
+block an environment for ever. A holder renews its lease while it works (a heartbeat
+thread), so a long apply keeps the lock however long it runs, and a holder that
+finds its lease gone stops before its next piece of work.
 """
 from __future__ import annotations
 
@@ -12,17 +14,21 @@ import datetime as dt
 import json
 import logging
 import math
+import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from envpipe_agent.ci_context import CIContext
-from envpipe_agent.errors import LockHeld, UsageError
+from envpipe_agent.errors import LockHeld, LockLost, RepositoryError, UsageError
 from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
 LOCKS_PREFIX = ".envpipe/locks/"
 DEFAULT_TTL_SECONDS = 2 * 3600
+# The heartbeat renews the lease this often, as a fraction of its length: three
+# renewals can fail in a row (S3 briefly unreachable) before the lease runs out.
+RENEW_FRACTION = 0.25
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +75,7 @@ def environment_lock(
     ttl: float = DEFAULT_TTL_SECONDS,
     clock: Callable[[], dt.datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[Dict[str, Any]]:
+) -> Iterator["Lease"]:
     """Hold ``environment``'s lock for the block; wait up to ``timeout`` seconds for it."""
     if not math.isfinite(timeout) or timeout < 0:  # nan compares false: it would wait for ever
         raise UsageError(f"invalid lock timeout {timeout!r}: give the seconds to wait, a number >= 0")
@@ -95,6 +101,11 @@ def environment_lock(
             current = read_lock(repository, environment)
             if current is None:
                 continue  # released between our create and our read
+            if current.get("id") == lock_id:
+                # Our create reached the server but its answer was lost, and the
+                # retry found our own lock: it is ours, not someone else's.
+                lock = current
+                break
             if _expired(current, now):
                 # Two agents may both find it expired. Reading it once more just
                 # before the delete makes it very unlikely that one deletes the fresh
@@ -116,18 +127,80 @@ def environment_lock(
                          _describe(current), timeout)
                 waiting_said = True
             sleep(min(5.0, max(0.2, timeout - waited)))
-    acquired = time.monotonic()
+    lease = Lease(repository, environment, lock, ttl, clock)
+    heartbeat = threading.Thread(target=lease.heartbeat, args=(ttl * RENEW_FRACTION,),
+                                 name=f"envpipe-lease-{environment}", daemon=True)
+    heartbeat.start()
     try:
-        yield lock
+        yield lease
     finally:
+        lease.stop()
+        heartbeat.join()
         # While the lease is surely unexpired nobody else can hold it, so one delete
         # releases it; after that, check first that it is still ours.
-        if time.monotonic() - acquired < ttl * 0.9:
+        if lease.lost is None and time.monotonic() - lease.renewed < ttl * 0.9:
             repository.delete([lock_key(environment)])
         else:
             current = read_lock(repository, environment)
             if current and current.get("id") == lock_id:
                 repository.delete([lock_key(environment)])
+
+
+class Lease:
+    """A held lock: its record (``lease["id"]``), its renewal, and whether it was lost."""
+
+    def __init__(self, repository: Repository, environment: str, record: Dict[str, Any], ttl: float,
+                 clock: Callable[[], dt.datetime] = utc_now) -> None:
+        self.repository = repository
+        self.environment = environment
+        self.record = record
+        self.ttl = ttl
+        self.clock = clock
+        self.renewed = time.monotonic()
+        self.lost: Optional[str] = None
+        self._stopped = threading.Event()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.record[name]
+
+    def renew(self) -> bool:
+        """Extend the lease by its length from now; False (and ``lost`` says why) when
+        the lock is no longer ours. A failed write leaves the lease as it was: the
+        next renewal tries again, well before it runs out."""
+        current = read_lock(self.repository, self.environment)
+        if current is None or current.get("id") != self.record["id"]:
+            who = "nobody" if current is None else _describe(current)
+            self.lost = (f"the lock on environment {self.environment!r} was taken from this run "
+                         f"(now held by {who}): someone ran 'envpipe unlock' or the lease ran out")
+            return False
+        started = time.monotonic()
+        renewed = dict(self.record, expires=iso(self.clock() + dt.timedelta(seconds=self.ttl)))
+        try:
+            self.repository.write(lock_key(self.environment), json.dumps(renewed, indent=1).encode())
+        except RepositoryError as exc:
+            log.warning("could not renew the lock on %s (will retry): %s", self.environment, exc)
+            return True
+        self.record, self.renewed = renewed, started
+        return True
+
+    def heartbeat(self, interval: float) -> None:
+        """Renew every ``interval`` seconds until stopped or lost (the lease's thread)."""
+        while not self._stopped.wait(interval):
+            try:
+                if not self.renew():
+                    log.warning("envpipe: %s; stopping before the next step", self.lost)
+                    return
+            except Exception as exc:  # noqa: BLE001 - a renewal must never kill the thread silently
+                log.warning("could not renew the lock on %s (will retry): %s", self.environment, exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def check(self) -> None:
+        """Raise LockLost when the lease was lost: called before each step of work."""
+        if self.lost is not None:
+            raise LockLost(f"{self.lost}; stopped before the next step, so nothing more was changed "
+                           f"under a lock that is not ours. Check 'envpipe status' and run the stage again")
 
 
 def break_lock(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 
 import pytest
 
 from conftest import list_repository, read_repository_file
 from envpipe_agent.ci_context import CIContext, detect
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import LockHeld
+from envpipe_agent.errors import LockHeld, LockLost
 from envpipe_agent.locking import environment_lock, lock_key, read_lock
 from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import open_repository
@@ -104,6 +105,49 @@ def test_environments_lock_independently(repo):
     with environment_lock(repo, "staging", "promote", AGENT):
         with environment_lock(repo, "test", "promote", AGENT):
             assert read_lock(repo, "test") is not None
+
+
+def test_a_renewal_extends_the_lease_from_now(repo):
+    now = [utc_now()]
+    with environment_lock(repo, "staging", "apply", AGENT, clock=lambda: now[0]) as lease:
+        first = read_lock(repo, "staging")["expires"]
+        now[0] += dt.timedelta(hours=1, minutes=30)
+        assert lease.renew()
+        stored = read_lock(repo, "staging")
+        assert stored["id"] == lease["id"] and stored["expires"] > first
+        assert stored["expires"] == iso(now[0] + dt.timedelta(hours=2))
+        lease.check()
+    assert read_lock(repo, "staging") is None
+
+
+def test_the_heartbeat_renews_while_the_block_runs(repo):
+    """A lease of a fifth of a second renewed by its thread; the fake clock moves an
+    hour at each renewal, so each one shows in the stored expiry."""
+    now = [utc_now()]
+
+    def clock():
+        now[0] += dt.timedelta(hours=1)
+        return now[0]
+
+    with environment_lock(repo, "staging", "apply", AGENT, ttl=0.2, clock=clock) as lease:
+        first = read_lock(repo, "staging")["expires"]
+        deadline = time.monotonic() + 30
+        while read_lock(repo, "staging")["expires"] == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert read_lock(repo, "staging")["expires"] > first
+        lease.check()
+    assert read_lock(repo, "staging") is None
+
+
+def test_a_lease_taken_away_stops_the_holder_and_is_not_released(repo):
+    with pytest.raises(LockLost) as caught:
+        with environment_lock(repo, "staging", "apply", AGENT) as lease:
+            repo.delete([lock_key("staging")])  # 'envpipe unlock' from another agent
+            repo.write(lock_key("staging"), held_lock(3600, holder="bob@agent-9"))
+            assert not lease.renew()
+            lease.check()
+    assert "bob@agent-9" in str(caught.value) and "nothing more was changed" in str(caught.value)
+    assert read_lock(repo, "staging")["holder"] == "bob@agent-9"
 
 
 # --- end to end ----------------------------------------------------------------------

@@ -143,9 +143,32 @@ class S3Repository:
                 response = self.client.put_object(**arguments)
             except ClientError as exc:
                 if if_absent and _error_code(exc) in _CONDITION_FAILED:
-                    raise AlreadyExists(key) from None
+                    tag = self._own_earlier_write(exc, key, data)
+                    if tag is None:
+                        raise AlreadyExists(key) from None
+                    return tag
                 raise
         return response["ETag"].strip('"')
+
+    def _own_earlier_write(self, exc: ClientError, key: str, data: bytes) -> Optional[str]:
+        """After a retried conditional create failed: the stored object's tag if it is
+        byte for byte what we sent, else None.
+
+        When the first PUT reached S3 but its answer was lost (a reset, a timeout),
+        botocore sends it again and S3 answers 412: the object that is "already there"
+        is our own. Every conditional create envpipe makes (lock, claim, manifest,
+        record) carries an id or a time stamp, so equal bytes mean the same write.
+        """
+        if not exc.response.get("ResponseMetadata", {}).get("RetryAttempts"):
+            return None  # answered at the first attempt: genuinely someone else's
+        try:
+            stored = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            body = stored["Body"].read()
+        except ClientError as read_error:
+            if _error_code(read_error) in _NOT_FOUND:
+                return None
+            raise
+        return stored["ETag"].strip('"') if body == data else None
 
     def upload(self, key: str, path: Path, size: int) -> str:
         full_key = self._key(key)

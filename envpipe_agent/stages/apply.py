@@ -164,7 +164,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
             details["aws"] = credentials.as_record()
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
                 if action in LOCKED_ACTIONS else contextlib.nullcontext())
-        with lock:
+        with lock as lease:
             if override:
                 # Recorded before anything is run: the override stands whatever follows.
                 write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
@@ -178,8 +178,12 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                                      workdir=work.path, environ=credentials.environ, redactor=redactor,
                                      repository=ctx.repository, ci=ctx.ci, options=dict(options or {}))
                 log.info("%s: %s of version %s with %s", env.name, action, version, tool)
+                if lease is not None:
+                    lease.check()  # the fetch can be long: the lock must still be ours
                 outcome: RunOutcome = getattr(runner, action)(request)
                 kept = str(work.path) if keep_workdir else None
+            if lease is not None:
+                lease.check()
             emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
             result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
             result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
-from envpipe_agent.locking import environment_lock
+from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
@@ -98,7 +98,7 @@ def _previous_manifest(ctx: StageContext, environment: str) -> Optional[Manifest
 
 
 def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
-                     promoted: Dict[str, Any]) -> Dict[str, Any]:
+                     promoted: Dict[str, Any], lease: Optional[Lease] = None) -> Dict[str, Any]:
     """Make ``<environment>/`` hold exactly ``manifest``'s files; write its manifest last."""
     repository = ctx.repository
     prefix = f"{environment}/"
@@ -168,6 +168,8 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
         for path, entry in manifest.files.items()
     }
     environment_manifest = manifest.for_environment(environment, files, promoted)
+    if lease is not None:
+        lease.check()  # the manifest marks the folder complete: only under a lock still ours
     repository.write(manifest_key(environment), environment_manifest.to_json())
     return {**counts, "noop": False}
 
@@ -186,12 +188,12 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         gate = reader.submit(check_gate, ctx, env.name, version, force)
         manifest = load_version(ctx, version)
         overridden = gate.result()
-    with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout):
+    with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
         if overridden:
             promoted.update(forced=True, reason=reason, gate=overridden)
         try:
-            outcome = sync_environment(ctx, env.name, manifest, promoted)
+            outcome = sync_environment(ctx, env.name, manifest, promoted, lease)
         except KeyboardInterrupt as exc:
             # Cut short while copying (Ctrl-C, an aborted build): the folder may hold
             # part of the version under the old manifest, so it fails verification
