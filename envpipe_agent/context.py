@@ -8,9 +8,9 @@ from typing import Mapping, Optional, Tuple, Union
 
 from envpipe_agent.ci_context import CIContext, detect, render_version
 from envpipe_agent.config import Config, load_config, validate_version
-from envpipe_agent.errors import UsageError
+from envpipe_agent.errors import ConfigError, UsageError
 from envpipe_agent.records import ACTIONS
-from envpipe_agent.redact import Redactor
+from envpipe_agent.redact import MIN_SECRET_LENGTH, Redactor
 from envpipe_agent.repository import Repository, open_repository
 
 
@@ -36,6 +36,7 @@ class StageContext:
         """Load envpipe.yml and open its repository (``repository`` or ENVPIPE_REPO override it)."""
         environ = dict(os.environ) if environ is None else environ
         config = load_config(Path(config_path))
+        _refuse_short_secrets(config, environ)
         url = repository or environ.get("ENVPIPE_REPO") or config.repository
         if not url:
             raise UsageError(
@@ -59,6 +60,19 @@ class StageContext:
         if version:
             return validate_version(version)
         return render_version(self.config.version, self.ci, how)
+
+
+def _refuse_short_secrets(config: Config, environ: Mapping[str, str]) -> None:
+    """A secret too short to mask would be printed as it is (masking it would mask
+    ordinary words and numbers everywhere): refuse it before anything runs."""
+    for name in config.secrets:
+        value = environ.get(name)
+        if value and len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"{config.path}: secrets: {name} is {len(value)} characters long; envpipe can mask only secrets "
+                f"of {MIN_SECRET_LENGTH} characters or more: give it a longer value, or remove it from "
+                "'secrets' if it is no secret"
+            )
 
 
 def _public_names(config: Config) -> Tuple[str, ...]:

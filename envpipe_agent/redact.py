@@ -1,8 +1,19 @@
-"""Secret values never reach a log, a record or stdout (SPEC §7)."""
+"""Secret values never reach a log, a record or stdout (SPEC §7).
+
+A tool rarely prints a secret as it is: Terraform quotes it HCL-style
+(``"pw-\\"x\\\\y"``), pytest shows its ``repr``, a URL carries it percent-encoded,
+a config blob carries it in base64, a report XML- or HTML-escaped. The redactor masks
+every one of those renderings, not only the raw value.
+"""
 from __future__ import annotations
 
+import base64
+import html
+import json
 import logging
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Iterable, Mapping, Pattern, Set
+from urllib.parse import quote, quote_plus
 
 MASK = "****"
 # Values this short would mask ordinary words and numbers everywhere; no real
@@ -14,8 +25,12 @@ AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCES
 class Redactor:
     def __init__(self, values: Iterable[str] = ()) -> None:
         unique = {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
-        # Longest first, so a secret containing another is masked whole.
         self.values = sorted(unique, key=len, reverse=True)
+        forms = set().union(*(renderings(v) for v in unique)) if unique else set()
+        # One pattern, longest first, so a secret containing another is masked whole
+        # and a text is scanned once however many renderings there are.
+        self._pattern: Pattern[str] | None = re.compile(
+            "|".join(re.escape(f) for f in sorted(forms, key=lambda f: (-len(f), f)))) if forms else None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], secret_names: Iterable[str] = (),
@@ -44,10 +59,47 @@ class Redactor:
         return Redactor([*self.values, *values])
 
     def __call__(self, text: str) -> str:
-        for value in self.values:
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+
+def _python_escaped(value: str) -> Set[str]:
+    """The inside of ``repr(value)`` in both of Python's quotings (pytest prints reprs)."""
+    # repr picks double quotes when the value holds ' but no "; a value holding both
+    # is quoted with ' and the ' escaped: appending both forces that form.
+    return {repr(value)[1:-1], repr(value + "'\"")[1:-4]}
+
+
+def _base64_fragments(data: bytes) -> Set[str]:
+    """What ``data`` looks like inside any base64 text: it may start at any of three
+    offsets in the 3-byte groups, so each alignment gives another string. Only the
+    characters decided by ``data`` alone are kept (GitHub Actions masks the same way)."""
+    fragments = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        first = (offset * 8 + 5) // 6  # characters still touched by the padding bytes
+        last = (offset + len(data)) * 8 // 6  # characters wholly decided by ``data``
+        core = encoded[first:last]
+        fragments.update({core, core.replace("+", "-").replace("/", "_")})  # standard and URL-safe
+    return fragments
+
+
+def renderings(value: str) -> Set[str]:
+    """Every form of ``value`` a tool is known to print, each at least MIN_SECRET_LENGTH long."""
+    parts = [value, *(line for line in value.splitlines() if line.strip())]
+    forms: Set[str] = set()
+    for part in parts:
+        json_ascii = json.dumps(part)[1:-1]
+        json_text = json.dumps(part, ensure_ascii=False)[1:-1]
+        # HCL (Terraform's plan and errors) escapes like JSON, and doubles the
+        # template introducers ${ and %{.
+        hcl = json_text.replace("${", "$${").replace("%{", "%%{")
+        escaped = {part, json_ascii, json_text, hcl, *_python_escaped(part)}
+        urls = {quote(part, safe=""), quote(part), quote_plus(part)}
+        urls |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), u) for u in urls}
+        forms |= escaped | urls
+        forms |= {html.escape(form, quote=q) for form in escaped for q in (True, False)}
+        forms |= _base64_fragments(part.encode("utf-8"))
+    return {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
 
 
 def redact_data(value: Any, redactor: "Redactor") -> Any:

@@ -125,3 +125,63 @@ def test_redact_case_masks_name_classname_message_and_text() -> None:
     redact_case(case, Redactor([SECRET]))
 
     assert (case.name, case.classname, case.message, case.text) == ("test_pw[****]", "tests.****", "****", "got ****")
+
+
+# --- every rendering of a secret ----------------------------------------------------
+
+HOSTILE_SECRETS = [
+    'pw-Kx7"quote\\back-42',     # JSON/HCL and repr escape both
+    "Kx7'single'-quote-42",
+    "line-one-42\nline-two-43",  # a newline: tools print the lines apart too
+    "pässwörd-ünïcode-42",
+    "cost-$HOME-${var.x}-42",    # HCL doubles ${ and %{
+    "percent-100%-%{if}-42",
+    "braces-{}-{{x}}-42",
+]
+
+
+def _renderings_seen(secret: str):
+    """How tools print a secret: (how, the secret as rendered, the line a tool writes)."""
+    import base64
+    import html
+    from urllib.parse import quote, quote_plus
+
+    hcl = json.dumps(secret, ensure_ascii=False).replace("${", "$${").replace("%{", "%%{")
+    yield "raw", secret, f"value={secret}"
+    yield "json", json.dumps(secret), json.dumps({"pw": secret})
+    yield "json-unicode", json.dumps(secret, ensure_ascii=False), json.dumps({"pw": secret}, ensure_ascii=False)
+    yield "hcl", hcl, f"      + password = {hcl}"
+    yield "repr", repr(secret), f"AssertionError: assert {secret!r} == 'wrong'"
+    yield "repr-in-list", repr([secret, "x'y\"z"]), repr([secret, "x'y\"z"])
+    yield "url", quote(secret, safe=""), f"https://db.example.com/?pw={quote(secret, safe='')}&u=1"
+    yield "url-plus", quote_plus(secret), f"pw={quote_plus(secret)}"
+    for prefix in (b"", b"u:", b"us:"):
+        encoded = base64.b64encode(prefix + secret.encode()).decode()
+        yield f"base64+{len(prefix)}", encoded[4:-4], f"Authorization: Basic {encoded}"
+    yield "html", html.escape(secret), f"<td>{html.escape(secret)}</td>"
+
+
+@pytest.mark.parametrize("secret", HOSTILE_SECRETS)
+def test_every_rendering_of_a_secret_is_masked(secret):
+    redactor = Redactor([secret])
+    for how, rendered, text in _renderings_seen(secret):
+        masked = redactor(text)
+        assert "****" in masked and secret not in masked, (how, masked)
+        # what is left holds no piece of the rendering longer than the mask's margins
+        assert rendered.strip("\"'") not in masked, (how, masked)
+        for line in secret.splitlines():
+            assert line not in masked, (how, masked)
+
+
+def test_ordinary_text_is_left_alone():
+    redactor = Redactor(HOSTILE_SECRETS)
+    text = 'terraform_data.example: Creation complete after 0s [id=7c1e]\n{"outputs": {"name": "app-test"}}'
+    assert redactor(text) == text
+
+
+@pytest.mark.parametrize("value", ["abc", "x"])
+def test_a_secret_too_short_to_mask_is_refused(working: Path, value):
+    result = run_envpipe(["status"], cwd=working, env={"DB_PASSWORD": value})
+    assert result.returncode == 2, result.stderr
+    assert "DB_PASSWORD is" in result.stderr and "4 characters" in result.stderr
+    assert value not in result.stderr.replace("characters", "")
