@@ -11,6 +11,13 @@ Children start in a session of their own, so a terminal's Ctrl-C reaches envpipe
 alone and is forwarded once: Terraform reads a second interrupt as "stop at once,
 whatever is lost", which is what a person pressing Ctrl-C twice asks for, but not
 what one press should do.
+
+Under Jenkins they also start without its process cookies. Jenkins finds what to kill
+when a build is aborted by an environment variable its processes inherit
+(``JENKINS_NODE_COOKIE`` in Pipeline, ``JENKINS_SERVER_COOKIE`` for a durable ``sh``
+step, ``BUILD_ID`` in freestyle jobs) and kills every process carrying it at once: a
+child carrying it would be killed beside envpipe instead of being stopped by it, and
+Terraform would get a second interrupt before saving its state.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import IO, Any, Callable, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +44,25 @@ def stopping() -> bool:
     return _stopping > 0
 
 
-def start(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
-    """``subprocess.Popen(argv, **popen)`` in a new session (process group) of its own."""
+# Jenkins' process cookies (see above). BUILD_ID only counts under Jenkins: elsewhere it
+# may be a child's own business.
+JENKINS_COOKIES = ("JENKINS_NODE_COOKIE", "JENKINS_SERVER_COOKIE")
+_JENKINS_BUILD_COOKIE = "BUILD_ID"
+
+
+def without_jenkins_cookies(environ: Mapping[str, str]) -> Dict[str, str]:
+    """``environ`` without the variables by which Jenkins finds a build's processes to kill."""
+    under_jenkins = any(name in environ for name in (*JENKINS_COOKIES, "JENKINS_URL", "JENKINS_HOME"))
+    dropped = {*JENKINS_COOKIES, _JENKINS_BUILD_COOKIE} if under_jenkins else set(JENKINS_COOKIES)
+    return {name: value for name, value in environ.items() if name not in dropped}
+
+
+def start(argv: Sequence[str], env: Mapping[str, str], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, env=env, **popen)`` in a new session (process group) of its
+    own, without Jenkins' process cookies: an abort reaches envpipe, which stops the child."""
     if _POSIX:
         popen["start_new_session"] = True
-    return subprocess.Popen(list(argv), **popen)
+    return subprocess.Popen(list(argv), env=without_jenkins_cookies(env), **popen)
 
 
 def pump(stream: IO[str], handle: Callable[[str], None]) -> threading.Thread:

@@ -55,6 +55,10 @@ class VersionConflict(Refused):
     """The version is already published with other content."""
 
 
+class VersionMismatch(Refused):
+    """The environment holds another version than the one the command was given."""
+
+
 class IntegrityError(Refused):
     """Files do not match their manifest."""
 

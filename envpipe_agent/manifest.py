@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
-from envpipe_agent.errors import IntegrityError
+from envpipe_agent.errors import IntegrityError, VersionMismatch
 from envpipe_agent.paths import check_relative_path
 
 if TYPE_CHECKING:
@@ -131,3 +131,14 @@ def read_manifest(repository: "Repository", folder: str) -> Optional[Manifest]:
     except KeyNotFound:
         return None
     return Manifest.from_json(raw, repository.location(manifest_key(folder)))
+
+
+def check_holds(environment: str, held: str, expected: Optional[str], command: str) -> None:
+    """Refuse (exit 3) when ``environment`` holds ``held`` but the caller asked for
+    ``expected``: a pipeline never applies or tests what another build promoted."""
+    if expected is not None and held != expected:
+        raise VersionMismatch(
+            f"{environment} holds version {held}, not {expected}: 'envpipe {command} --version' runs only on "
+            f"the version it is given, never on what another build promoted; to go on with {expected}, "
+            f"promote it again ('envpipe promote {expected} --to {environment}')"
+        )

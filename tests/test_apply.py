@@ -180,6 +180,29 @@ def test_tampered_or_extra_environment_file_refuses_with_exit_3(project):
     assert [r["result"] for r in records(project, "test", "apply")] == ["refused"]
 
 
+def test_apply_and_test_with_version_refuse_what_another_build_promoted_naming_both(project):
+    # The pipeline's build published and promoted 1.0.1; another build promoted 1.0.2 since.
+    (project.root / "envpipe.yml").write_text((project.root / "envpipe.yml").read_text()
+                                              + "tests:\n  http: [{url: 'http://127.0.0.1:9/', within: 0}]\n")
+    published(project, "1.0.1")
+    published(project, "1.0.2", content=DEFINITION.replace("default = 1", "default = 2"))
+
+    refused = project.envpipe("apply", "test", "--version", "1.0.1", check=3)
+    assert "test holds version 1.0.2, not 1.0.1" in refused.stderr
+    assert [(r["version"], r["result"]) for r in records(project, "test", "apply")] == [("1.0.2", "refused")]
+    assert recorded_outputs(repository(project), "test") == {}  # nothing was applied
+
+    project.envpipe("apply", "test", "--version", "1.0.2", check=0)
+    refused = project.envpipe("test", "test", "--version", "1.0.1", check=3)
+    assert "test holds version 1.0.2, not 1.0.1" in refused.stderr
+    assert records(project, "test", "test") == []  # no result recorded for either version
+    # --version alone is this CI build's version: build 2 of "1.0.{build}" is 1.0.2
+    jenkins = {"JENKINS_URL": "https://ci.example/", "BUILD_NUMBER": "2", "JOB_NAME": "infra"}
+    project.envpipe("apply", "test", "--version", env=jenkins, check=0)
+    refused = project.envpipe("apply", "test", "--version", env={**jenkins, "BUILD_NUMBER": "1"}, check=3)
+    assert "not 1.0.1" in refused.stderr
+
+
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 def test_secret_and_sensitive_output_never_appear_in_output_or_records(project):
     config = project.root / "envpipe.yml"

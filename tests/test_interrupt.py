@@ -103,6 +103,63 @@ def test_sigterm_mid_apply_stops_terraform_saves_its_state_releases_the_lock_and
     assert [len(r["instances"]) for r in state["resources"]] == [1]
 
 
+def processes_carrying(variable: str) -> List[int]:
+    """The pids whose environment holds ``variable`` (what Jenkins' ProcessTreeKiller looks for)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and variable.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone, or not ours
+    return found
+
+
+@FOLDER_ONLY
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find processes by environment")
+def test_a_jenkins_abort_reaches_envpipe_alone_and_terraform_is_interrupted_once(project, tmp_path):
+    """Jenkins aborts a build by killing every process carrying its cookie; Terraform does
+    not carry it, so only envpipe is signalled and Terraform hears one interrupt, from envpipe."""
+    finished = tmp_path / "provisioner-finished"
+    published(project, SLOW_PROVISIONER % finished)
+    cookie = "JENKINS_NODE_COOKIE=4b1c0ffee"
+    jenkins = {"JENKINS_URL": "https://ci.example/", "BUILD_NUMBER": "7", "JOB_NAME": "infra",
+               "JENKINS_NODE_COOKIE": "4b1c0ffee", "JENKINS_SERVER_COOKIE": "durable-1", "BUILD_ID": "7",
+               "SLOW": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "envpipe_agent", "apply", "test"], cwd=project.root,
+                               env={**os.environ, **jenkins}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    seen: List[str] = []
+    try:
+        for line in process.stderr:
+            seen.append(line)
+            if "(local-exec): Executing" in line:
+                carrying = processes_carrying(cookie)
+                for pid in carrying:  # what the ProcessTreeKiller does on abort
+                    os.kill(pid, signal.SIGTERM)
+                break
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    stderr = "".join(seen) + err
+
+    assert carrying == [process.pid]  # neither Terraform nor its provisioner carried the cookie
+    assert process.returncode == 130, stderr
+    assert stderr.count("Interrupt received") == 1 and "Two interrupts received" not in stderr
+    assert not finished.exists()
+    records = [json.loads(body) for key, body in list_repository(project.repository, ".envpipe/records/test/").items()
+               if "-apply-" in key]
+    assert records[0]["tool_stopped"].startswith("terraform stopped")
+
+
+def test_children_start_without_jenkins_cookies_and_keep_build_id_outside_jenkins():
+    jenkins = {"JENKINS_URL": "https://ci.example/", "JENKINS_NODE_COOKIE": "a", "JENKINS_SERVER_COOKIE": "b",
+               "BUILD_ID": "7", "BUILD_NUMBER": "7", "PATH": "/bin"}
+    assert children.without_jenkins_cookies(jenkins) == {"JENKINS_URL": "https://ci.example/",
+                                                          "BUILD_NUMBER": "7", "PATH": "/bin"}
+    assert children.without_jenkins_cookies({"BUILD_ID": "7", "PATH": "/bin"}) == {"BUILD_ID": "7", "PATH": "/bin"}
+
+
 SLOW_SUITE = """\
 import time
 from pathlib import Path
@@ -134,7 +191,8 @@ def test_sigterm_mid_test_stops_pytest_and_waits_for_its_teardown(project, tmp_p
 
 
 def python_child(code: str) -> subprocess.Popen:
-    process = children.start([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+    process = children.start([sys.executable, "-c", textwrap.dedent(code)], env=dict(os.environ),
+                             stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline() == "ready\n"
     return process
 

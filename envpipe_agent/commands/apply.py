@@ -24,7 +24,10 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.apply import apply
 
     ctx = load_context(args, environ)
-    result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed)
+    # --version alone means this CI build's version (SPEC §5), as for plan.
+    expected = None if args.version is None else ctx.resolve_version(args.version or None)
+    result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed,
+                   version=expected)
     state = _counts(result) if result.changed else "no changes"
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s)"
@@ -78,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")
     parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--version", nargs="?", const="", metavar="V",
+                        help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--replace-failed", action="store_true",
                         help="CloudFormation: delete and recreate a stack left in a failed state")
     parser.set_defaults(handler=run_apply)

@@ -13,7 +13,9 @@ def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.testing import run_tests
 
     ctx = load_context(args, environ)
-    result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None)
+    # --version alone means this CI build's version (SPEC §5), as for apply.
+    expected = None if args.version is None else ctx.resolve_version(args.version or None)
+    result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None, version=expected)
     emit(args, ctx, result.as_dict(), result.summary())
     if not result.passed:
         shown = ", ".join(result.failed[:3]) + (f" and {len(result.failed) - 3} more" if len(result.failed) > 3 else "")
@@ -26,5 +28,7 @@ def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("test", parents=[common], help="run the tests against an environment")
     parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("--version", nargs="?", const="", metavar="V",
+                        help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for Jenkins 'junit', GoCD)")
     parser.set_defaults(handler=run_test)

@@ -19,7 +19,7 @@ from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (LockHeld, NotFound, Refused, RepositoryError, StageFailed, Terminated,
                                   UsageError)
 from envpipe_agent.locking import environment_lock
-from envpipe_agent.manifest import MANIFEST_KEY, read_manifest
+from envpipe_agent.manifest import MANIFEST_KEY, check_holds, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
@@ -121,7 +121,8 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
 
 def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
-               candidate: Optional[str] = None, override: Optional[str] = None) -> StageResult:
+               candidate: Optional[str] = None, override: Optional[str] = None,
+               expected: Optional[str] = None) -> StageResult:
     started = time.monotonic()
     env = ctx.config.environment(environment)
     tool = ctx.config.tool
@@ -157,6 +158,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
 
     try:
         # Credentials first: a wrong account is refused before anything is locked or run.
+        check_holds(env.name, version, expected, action)  # before anything is locked or run
         credentials = environment_credentials(env, ctx.environ, ctx.ci)
         redactor = redactor.with_values(credentials.secrets)
         record_redactor = record_redactor.with_values(credentials.secrets)
@@ -172,6 +174,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                              redactor=record_redactor)
             with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                 version = work.manifest.version
+                check_holds(env.name, version, expected, action)  # promoted again while we waited?
                 details["digest"] = work.manifest.digest
                 fetch_seconds = work.verified.seconds
                 request = RunRequest(config=ctx.config, environment=env, version=version, manifest=work.manifest,
@@ -261,9 +264,14 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
 
 
 def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
-          runner: Optional[ToolRunner] = None) -> StageResult:
-    """Fetch, verify and apply ``environment``'s definition; record its outputs."""
-    return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner)
+          runner: Optional[ToolRunner] = None, version: Optional[str] = None) -> StageResult:
+    """Fetch, verify and apply ``environment``'s definition; record its outputs.
+
+    With ``version``, refuse (exit 3) unless the environment holds that version: a
+    pipeline applies what its own build promoted, never what another build did since.
+    """
+    return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner,
+                      expected=version)
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,

@@ -32,7 +32,7 @@ from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
 from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, redact_case, totals, write_report
-from envpipe_agent.manifest import Manifest, read_manifest
+from envpipe_agent.manifest import Manifest, check_holds, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
 from envpipe_agent.records import write_record
@@ -288,8 +288,11 @@ def check_prerequisites(ctx: StageContext, source: Optional[Path] = None) -> Non
                          f"definition {source}: fix tests.path")
 
 
-def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None) -> TestResult:
-    """Run the configured tests against ``environment``'s current version and record the result."""
+def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
+              version: Optional[str] = None) -> TestResult:
+    """Run the configured tests against ``environment``'s current version and record the result.
+
+    With ``version``, refuse (exit 3) unless the environment holds that version."""
     started = time.monotonic()
     env = ctx.config.environment(environment)
     settings = ctx.config.tests
@@ -298,6 +301,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None)
     if manifest is None:
         raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "
                        "and apply it first")
+    check_holds(env.name, manifest.version, version, "test")
     outputs = applied_outputs(ctx, env.name, manifest.version)
     urls = _check_urls(ctx, env.name, manifest.version, outputs)
     suites: List[Suite] = []
