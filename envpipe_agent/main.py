@@ -89,7 +89,29 @@ def build_parser() -> ArgumentParser:
     subparsers.required = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers, common)
+    _describe(subparsers)
     return parser
+
+
+def _describe(subparsers: argparse._SubParsersAction) -> None:
+    """A sub-command's one-line help is also the description its own --help shows,
+    unless it has a longer one (argparse keeps the two apart)."""
+    summaries = {action.dest: action.help for action in subparsers._choices_actions}
+    for name, subparser in subparsers.choices.items():
+        if subparser.description is None and summaries.get(name):
+            subparser.description = summaries[name][:1].upper() + summaries[name][1:] + "."
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action)
+
+
+def check_reason_needs_force(parser: ArgumentParser, args: argparse.Namespace) -> None:
+    """``--reason`` only explains an override: given alone it would be recorded nowhere
+    and silently ignored, so it is a usage error (exit 2) on every command with ``--force``."""
+    if getattr(args, "force", None) is False and getattr(args, "reason", None) is not None:
+        parser.exit(EXIT_USAGE, f"envpipe: error: --reason is only used with --force (an override, recorded with "
+                                "its reason): add --force to override, or drop --reason "
+                                f"(see 'envpipe {args.command} --help')\n")
 
 
 def _configure_logging(quiet: bool, verbose: bool, redactor: Redactor) -> None:
@@ -171,6 +193,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
         if exc.code == EXIT_USAGE and _detailed_exitcode(argv):
             return EXIT_FAILED
         raise
+    check_reason_needs_force(parser, args)
     for name, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)

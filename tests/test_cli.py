@@ -1,11 +1,13 @@
 """The command line: options anywhere, one stderr line per failure, SPEC exit codes."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +205,73 @@ def test_invalid_versions_and_environment_names_exit_2(project, args, expected):
 def test_history_limit_must_be_positive(tmp_path):
     line = one_line(run_envpipe(["history", "--limit", "0"], cwd=tmp_path, check=2).stderr)
     assert "expected a positive whole number, got '0'" in line
+
+
+def _parsers(parser, name="envpipe"):
+    """(command name, parser) for the parser and every sub-command, at any depth."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_command_has_a_description_and_every_argument_help_text():
+    missing = []
+    for name, parser in _parsers(main_module.build_parser()):
+        if name != "envpipe" and not parser.description:
+            missing.append(f"{name}: description")
+        missing += [f"{name}: {action.dest}" for action in parser._actions
+                    if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert missing == []
+
+
+def test_a_subcommands_help_says_what_it_does_and_what_env_is(tmp_path):
+    shown = run_envpipe(["apply", "--help"], cwd=tmp_path, check=0).stdout
+    assert "Fetch, verify and apply ENV's definition." in shown
+    assert "environment to apply" in shown
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("args", [["promote", "1.0.1", "--to", "staging", "--reason", "hotfix"],
+                                  ["destroy", "production", "--reason", "decommissioned"]],
+                         ids=["promote", "destroy"])
+def test_reason_without_force_is_a_usage_error_saying_so_and_changes_nothing(project, args):
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    before = list_repository(project.repository, "")
+    line = one_line(project.envpipe(*args, check=2).stderr)
+    assert "--reason is only used with --force" in line and f"envpipe {args[0]} --help" in line
+    assert list_repository(project.repository, "") == before
+
+
+@FOLDER_ONLY
+def test_promote_takes_the_version_positionally_or_as_version_like_the_other_commands(project):
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    project.envpipe("publish", "--version", "1.0.2", check=0)
+    promoted = project.envpipe("promote", "--version", "1.0.1", "--to", "test", check=0)
+    assert promoted.stdout == "test: version 1.0.1 promoted (was empty; 1 copied, 0 deleted, 0 unchanged)\n"
+    project.envpipe("promote", "1.0.2", "--to", "test", check=0)
+    assert json.loads(project.envpipe("status", "--json", check=0).stdout)["environments"][0]["version"] == "1.0.2"
+    line = one_line(project.envpipe("promote", "1.0.1", "--version", "1.0.2", "--to", "test", check=2).stderr)
+    assert "two versions given (1.0.1 and --version 1.0.2)" in line
+
+
+@FOLDER_ONLY
+def test_history_is_aligned_columns_with_the_reason_of_every_override_and_refusal(project):
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+    project.envpipe("promote", "1.0.1", "--to", "staging", "--force", "--reason", "hotfix INC-42", check=0)
+    (Path(project.repository) / "staging" / "main.tf").write_text("# edited by hand\n")
+    project.envpipe("apply", "staging", check=3)
+
+    lines = project.envpipe("history", check=0).stdout.splitlines()
+    heading, rows = lines[0], lines[1:]
+    columns = [heading.index(name) for name in ("ENVIRONMENT", "ACTION", "VERSION", "RESULT", "BY", "NOTE")]
+    for row in rows:
+        # Every cell starts under its heading (an empty NOTE is trimmed away).
+        assert all(row[column - 2:column] == "  " and row[column] != " " for column in columns
+                   if column < len(row)), row
+    by_action = {(row.split()[1], row.split()[2]): row for row in rows}
+    assert "reason: hotfix INC-42 (promote's gate (tests in test) overridden)" in by_action[("staging", "override")]
+    assert "reason: hotfix INC-42" in by_action[("staging", "promote")]
+    assert "does not match its manifest (altered: main.tf)" in by_action[("staging", "apply")]

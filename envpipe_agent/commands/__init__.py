@@ -5,7 +5,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.redact import RedactingFilter
@@ -27,3 +27,10 @@ def emit(args: argparse.Namespace, ctx: StageContext, result: Any, text: str) ->
     elif text:
         print(ctx.redactor(text))
     sys.stdout.flush()
+
+
+def table(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as aligned columns (the first row is the heading), trailing blanks trimmed."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                       help="keep the private work folder afterwards (to debug; it may hold secrets)")
 
     parser = subparsers.add_parser("plan", parents=[common, keep], help="what apply would change in ENV (drift check)")
-    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("environment", metavar="ENV", help="environment to plan against")
     parser.add_argument("--detailed-exitcode", action="store_true",
                         help="exit 0 for no changes, 2 for changes, 1 for an error")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(handler=run_plan)
 
     parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")
-    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("environment", metavar="ENV", help="environment to apply")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--replace-failed", action="store_true",
@@ -89,8 +89,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     parser = subparsers.add_parser("destroy", parents=[common, keep],
                                    help="destroy ENV's infrastructure and empty its folder")
-    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("environment", metavar="ENV", help="environment to destroy")
     parser.add_argument("--force", action="store_true",
                         help="needed to destroy an 'approval: manual' environment (with --reason)")
-    parser.add_argument("--reason", help="why an 'approval: manual' environment is destroyed (recorded)")
+    parser.add_argument("--reason", metavar="TEXT",
+                        help="why an 'approval: manual' environment is destroyed (recorded; needs --force)")
     parser.set_defaults(handler=run_destroy)

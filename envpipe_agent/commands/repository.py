@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from envpipe_agent.commands import emit, load_context
+from envpipe_agent.commands import emit, load_context, table
+from envpipe_agent.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,21 @@ def run_publish(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def promoted_version(args: argparse.Namespace) -> Optional[str]:
+    """The version to promote, given as ``promote V`` or ``promote --version V`` (as
+    publish, plan and run take it); the two forms naming different versions is an error."""
+    if args.version and args.version_option and args.version != args.version_option:
+        raise UsageError(f"two versions given ({args.version} and --version {args.version_option}): give one")
+    return args.version or args.version_option
+
+
 def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.promote import promote
 
+    version = promoted_version(args)
     ctx = load_context(args, environ)
-    result = promote(ctx, args.to, version=args.version, force=args.force, reason=args.reason)
-    text = (f"{result.environment}: version {result.version} (was {result.previous_version or 'empty'}; "
-            f"{result.copied} copied, {result.deleted} deleted, {result.unchanged} unchanged)")
+    result = promote(ctx, args.to, version=version, force=args.force, reason=args.reason)
+    text = f"{result.environment}: version {result.version} promoted ({result.describe()})"
     emit(args, ctx, result.as_dict(), text)
     return 0
 
@@ -36,7 +45,8 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     ctx = load_context(args, environ)
     result = verify(ctx, args.target)
-    emit(args, ctx, result.as_dict(), f"{args.target}: {result.files} files match version {result.version}")
+    emit(args, ctx, result.as_dict(),
+         f"{args.target}: version {result.version} verified ({result.files} files match its manifest)")
     return 0
 
 
@@ -87,8 +97,7 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
             _when(last.get("test"), entry["version"]),
             by,
         ))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return table(rows)
 
 
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -110,11 +119,43 @@ def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     ctx = load_context(args, environ)
     records = history(ctx, args.environment, args.limit)
-    lines = [f"{r.get('at')}  {r.get('environment'):<12} {r.get('action'):<8} {r.get('version') or '-':<14} "
-             f"{r.get('result')}  {(r.get('ci') or {}).get('build_url') or (r.get('ci') or {}).get('user') or ''}"
-             for r in records]
-    emit(args, ctx, records, "\n".join(lines) or "no records")
+    rows = [("AT", "ENVIRONMENT", "ACTION", "VERSION", "RESULT", "BY", "NOTE")]
+    rows += [(r.get("at") or "?", r.get("environment") or "?", r.get("action") or "?", r.get("version") or "-",
+              r.get("result") or "?", _by(r), record_note(r)) for r in records]
+    emit(args, ctx, records, table(rows) if records else "no records")
     return 0
+
+
+def _by(record: Mapping[str, Any]) -> str:
+    ci = record.get("ci") or {}
+    return ci.get("build_url") or ci.get("user") or "-"
+
+
+def _overridden(record: Mapping[str, Any]) -> str:
+    """What an override record overrode, in words: the gate, a manual approval, a policy."""
+    if record.get("gate"):
+        return f"{record.get('overrides') or 'promote'}'s gate (tests in {record['gate']})"
+    overrides = record.get("overrides")
+    what = ", ".join(map(str, overrides)) if isinstance(overrides, (list, tuple)) else str(overrides or "")
+    if record.get("approval") == "manual" and what:
+        return f"approval: manual on {what}"
+    return what
+
+
+def record_note(record: Mapping[str, Any]) -> str:
+    """What an auditor needs beside a record's result: why an override was made, who
+    approved, what a repair was, and why a stage was refused or failed."""
+    notes = []
+    if record.get("repair"):
+        notes.append("repair: the version it already held, promoted again without the gate")
+    if record.get("reason"):
+        what = _overridden(record) if record.get("action") == "override" else ""
+        notes.append(f"reason: {record['reason']}" + (f" ({what} overridden)" if what else ""))
+    if record.get("approved_by"):
+        notes.append(f"approved by {record['approved_by']}")
+    if record.get("result") in ("refused", "failed", "interrupted") and record.get("error"):
+        notes.append(str(record["error"]))
+    return "; ".join(notes)
 
 
 def _positive_int(text: str) -> int:
@@ -130,22 +171,26 @@ def _positive_int(text: str) -> int:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("publish", parents=[common], help="copy the definition to <repo>/VERSION/")
     parser.add_argument("--source", metavar="DIR", help="definition folder (default: 'source' in the config)")
-    parser.add_argument("--version", help="version to publish (default: from the CI build)")
+    parser.add_argument("--version", metavar="V",
+                        help="version to publish (default: from the CI build; outside CI it must be given)")
     parser.set_defaults(handler=run_publish)
 
     parser = subparsers.add_parser("promote", parents=[common], help="copy a version into an environment's folder")
-    parser.add_argument("version", nargs="?", help="version (default: this CI build's)")
+    parser.add_argument("version", nargs="?", metavar="V",
+                        help="version to promote (default: this CI build's); an older one rolls ENV back")
+    parser.add_argument("--version", dest="version_option", metavar="V", help="the same as the positional V")
     parser.add_argument("--to", required=True, metavar="ENV", help="environment to promote into")
     parser.add_argument("--force", action="store_true", help="override the test gate (needs --reason)")
-    parser.add_argument("--reason", help="why the gate is overridden (recorded)")
+    parser.add_argument("--reason", metavar="TEXT", help="why the gate is overridden (recorded; needs --force)")
     parser.set_defaults(handler=run_promote)
 
     parser = subparsers.add_parser("verify", parents=[common], help="check a version or environment against its manifest")
-    parser.add_argument("target", metavar="VERSION|ENV")
+    parser.add_argument("target", metavar="VERSION|ENV",
+                        help="a published version, or an environment whose folder is checked")
     parser.set_defaults(handler=run_verify)
 
     parser = subparsers.add_parser("unlock", parents=[common], help="break an environment's lock (recorded)")
-    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("environment", metavar="ENV", help="environment whose lock is removed")
     parser.set_defaults(handler=run_unlock)
 
     parser = subparsers.add_parser("status", parents=[common], help="which version is where")
@@ -153,6 +198,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.set_defaults(handler=run_status)
 
     parser = subparsers.add_parser("history", parents=[common], help="records, newest first")
-    parser.add_argument("environment", nargs="?", metavar="ENV")
+    parser.add_argument("environment", nargs="?", metavar="ENV", help="only this environment (default: all)")
     parser.add_argument("--limit", type=_positive_int, default=20, help="at most this many records (default 20)")
     parser.set_defaults(handler=run_history)

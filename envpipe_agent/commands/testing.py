@@ -27,7 +27,7 @@ def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("test", parents=[common], help="run the tests against an environment")
-    parser.add_argument("environment", metavar="ENV")
+    parser.add_argument("environment", metavar="ENV", help="environment to test (its last applied version)")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for Jenkins 'junit', GoCD)")

@@ -41,6 +41,11 @@ class PromoteResult:
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """``was 1.0.1; 2 copied, 0 deleted, 3 unchanged``: what the promote did."""
+        return (f"was {self.previous_version or 'empty'}; {self.copied} copied, {self.deleted} deleted, "
+                f"{self.unchanged} unchanged" + ("; gate overridden, recorded" if self.forced else ""))
+
 
 def load_version(ctx: StageContext, version: str) -> Manifest:
     """The published manifest of ``version``; a clear error when it is not published."""

@@ -111,8 +111,7 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
             log.info("%-12s %-8s approval: manual; rerun with --approve %s", env.name, "waiting", env.name)
             break
         _stage(result, "promote", env.name, lambda: promote(ctx, env.name, version),
-               lambda r: f"{r.version} (was {r.previous_version or 'empty'}; {r.copied} copied, "
-                         f"{r.deleted} deleted, {r.unchanged} unchanged)")
+               lambda r: f"{r.version} ({r.describe()})")
         _stage(result, "apply", env.name, lambda: apply(ctx, env.name), _apply_detail)
         junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
         tested = _stage(result, "test", env.name, lambda: run_tests(ctx, env.name, junit=junit),

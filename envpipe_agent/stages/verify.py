@@ -132,6 +132,7 @@ def verify(ctx: StageContext, target: str) -> VerifyResult:
     elif not VERSION_RE.match(target) or ".." in target:
         raise UsageError(f"{target!r} is neither a version nor an environment name")
     _, result = check_folder(ctx.repository, target, project=ctx.config.project)
-    log.info("%s: %d files match manifest of version %s", ctx.repository.location(target), result.files,
-             result.version)
+    # The command prints the result; this is for -v and Python callers' logs.
+    log.debug("%s: %d files match manifest of version %s", ctx.repository.location(target), result.files,
+              result.version)
     return result
