@@ -64,10 +64,29 @@ class Environment:
     # previous environment, and when promotions into this one may happen.
     soak: Optional[dt.timedelta] = None
     windows: Tuple[Window, ...] = ()
+    # For an instance that is not on the path (an on-demand environment, a sandbox, a
+    # blue-green half): the path environment whose vars, role and account it copies.
+    # None for the path's own environments.
+    like: Optional[str] = None
 
     @property
     def manual(self) -> bool:
         return self.approval == "manual"
+
+    @property
+    def on_path(self) -> bool:
+        return self.like is None
+
+
+@dataclass(frozen=True)
+class OnDemandSettings:
+    """``on_demand:`` (SPEC §9): what on-demand environments and sandboxes are like."""
+
+    like: str
+    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    ttl: dt.timedelta = dt.timedelta(hours=8)
+    max_ttl: dt.timedelta = dt.timedelta(days=7)
+    max: int = 10
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,11 @@ class Config:
     tests: TestSettings = TestSettings()
     secrets: Tuple[str, ...] = ()
     ci: CiSettings = CiSettings()
+    on_demand: Optional[OnDemandSettings] = None  # None only in a Config built by hand
+
+    @property
+    def on_demand_settings(self) -> OnDemandSettings:
+        return self.on_demand or OnDemandSettings(like=self.environments[0].name)
 
     @property
     def environment_names(self) -> Tuple[str, ...]:
@@ -358,11 +382,7 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
         if name in seen:
             raise reader.fail(f"{where}.name", f"environment {name!r} appears twice")
         seen.add(name)
-        variables = item.get("vars") or {}
-        if not isinstance(variables, dict):
-            raise reader.fail(f"{where}.vars", f"expected a mapping of variables, got {_kind(variables)}")
-        for key in variables:
-            reader.string(key, f"{where}.vars.{key}", VARIABLE_RE, "a Terraform/CloudFormation variable name")
+        variables = _variables(reader, item.get("vars"), f"{where}.vars")
         approval = item.get("approval", "auto")
         if approval not in APPROVALS:
             raise reader.fail(f"{where}.approval", f"expected one of {', '.join(APPROVALS)}, got {approval!r}")
@@ -375,7 +395,7 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
         result.append(Environment(
             name=name,
             description=reader.optional_string(item.get("description"), f"{where}.description") or "",
-            vars=_deep_freeze(variables),
+            vars=variables,
             approval=approval,
             approvers=reader.string_list(item.get("approvers"), f"{where}.approvers", CI_NAME_RE, "a user name"),
             role_arn=reader.optional_string(item.get("role_arn"), f"{where}.role_arn",
@@ -415,6 +435,37 @@ def _windows(reader: _Reader, value: Any, where: str) -> Tuple[Window, ...]:
         except TimeSpecError as exc:
             raise reader.fail(item_where, str(exc)) from None
     return tuple(windows)
+
+
+def _variables(reader: _Reader, value: Any, where: str) -> Mapping[str, Any]:
+    variables = value or {}
+    if not isinstance(variables, dict):
+        raise reader.fail(where, f"expected a mapping of variables, got {_kind(variables)}")
+    for key in variables:
+        reader.string(key, f"{where}.{key}", VARIABLE_RE, "a Terraform/CloudFormation variable name")
+    return _deep_freeze(variables)
+
+
+def _duration(reader: _Reader, value: Any, where: str) -> dt.timedelta:
+    try:
+        return parse_duration(value)
+    except TimeSpecError as exc:
+        raise reader.fail(where, str(exc)) from None
+
+
+def _on_demand(reader: _Reader, raw: Any, environments: Sequence[Environment]) -> OnDemandSettings:
+    raw = reader.mapping(raw, "on_demand", ("like", "vars", "ttl", "max_ttl", "max"))
+    names = [env.name for env in environments]
+    like = reader.string(raw.get("like", names[0]), "on_demand.like")
+    if like not in names:
+        raise reader.fail("on_demand.like", f"no environment named {like!r}; environments: {', '.join(names)}")
+    ttl = _duration(reader, raw.get("ttl", "8h"), "on_demand.ttl")
+    max_ttl = _duration(reader, raw.get("max_ttl", "7d"), "on_demand.max_ttl")
+    if ttl > max_ttl:
+        raise reader.fail("on_demand.ttl", f"{raw.get('ttl')!r} is longer than on_demand.max_ttl "
+                                           f"({raw.get('max_ttl', '7d')!r}): shorten it or raise max_ttl")
+    return OnDemandSettings(like=like, vars=_variables(reader, raw.get("vars"), "on_demand.vars"), ttl=ttl,
+                            max_ttl=max_ttl, max=reader.number(raw.get("max", 10), "on_demand.max", 1, integer=True))
 
 
 def _tests(reader: _Reader, raw: Any) -> TestSettings:
@@ -481,7 +532,7 @@ def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettin
 
 
 TOP_LEVEL_KEYS = ("project", "description", "source", "repository", "version", "tool", "environments",
-                  "terraform", "cloudformation", "tests", "secrets", "ci")
+                  "terraform", "cloudformation", "tests", "secrets", "ci", "on_demand")
 
 
 def parse_config(data: Any, path: Path) -> Config:
@@ -545,6 +596,7 @@ def parse_config(data: Any, path: Path) -> Config:
         tests=_tests(reader, raw.get("tests")),
         secrets=reader.string_list(raw.get("secrets"), "secrets", ENV_VAR_RE, "an environment variable name"),
         ci=_ci(reader, raw.get("ci"), [env.name for env in environments]),
+        on_demand=_on_demand(reader, raw.get("on_demand"), environments),
     )
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
 from envpipe_agent.ci_context import CIContext, detect, render_version
-from envpipe_agent.config import Config, load_config, validate_version
+from envpipe_agent.config import Config, Environment, load_config, validate_version
 from envpipe_agent.errors import ConfigError, UsageError
+from envpipe_agent.instances import resolve
 from envpipe_agent.records import ACTIONS
 from envpipe_agent.redact import MIN_SECRET_LENGTH, Redactor
 from envpipe_agent.repository import Repository, open_repository
@@ -52,6 +53,11 @@ class StageContext:
             lock_timeout=lock_timeout,
             record_redactor=Redactor.for_records(environ, config.secrets),
         )
+
+    def environment(self, name: str) -> Environment:
+        """The path environment or the on-demand instance called ``name`` (SPEC §9):
+        every stage that takes an environment takes an instance the same way."""
+        return resolve(self.config, self.repository, name)
 
     def resolve_version(self, version: Optional[str], how: str = "pass --version VERSION") -> str:
         """``version`` if given, else the current CI build's version (SPEC §5).

@@ -18,7 +18,7 @@ from envpipe_agent.aws_credentials import environment_credentials
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (LockHeld, NotFound, Refused, RepositoryError, StageFailed, Terminated,
                                   UsageError)
-from envpipe_agent.locking import environment_lock
+from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, check_holds, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
 from envpipe_agent.redact import Redactor, redact_data
@@ -122,9 +122,9 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
 def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
                candidate: Optional[str] = None, override: Optional[str] = None,
-               expected: Optional[str] = None) -> StageResult:
+               expected: Optional[str] = None, held: Optional[Lease] = None) -> StageResult:
     started = time.monotonic()
-    env = ctx.config.environment(environment)
+    env = ctx.environment(environment)
     tool = ctx.config.tool
     runner = runner or get_runner(tool)
     # The definition comes from the environment's folder, or for a plan of a
@@ -165,7 +165,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         if credentials.account:
             details["aws"] = credentials.as_record()
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
-                if action in LOCKED_ACTIONS else contextlib.nullcontext())
+                if action in LOCKED_ACTIONS and held is None else contextlib.nullcontext(held))
         with lock as lease:
             if override:
                 # Recorded before anything is run: the override stands whatever follows.
@@ -293,9 +293,20 @@ def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
     """
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the guard is overridden")
-    env = ctx.config.environment(environment)
+    env = ctx.environment(environment)
+    if not env.on_path:
+        raise UsageError(f"{env.name} is an on-demand environment: 'envpipe env destroy {env.name}' destroys it "
+                         "and removes its registration; nothing was done")
     if env.manual and not force:
         raise UsageError(f"{env.name} has approval: manual: destroying it needs "
                          f"'envpipe destroy {env.name} --force --reason \"...\"' (recorded); nothing was done")
     return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner,
                       override=reason.strip() if env.manual and reason else None)
+
+
+def destroy_instance(ctx: StageContext, name: str, lease: Lease, keep_workdir: bool = False,
+                     runner: Optional[ToolRunner] = None) -> StageResult:
+    """Destroy the infrastructure of the instance ``name`` (off the path) and empty its
+    folder, recorded as any destroy. The caller holds the instance's lock (``lease``),
+    so that it can remove what is left (state, registration) before anyone gets in."""
+    return _run_stage(ctx, "destroy", name, keep_workdir, {}, runner, held=lease)

@@ -185,14 +185,15 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
     started = time.monotonic()
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
-    env = ctx.config.environment(environment)
+    env = ctx.environment(environment)
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
     with ThreadPoolExecutor(max_workers=1) as reader:
         # The gate's test result is read alongside the version's manifest (one round
-        # trip, not two); a missing version is still the error reported first.
-        gate = reader.submit(check_gate, ctx, env.name, version, force)
+        # trip, not two); a missing version is still the error reported first. An
+        # instance off the path (on-demand, sandbox) has no gate.
+        gate = reader.submit(check_gate, ctx, env.name, version, force) if env.on_path else None
         manifest = load_version(ctx, version)
-        overridden = gate.result()
+        overridden = gate.result() if gate else None
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
         if overridden:

@@ -39,7 +39,7 @@ def status(ctx: StageContext) -> List[Dict[str, Any]]:
 
 def history(ctx: StageContext, environment: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
     """Records newest first, of one environment or of all of them."""
-    names = [ctx.config.environment(environment).name] if environment else list(ctx.config.environment_names)
+    names = [ctx.environment(environment).name] if environment else list(ctx.config.environment_names)
     records: List[Dict[str, Any]] = []
     for name in names:
         records.extend(environment_history(ctx.repository, name, limit))

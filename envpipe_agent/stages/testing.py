@@ -294,7 +294,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
 
     With ``version``, refuse (exit 3) unless the environment holds that version."""
     started = time.monotonic()
-    env = ctx.config.environment(environment)
+    env = ctx.environment(environment)
     settings = ctx.config.tests
     check_prerequisites(ctx)
     manifest = read_manifest(ctx.repository, env.name)

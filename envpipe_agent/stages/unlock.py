@@ -10,7 +10,7 @@ from envpipe_agent.records import write_record
 
 def unlock(ctx: StageContext, environment: str) -> Optional[Dict[str, Any]]:
     """Remove ``environment``'s lock; return the lock that was there (None if none)."""
-    name = ctx.config.environment(environment).name
+    name = ctx.environment(environment).name
     previous = break_lock(ctx.repository, name)
     if previous is not None:
         write_record(ctx.repository, name, "unlock", None, "done", ctx.ci, {"lock": previous},

@@ -128,7 +128,7 @@ def check_folder(repository: Repository, folder: str, destination: Optional[Path
 def verify(ctx: StageContext, target: str) -> VerifyResult:
     """Verify a published version (``1.0.123``) or an environment folder (``staging``)."""
     if ENVIRONMENT_RE.match(target):
-        ctx.config.environment(target)  # a clear error for an unknown environment
+        ctx.environment(target)  # a clear error for an unknown environment
     elif not VERSION_RE.match(target) or ".." in target:
         raise UsageError(f"{target!r} is neither a version nor an environment name")
     _, result = check_folder(ctx.repository, target, project=ctx.config.project)

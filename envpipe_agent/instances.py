@@ -1,0 +1,84 @@
+"""Instances of the stack outside the path (SPEC §9), and how a name finds its instance.
+
+An instance is an ``Environment`` whose ``like`` names the path environment it
+copies: that environment's vars (with ``on_demand.vars`` merged over them), role and
+account, never its approval, gate or promotion policy. Its own name is what the tools
+and tests see (``TF_VAR_envpipe_environment``, ``{environment}`` in the state key
+and the stack name), so each instance has its own folder, state, stack and lock, and
+every stage that takes an environment takes an instance too.
+
+On-demand environments and sandboxes are registered in the repository
+(``envpipe_agent.registrations``); blue-green's ``<env>-blue``, ``<env>-green`` and
+``<env>-router`` are derived from the path itself, which is why those names can never
+be on-demand ones.
+"""
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from envpipe_agent.config import ENVIRONMENT_RE, Config, Environment
+from envpipe_agent.errors import UsageError
+from envpipe_agent.registrations import read_registration
+from envpipe_agent.repository import Repository
+
+# Suffixes blue-green gives a path environment's own instances.
+BLUEGREEN_SUFFIXES = ("blue", "green", "router")
+
+
+def instance(config: Config, name: str, like: str, extra_vars: Mapping[str, Any] = MappingProxyType({})) -> Environment:
+    """The instance ``name`` of the stack, like the path environment ``like``."""
+    base = config.environment(like)
+    return Environment(name=name, description=f"instance like {base.name}",
+                       vars=MappingProxyType({**base.vars, **extra_vars}), role_arn=base.role_arn,
+                       account_id=base.account_id, like=base.name)
+
+
+def path_owner(config: Config, name: str) -> Optional[str]:
+    """The path environment ``name`` belongs to: itself, or ``E`` for ``E-blue``,
+    ``E-green`` and ``E-router``; None for a name free for an on-demand instance."""
+    if name in config.environment_names:
+        return name
+    match = re.fullmatch(r"(.+)-(%s)" % "|".join(BLUEGREEN_SUFFIXES), name)
+    if match and match.group(1) in config.environment_names:
+        return match.group(1)
+    return None
+
+
+def check_instance_name(config: Config, name: str) -> str:
+    """A valid name for a new on-demand instance; UsageError (exit 2) otherwise."""
+    if not isinstance(name, str) or not ENVIRONMENT_RE.match(name):
+        raise UsageError(f"invalid name {name!r}: use lower-case letters, digits and '-', starting with a "
+                         "letter (at most 63 characters)")
+    owner = path_owner(config, name)
+    if owner == name:
+        raise UsageError(f"{name!r} is an environment of the path in {config.path.name}: choose another name "
+                         "for an on-demand environment")
+    if owner is not None:
+        raise UsageError(f"{name!r} is the name of one of {owner}'s blue-green instances: choose another name "
+                         "for an on-demand environment")
+    return name
+
+
+def on_demand_instance(config: Config, name: str, like: str) -> Environment:
+    """An on-demand environment or sandbox registered as being like ``like``; the
+    configured ``on_demand.like`` when that environment has left the path since."""
+    settings = config.on_demand_settings
+    if like not in config.environment_names:
+        like = settings.like
+    return instance(config, name, like, settings.vars)
+
+
+def resolve(config: Config, repository: Repository, name: str) -> Environment:
+    """The environment or instance called ``name``: one of the path, else a registered
+    on-demand one (read from the repository); UsageError (exit 2) for anything else."""
+    if name in config.environment_names:
+        return config.environment(name)
+    registration = read_registration(repository, name) if ENVIRONMENT_RE.match(name) else None
+    if registration is None:
+        raise UsageError(
+            f"environment {name!r} is not in {config.path.name}: choose one of "
+            f"{', '.join(config.environment_names)}, or an on-demand environment or sandbox ('envpipe env list')"
+        )
+    return on_demand_instance(config, name, registration.like)

@@ -1,0 +1,98 @@
+"""Registrations of on-demand environments and sandboxes (SPEC §9).
+
+``<repo>/.envpipe/on-demand/<name>.json`` says that an instance exists, whose it is
+and when it expires. It is written before anything of the instance is promoted or
+applied and deleted only after its infrastructure is destroyed, so an instance whose
+create failed or was killed is still listed, and reaped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional
+
+from envpipe_agent.parallel import parallel_map
+from envpipe_agent.records import iso
+from envpipe_agent.repository import KeyNotFound, Repository
+
+REGISTRATIONS_PREFIX = ".envpipe/on-demand/"
+KINDS = ("env", "sandbox")
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    kind: str  # "env" (an on-demand environment) or "sandbox"
+    owner: str
+    created: str  # ISO 8601 UTC, 2026-11-29T18:00:00Z
+    expires: str
+    like: str  # the path environment whose vars, role and account it copies
+
+    def expires_at(self) -> dt.datetime:
+        return parse_time(self.expires)
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expires_at() <= now
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time as written by ``iso`` (``...Z``), timezone-aware."""
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def registration_key(name: str) -> str:
+    return f"{REGISTRATIONS_PREFIX}{name}.json"
+
+
+def _parse(name: str, raw: bytes) -> Registration:
+    """A stored registration; one that cannot be read counts as expired long ago, so
+    reap removes what it left rather than keeping it for ever."""
+    try:
+        data = json.loads(raw)
+        registration = Registration(name=name, kind=str(data["kind"]), owner=str(data.get("owner") or "unknown"),
+                                    created=str(data["created"]), expires=str(data["expires"]),
+                                    like=str(data.get("like") or ""))
+        registration.expires_at()
+        return registration
+    except (ValueError, KeyError, TypeError, AttributeError):
+        epoch = "1970-01-01T00:00:00Z"
+        return Registration(name=name, kind="env", owner="unknown (unreadable registration)", created=epoch,
+                            expires=epoch, like="")
+
+
+def read_registration(repository: Repository, name: str) -> Optional[Registration]:
+    try:
+        return _parse(name, repository.read(registration_key(name)))
+    except KeyNotFound:
+        return None
+
+
+def write_registration(repository: Repository, registration: Registration, *, new: bool = False) -> None:
+    """Store ``registration``; with ``new``, raise AlreadyExists if the name is taken."""
+    repository.write(registration_key(registration.name), registration.to_json(), if_absent=new)
+
+
+def delete_registration(repository: Repository, name: str) -> None:
+    repository.delete([registration_key(name)])
+
+
+def list_registrations(repository: Repository) -> List[Registration]:
+    """Every registration, by name: one listing, then the objects read in parallel."""
+    names = [info.key[len(REGISTRATIONS_PREFIX):-len(".json")] for info in repository.list(REGISTRATIONS_PREFIX)
+             if info.key.endswith(".json") and "/" not in info.key[len(REGISTRATIONS_PREFIX):]]
+    found = parallel_map(lambda name: read_registration(repository, name), names)
+    return [registration for registration in found if registration is not None]
+
+
+def new_registration(name: str, kind: str, owner: str, like: str, now: dt.datetime,
+                     ttl: dt.timedelta) -> Registration:
+    return Registration(name=name, kind=kind, owner=owner, created=iso(now), expires=iso(now + ttl), like=like)
+
