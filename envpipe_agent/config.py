@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -198,8 +198,53 @@ class Config:
 # --- loading -----------------------------------------------------------------------
 
 
+# The most nodes envpipe.yml may hold once its aliases are expanded. A real one holds
+# a few hundred; an "alias bomb" (an alias of a list of aliases of ...) holds billions
+# and would exhaust memory in whatever walks it (vars written for Terraform, say).
+MAX_EXPANDED_NODES = 100_000
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+    """SafeLoader that refuses duplicate keys instead of keeping the last one, and a
+    document whose aliases expand beyond MAX_EXPANDED_NODES."""
+
+    def get_single_node(self) -> Optional[yaml.Node]:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the nodes ``root`` expands to, each shared node once per reference."""
+    sizes: Dict[int, int] = {}
+    in_progress: set = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in in_progress:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                              node.start_mark)
+        in_progress.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values; "
+                    "write the values out, or use fewer nested aliases", child.start_mark)
+        in_progress.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -617,4 +662,6 @@ def load_config(path: Path) -> Config:
         where = f"line {mark.line + 1}" if mark else "parse error"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: {where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply to read; flatten it") from None
     return parse_config(data, path.resolve())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from envpipe_agent.ci_context import CIContext
@@ -21,6 +22,12 @@ RECORDS_PREFIX = ".envpipe/records/"
 SUMMARY_PREFIX = ".envpipe/summary/"
 RESULTS_PREFIX = ".envpipe/results/"
 ACTIONS = ("promote", "apply", "plan", "test", "destroy", "unlock", "override")
+log = logging.getLogger(__name__)
+# The fields every reader of a record relies on, and their types: a record without
+# them (written by hand, by another tool, or damaged) is skipped with a warning.
+_REQUIRED_FIELDS = {"action": str, "environment": str, "result": str, "at": str}
+_OPTIONAL_FIELDS = {"version": (str, type(None)), "ci": dict, "outputs": dict, "sensitive_outputs": list,
+                    "reason": str, "error": str, "lock": dict}
 # history() looks back over growing windows, so its listing stays bounded by the
 # records of the window, not by the whole history.
 _WINDOWS_DAYS = (1, 7, 31, 366, None)
@@ -50,6 +57,30 @@ def _read_json(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
     # Valid JSON that is no object ([1], "x", null) is as unreadable to every caller,
     # which reads fields from it, as a broken file.
     return data if isinstance(data, dict) else None
+
+
+def _problem(record: Mapping[str, Any]) -> Optional[str]:
+    """What makes ``record`` unlike a record envpipe writes, or None."""
+    for name, kind in _REQUIRED_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            return f"no {name!r} string" if name not in record else f"{name!r} is not a string"
+    for name, kinds in _OPTIONAL_FIELDS.items():
+        if name in record and not isinstance(record[name], kinds):
+            return f"{name!r} is a {type(record[name]).__name__}"
+    return None
+
+
+def _read_record(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
+    """The record (or summary, or result) at ``key``; None, with a warning, when it is
+    not one envpipe wrote: readers skip it rather than fail on it."""
+    data = _read_json(repository, key)
+    if data is None:
+        return None
+    problem = _problem(data)
+    if problem is not None:
+        log.warning("skipping %s: not a record envpipe wrote (%s)", repository.location(key), problem)
+        return None
+    return data
 
 
 def write_record(
@@ -111,7 +142,7 @@ def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str
     prefix = f"{SUMMARY_PREFIX}{environment}/"
     summary = {}
     for info in repository.list(prefix):
-        record = _read_json(repository, info.key)
+        record = _read_record(repository, info.key)
         if record is not None:
             summary[info.key[len(prefix):-len(".json")]] = record
     return summary
@@ -119,7 +150,7 @@ def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str
 
 def latest_test(repository: Repository, environment: str, version: str) -> Optional[Dict[str, Any]]:
     """The latest test record of ``version`` in ``environment``, or None."""
-    return _read_json(repository, f"{RESULTS_PREFIX}{environment}/{version}.json")
+    return _read_record(repository, f"{RESULTS_PREFIX}{environment}/{version}.json")
 
 
 def test_passed(repository: Repository, environment: str, version: str) -> bool:
@@ -146,7 +177,7 @@ def history(repository: Repository, environment: str, limit: int = 20,
         if len(keys) >= limit:
             break
     for key in reversed(keys[-limit:]):
-        record = _read_json(repository, key)
+        record = _read_record(repository, key)
         if record is not None:
             record["key"] = key
             yield record

@@ -64,6 +64,20 @@ class SourceFile:
         return (self.md5, self.multipart_etag) if self.multipart_etag else (self.md5,)
 
 
+def _utf8(name: str) -> bool:
+    """Whether a name read from the file system is UTF-8 (Python keeps other bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_name(name: str) -> str:
+    """A name that is not UTF-8, shown as its bytes: printing it as it is fails too."""
+    return repr(os.fsencode(name))[1:]
+
+
 def _name_problem(relative: str) -> Optional[str]:
     parts = relative.split("/")
     name = parts[-1]
@@ -174,6 +188,13 @@ def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
         shown = "; ".join(outside[:5]) + (f"; and {len(outside) - 5} more" if len(outside) > 5 else "")
         raise UnsafeSource(f"refusing to publish links leading outside the source folder {root}: {shown}. "
                            f"Copy what they point at into the source folder, or list them in {IGNORE_FILE}")
+    undecodable = [relative for relative in relatives if not _utf8(relative)]
+    if undecodable:
+        # A repository key is UTF-8 text; such a name has no key to be stored under.
+        shown = ", ".join(_shown_name(r) for r in undecodable[:5]) + (
+            f" and {len(undecodable) - 5} more" if len(undecodable) > 5 else "")
+        raise UnsafeSource(f"refusing to publish files whose names are not UTF-8: {shown} in {root}; rename "
+                           f"them, or list them in {IGNORE_FILE}")
     problems = []
     for relative in relatives:
         if relative.startswith(".envpipe/"):

@@ -29,10 +29,13 @@ def _link(url: Optional[str]) -> Optional[str]:
     return url if urlsplit(url).scheme in ("http", "https") else None
 
 
-def _when(stamp: Optional[str]) -> str:
-    """``2026-11-29T05:54:27Z`` → ``2026-11-29 05:54:27 UTC``."""
-    if not stamp:
+def _when(stamp: Any) -> str:
+    """``2026-11-29T05:54:27Z`` → ``2026-11-29 05:54:27 UTC``; anything else as it is
+    (a manifest's promotion data is written by whoever promoted)."""
+    if stamp is None or stamp == "":
         return ""
+    if not isinstance(stamp, str):
+        return str(stamp)
     return stamp.replace("T", " ").replace("Z", " UTC")
 
 
