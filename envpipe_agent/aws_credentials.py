@@ -74,24 +74,58 @@ def client(service: str, environ: Mapping[str, str], **kwargs: Any):
     return session.client(service, **kwargs)
 
 
+def failure_types() -> Tuple[type, ...]:
+    """Every exception botocore raises for a failed call. ``ResponseParserError`` (an
+    answer that is no AWS response, such as a proxy's HTML error page) derives from
+    neither of the other two."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
+
+    return ClientError, BotoCoreError, ResponseParserError
+
+
+def describe_failure(exc: Exception, endpoint: Optional[str] = None) -> str:
+    """One line saying what went wrong with an AWS call, whatever botocore raised.
+
+    An error answer without code or message (a 503 from a load balancer, say) is
+    described by its HTTP status and the endpoint, so the line is never empty.
+    """
+    from botocore.exceptions import ClientError
+    from botocore.parsers import ResponseParserError
+
+    where = f" from {endpoint}" if endpoint else ""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code, message = str(error.get("Code") or "").strip(), str(error.get("Message") or "").strip()
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code and code != str(status):  # botocore puts the HTTP status where no code was sent
+            return f"{code}: {message}" if message else f"{code} (HTTP {status}{where}, no message)"
+        said = f" ({message})" if message else ""
+        return f"HTTP {status or '?'}{said}{where}, with no AWS error code"
+    if isinstance(exc, ResponseParserError):
+        # Its text quotes the whole body (an HTML page): the first line says enough.
+        first = str(exc).split("\n", 1)[0].rstrip(":").strip()
+        return f"an answer{where} that is no AWS response ({first}); a proxy or a wrong endpoint URL?"
+    return str(exc) or type(exc).__name__
+
+
 def _call(action: str, call, *args: Any, **kwargs: Any) -> Dict[str, Any]:
     """Run an STS call, turning botocore's errors into one line with the right exit code."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     try:
         return call(*args, **kwargs)
     except NoCredentialsError:
         raise UsageError(f"cannot {action}: no AWS credentials found; give the agent credentials the usual "
                          "way (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role)") from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code, message = error.get("Code", ""), error.get("Message", "")
+    except failure_types() as exc:
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        endpoint = getattr(getattr(call, "__self__", None), "meta", None)
+        text = describe_failure(exc, getattr(endpoint, "endpoint_url", None))
         if code in _DENIED:
-            raise Refused(f"cannot {action}: {code}: {message}; check the agent's credentials and the "
+            raise Refused(f"cannot {action}: {text}; check the agent's credentials and the "
                           "role's trust policy") from None
-        raise StageFailed(f"cannot {action}: {code}: {message}".rstrip(": ")) from None
-    except BotoCoreError as exc:
-        raise StageFailed(f"cannot {action}: {exc}") from None
+        raise StageFailed(f"cannot {action}: {text}") from None
 
 
 def assume_role(environ: Mapping[str, str], role_arn: str, session_name: str,

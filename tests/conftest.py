@@ -58,6 +58,12 @@ def s3(moto_server: str, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
+def cloudformation(s3, moto_server: str):
+    """A CloudFormation client for the reset moto server (S3 on the same server)."""
+    return boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_server)
+
+
+@pytest.fixture
 def s3_bucket(s3) -> str:
     s3.create_bucket(Bucket="our-project-repository")
     return "our-project-repository"

@@ -115,11 +115,6 @@ class Pipeline:
 
 
 @pytest.fixture
-def cloudformation(s3, moto_server: str):
-    return boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_server)
-
-
-@pytest.fixture
 def pipeline(s3_bucket: str, tmp_path: Path) -> Pipeline:
     return Pipeline(tmp_path, f"s3://{s3_bucket}/pipelines")
 

@@ -12,12 +12,12 @@ import importlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from envpipe_agent.aws_credentials import environment_credentials
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import (LockHeld, NotFound, Refused, RepositoryError, StageFailed, Terminated,
-                                  UsageError)
+from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
+                                  Terminated, UsageError)
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, check_holds, read_manifest
 from envpipe_agent.records import history, read_summary, write_record
@@ -156,6 +156,20 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         return write_record(ctx.repository, env.name, action, version, result, ctx.ci, body,
                             redactor=record_redactor)
 
+    recorded = False
+
+    def record_failure(exc: BaseException) -> None:
+        """Record how the run ended, once; a repository that fails here too gets a
+        warning, so the error the user sees stays the one that stopped the run."""
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        try:
+            record(*_failure(exc, env.name))
+        except Exception as problem:  # noqa: BLE001 - the original error is what matters
+            log.warning("%s: could not write the %s record: %s", env.name, action, problem)
+
     try:
         # Credentials first: a wrong account is refused before anything is locked or run.
         check_holds(env.name, version, expected, action)  # before anything is locked or run
@@ -167,75 +181,86 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
                 if action in LOCKED_ACTIONS and held is None else contextlib.nullcontext(held))
         with lock as lease:
-            if override:
-                # Recorded before anything is run: the override stands whatever follows.
-                write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                             {"reason": override, "overrides": action, "approval": env.approval},
-                             redactor=record_redactor)
-            with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
-                version = work.manifest.version
-                check_holds(env.name, version, expected, action)  # promoted again while we waited?
-                details["digest"] = work.manifest.digest
-                fetch_seconds = work.verified.seconds
-                request = RunRequest(config=ctx.config, environment=env, version=version, manifest=work.manifest,
-                                     workdir=work.path, environ=credentials.environ, redactor=redactor,
-                                     repository=ctx.repository, ci=ctx.ci, options=dict(options or {}))
-                log.info("%s: %s of version %s with %s", env.name, action, version, tool)
+            try:
+                if override:
+                    # Recorded before anything is run: the override stands whatever follows.
+                    write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
+                                 {"reason": override, "overrides": action, "approval": env.approval},
+                                 redactor=record_redactor)
+                with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
+                    version = work.manifest.version
+                    check_holds(env.name, version, expected, action)  # promoted again while we waited?
+                    details["digest"] = work.manifest.digest
+                    fetch_seconds = work.verified.seconds
+                    request = RunRequest(config=ctx.config, environment=env, version=version,
+                                         manifest=work.manifest, workdir=work.path, environ=credentials.environ,
+                                         redactor=redactor, repository=ctx.repository, ci=ctx.ci,
+                                         options=dict(options or {}))
+                    log.info("%s: %s of version %s with %s", env.name, action, version, tool)
+                    if lease is not None:
+                        lease.check()  # the fetch can be long: the lock must still be ours
+                    outcome: RunOutcome = getattr(runner, action)(request)
+                    kept = str(work.path) if keep_workdir else None
                 if lease is not None:
-                    lease.check()  # the fetch can be long: the lock must still be ours
-                outcome: RunOutcome = getattr(runner, action)(request)
-                kept = str(work.path) if keep_workdir else None
-            if lease is not None:
-                lease.check()
-            emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
-            result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
-            result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
-            result.forced = bool(override)
-            extra: Dict[str, Any] = {
-                "changed": result.changed,
-                "changes": {"added": result.added, "changed": result.changed_count, "destroyed": result.destroyed},
-                "summary": result.summary,
-                "fetch_seconds": result.fetch_seconds,
-            }
-            if action == "apply":
-                extra["outputs"] = result.outputs
-                extra["sensitive_outputs"] = sorted(n for n, o in outcome.outputs.items() if o.sensitive)
-            if action == "plan":
-                extra["last_applied_version"] = result.last_applied_version
-            if emptied is not None:
-                extra["emptied"] = emptied
-            written = record(result.result, extra)
+                    lease.check()
+                emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
+                result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
+                result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
+                result.forced = bool(override)
+                written = record(result.result, _record_of(action, result, outcome))
+                recorded = True
+            except BaseException as exc:
+                # Whatever ended the run, a bug included, its record is written before
+                # the lock is released: nobody may find the environment unlocked and
+                # its last run unexplained.
+                record_failure(exc)
+                raise
     except LockHeld:
         raise  # someone else is working on the environment: nothing of ours to record
-    except Refused as exc:
-        record("refused", {"error": str(exc)})
-        raise
-    except StageFailed as exc:
-        record("failed", {"error": str(exc)})
-        raise
-    except RepositoryError as exc:
-        # e.g. the infrastructure is destroyed but its folder could not be emptied:
-        # try to leave a trace, though the repository is the thing failing.
-        with contextlib.suppress(Exception):
-            record("failed", {"error": str(exc)})
-        raise
-    except KeyboardInterrupt as exc:
-        # Stopped mid-run (Ctrl-C, or SIGTERM from an aborted CI build). The tool was
-        # told to stop and waited for (envpipe_agent.children), and the lock is
-        # released by now; say so on the record, as far as we still can, so nobody
-        # mistakes the environment's state for a finished run.
-        how = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        with contextlib.suppress(Exception):
-            record("interrupted", {
-                "error": f"interrupted ({how}); the tool may have left changes half-done: "
-                         f"run 'envpipe plan {env.name}' to see what is left, then apply again",
-                "signal": how,
-                "tool_stopped": getattr(exc, "child_stopped", None),
-            })
+    except (Refused, StageFailed, RepositoryError, KeyboardInterrupt) as exc:
+        record_failure(exc)  # before the lock (credentials, account); no-op if already recorded
         raise
     result.record = written["key"]
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _record_of(action: str, result: StageResult, outcome: RunOutcome) -> Dict[str, Any]:
+    """What a finished run's record holds beyond the stage's common details."""
+    extra: Dict[str, Any] = {
+        "changed": result.changed,
+        "changes": {"added": result.added, "changed": result.changed_count, "destroyed": result.destroyed},
+        "summary": result.summary,
+        "fetch_seconds": result.fetch_seconds,
+    }
+    if action == "apply":
+        extra["outputs"] = result.outputs
+        extra["sensitive_outputs"] = sorted(n for n, o in outcome.outputs.items() if o.sensitive)
+    if action == "plan":
+        extra["last_applied_version"] = result.last_applied_version
+    if result.emptied is not None:
+        extra["emptied"] = result.emptied
+    return extra
+
+
+def _failure(exc: BaseException, environment: str) -> Tuple[str, Dict[str, Any]]:
+    """The result and details recorded for a run that ended with ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        # Stopped mid-run (Ctrl-C, or SIGTERM from an aborted CI build). The tool was
+        # told to stop and waited for (envpipe_agent.children); say so on the record,
+        # so nobody mistakes the environment's state for a finished run.
+        how = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        return "interrupted", {
+            "error": f"interrupted ({how}); the tool may have left changes half-done: "
+                     f"run 'envpipe plan {environment}' to see what is left, then apply again",
+            "signal": how,
+            "tool_stopped": getattr(exc, "child_stopped", None),
+        }
+    if isinstance(exc, Refused):
+        return "refused", {"error": str(exc)}
+    if isinstance(exc, EnvpipeError):
+        return "failed", {"error": str(exc)}
+    return "failed", {"error": f"internal error (a bug in envpipe): {type(exc).__name__}: {exc}", "internal": True}
 
 
 def _finish(ctx: StageContext, action: str, environment: str, version: str, tool: str, outcome: RunOutcome,

@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import boto3
 import yaml
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
+from botocore.exceptions import ClientError, NoCredentialsError, WaiterError
 
+from envpipe_agent.aws_credentials import describe_failure, failure_types
 from envpipe_agent.errors import ConfigError, EnvpipeError, Refused, StageFailed, UnsafePath, UsageError
 from envpipe_agent.paths import local_path
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
@@ -52,6 +53,7 @@ ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion")
 # first; moto (and UpdateStack) answer a ValidationError with the second.
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 MASK = "****"
+AWS_FAILURES = failure_types()
 
 
 # --- the definition: template, parameters, tags ------------------------------------
@@ -215,7 +217,8 @@ def cloudformation_client(environ: Mapping[str, str]):
     )
     endpoint = environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION") or environ.get("AWS_ENDPOINT_URL") or None
     # Describe* calls are throttled per account; standard retries back off on that.
-    config = BotoConfig(retries={"mode": "standard", "max_attempts": 8})
+    # An AWS_MAX_ATTEMPTS the agent sets (the standard variable) is botocore's to honour.
+    config = None if environ.get("AWS_MAX_ATTEMPTS") else BotoConfig(retries={"mode": "standard", "max_attempts": 8})
     return session.client("cloudformation", endpoint_url=endpoint, config=config)
 
 
@@ -225,19 +228,19 @@ def _error_text(exc: ClientError) -> Tuple[str, str]:
 
 
 @contextlib.contextmanager
-def _aws(action: str, stack_name: str) -> Iterator[None]:
-    """botocore's exceptions as one clear line each."""
+def _aws(action: str, stack_name: str, client) -> Iterator[None]:
+    """botocore's exceptions as one clear line each (exit 1): whatever the endpoint
+    answers, an HTML error page or nothing at all, it is a failed stage, never a bug."""
     try:
         yield
     except NoCredentialsError:
         raise UsageError(f"cannot {action} stack {stack_name}: no AWS credentials found; set them the usual way "
                          "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role)") from None
-    except ClientError as exc:
-        code, message = _error_text(exc)
+    except AWS_FAILURES as exc:
+        code = _error_text(exc)[0] if isinstance(exc, ClientError) else ""
         hint = "; check the agent's AWS permissions" if "AccessDenied" in code or "Unauthorized" in code else ""
-        raise StageFailed(f"cannot {action} stack {stack_name}: {code}: {message}{hint}") from None
-    except BotoCoreError as exc:
-        raise StageFailed(f"cannot {action} stack {stack_name}: {exc}") from None
+        raise StageFailed(f"cannot {action} stack {stack_name}: "
+                          f"{describe_failure(exc, client.meta.endpoint_url)}{hint}") from None
 
 
 @contextlib.contextmanager
@@ -367,7 +370,8 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
             if code == "InsufficientCapabilitiesException":
                 raise ConfigError(f"{request.config.path}: cloudformation.capabilities: template "
                                   f"{prepared.template_path} needs more: {message}; add them to the list") from None
-            raise StageFailed(f"stack {name}: CloudFormation rejected the change set: {code}: {message}") from None
+            raise StageFailed(f"stack {name}: CloudFormation rejected the change set: "
+                              f"{describe_failure(exc, client.meta.endpoint_url)}") from None
     change_set = ChangeSet(id=response["Id"], stack_id=response["StackId"], kind=kind,
                            template_url=template.get("TemplateURL"))
     _wait(client, "change_set_create_complete", name, ChangeSetName=change_set.id)
@@ -438,7 +442,7 @@ class CloudFormationRunner:
                 redact: Callable[[str], str] = str) -> List[Dict[str, Any]]:
         """Delete the stack and wait; return the events seen. Raise StageFailed if it fails."""
         stack_id = stack["StackId"]
-        with _aws("delete", name):
+        with _aws("delete", name, client):
             with EventTail(client, stack_id, redact) as tail:
                 client.delete_stack(StackName=stack_id)
                 _wait(client, "stack_delete_complete", name, StackName=stack_id)
@@ -451,7 +455,7 @@ class CloudFormationRunner:
         prepared = prepare(request)
         name = prepared.stack_name
         client = cloudformation_client(request.environ)
-        with _masked(request.redactor.with_values(prepared.secret_values)), _aws("plan", name):
+        with _masked(request.redactor.with_values(prepared.secret_values)), _aws("plan", name, client):
             stack = self._existing_stack(client, request, prepared, replace=True, dry_run=True)
             if stack is not None and stack["StackStatus"] in NEEDS_REPLACEMENT:
                 summary = (f"stack {name} is {stack['StackStatus']}: apply --replace-failed would delete it and "
@@ -486,7 +490,7 @@ class CloudFormationRunner:
     def _apply(self, request: RunRequest, prepared: Prepared, redact: Callable[[str], str]) -> RunOutcome:
         name = prepared.stack_name
         client = cloudformation_client(request.environ)
-        with _aws("apply", name):
+        with _aws("apply", name, client):
             stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")),
                                          redact=redact)
             change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
@@ -501,9 +505,9 @@ class CloudFormationRunner:
                     client.execute_change_set(ChangeSetName=change_set.id)
                     waiter = "stack_create_complete" if change_set.kind == "CREATE" else "stack_update_complete"
                     _wait(client, waiter, name, StackName=change_set.stack_id)
-            except ClientError as exc:
-                code, message = _error_text(exc)
-                raise StageFailed(with_reasons(f"stack {name}: executing the change set failed: {code}: {message}",
+            except AWS_FAILURES as exc:
+                failure = describe_failure(exc, client.meta.endpoint_url)
+                raise StageFailed(with_reasons(f"stack {name}: executing the change set failed: {failure}",
                                                 tail.events)) from None
             final = describe_stack(client, change_set.stack_id)
         status = final["StackStatus"] if final else "DELETE_COMPLETE"
@@ -522,7 +526,7 @@ class CloudFormationRunner:
     def destroy(self, request: RunRequest) -> RunOutcome:
         name = stack_name_for(request)
         client = cloudformation_client(request.environ)
-        with _aws("destroy", name):
+        with _aws("destroy", name, client):
             stack = describe_stack(client, name)
             if stack is None:
                 log.info("stack %s does not exist: nothing to destroy", name)

@@ -16,9 +16,10 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
-from botocore.exceptions import BotoCoreError, ClientError
+from envpipe_agent.aws_credentials import failure_types
 
 log = logging.getLogger(__name__)
+AWS_FAILURES = failure_types()
 
 # New stack events are fetched this often while an operation runs.
 EVENT_POLL_SECONDS = 5
@@ -124,7 +125,7 @@ class EventTail:
     def _first_page(self) -> List[Dict[str, Any]]:
         try:
             return self.client.describe_stack_events(StackName=self.stack_id).get("StackEvents", [])
-        except (ClientError, BotoCoreError):
+        except AWS_FAILURES:
             return []
 
     def poll(self) -> None:
@@ -136,7 +137,7 @@ class EventTail:
                 fresh.extend(new)
                 if len(new) < len(page_events):  # reached what was already shown
                     break
-        except (ClientError, BotoCoreError) as exc:  # a hiccup here must not fail the stage
+        except AWS_FAILURES as exc:  # a hiccup here must not fail the stage
             log.debug("could not read events of %s: %s", self.stack_id, exc)
             return
         for event in reversed(fresh):  # the API answers newest first
@@ -162,7 +163,7 @@ def recent_events(client, stack_id: str) -> List[Dict[str, Any]]:
     """The stack's latest page of events, oldest first."""
     try:
         events = client.describe_stack_events(StackName=stack_id).get("StackEvents", [])
-    except (ClientError, BotoCoreError):
+    except AWS_FAILURES:
         return []
     return list(reversed(events))
 
