@@ -6,13 +6,20 @@ agent's AWS credentials replaced by the role's temporary ones. When the environm
 names an ``account_id``, the resulting identity is checked with GetCallerIdentity
 before anything runs. Terraform and CloudFormation get the same credentials, the
 first through its process environment, the second through boto3 clients built from
-that mapping (``client``).
+that mapping.
+
+``client`` is the one way envpipe makes an AWS client (the S3 repository, STS,
+CloudFormation, the Terraform state bucket's region): credentials, profile, region and
+endpoint all come from the mapping it is given. Components take it as a
+``client_factory`` argument (as s3transfer takes its client), so a caller or a test
+can pass another.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+import datetime as dt
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.config import Environment
@@ -45,6 +52,13 @@ class Credentials:
         return {"account": self.account, "identity": self.arn, "role_arn": self.role_arn}
 
 
+# client(service, environ, **client_kwargs) -> a boto3 client
+ClientFactory = Callable[..., Any]
+# Used when neither the mapping nor the profile names a region: STS and CloudFormation
+# need one, and S3 takes this one as its global default.
+DEFAULT_REGION = "us-east-1"
+
+
 def region(environ: Mapping[str, str]) -> Optional[str]:
     return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None
 
@@ -55,22 +69,56 @@ def endpoint_url(service: str, environ: Mapping[str, str]) -> Optional[str]:
     return environ.get(specific) or environ.get("AWS_ENDPOINT_URL") or None
 
 
-def client(service: str, environ: Mapping[str, str], **kwargs: Any):
-    """A boto3 client whose credentials, region and endpoint come from ``environ``
-    (not from this process's environment), so an assumed role reaches it."""
-    import boto3
+def _parse_timestamp(value: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        from botocore.utils import parse_timestamp
 
-    session_arguments: Dict[str, Any] = {"region_name": region(environ)}
+        return parse_timestamp(value)  # other formats: botocore's general parser
+
+
+def client(service: str, environ: Mapping[str, str], **kwargs: Any) -> Any:
+    """A boto3 client for ``service`` whose credentials, region and endpoint come from
+    ``environ`` (not from this process's environment), so an assumed role reaches it.
+
+    Credentials: the mapping's access keys, else its profile (``AWS_PROFILE``), else
+    botocore's chain (an instance role, say). Region: the mapping's, else the
+    profile's, else us-east-1. ``kwargs`` go to ``Session.client`` (``config=``).
+    """
+    import boto3
+    import botocore.session
+    from botocore.exceptions import ProfileNotFound
+
+    core = botocore.session.Session()
+    # botocore parses every timestamp with dateutil (~0.1 ms each): a listing of 2,000
+    # keys spent longer parsing LastModified, which we never read, than waiting for S3.
+    # AWS sends ISO 8601, which the standard library parses fast.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+    for name, (_, variables, _, convert) in core.session_var_map.items():
+        # botocore's settings (AWS_CONFIG_FILE, AWS_MAX_ATTEMPTS, AWS_CA_BUNDLE ...) from
+        # the mapping; the profile and the region are chosen below.
+        variables = [variables] if isinstance(variables, str) else variables or []
+        value = next((environ[v] for v in variables if environ.get(v)), None)
+        if value is not None and name not in ("profile", "region"):
+            core.set_config_variable(name, convert(value) if convert else value)
+    session_arguments: Dict[str, Any] = {"botocore_session": core}
+    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE")
     if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
         session_arguments.update(aws_access_key_id=environ["AWS_ACCESS_KEY_ID"],
                                  aws_secret_access_key=environ["AWS_SECRET_ACCESS_KEY"],
                                  aws_session_token=environ.get("AWS_SESSION_TOKEN") or None)
-    elif environ.get("AWS_PROFILE"):
-        session_arguments["profile_name"] = environ["AWS_PROFILE"]
-    session = boto3.session.Session(**session_arguments)
+    elif profile:
+        session_arguments["profile_name"] = profile
+    try:
+        session = boto3.session.Session(**session_arguments)
+        # Named here, or botocore would take this process's AWS_DEFAULT_REGION first.
+        kwargs.setdefault("region_name", region(environ) or core.get_scoped_config().get("region")
+                          or DEFAULT_REGION)
+    except ProfileNotFound:
+        raise UsageError(f"AWS profile {profile!r} (AWS_PROFILE) is not in the agent's AWS config files; "
+                         "fix AWS_PROFILE or add the profile") from None
     kwargs.setdefault("endpoint_url", endpoint_url(service, environ))
-    if service == "sts" and not session.region_name:
-        kwargs.setdefault("region_name", "us-east-1")  # STS needs one; its global endpoint lives there
     return session.client(service, **kwargs)
 
 
@@ -129,9 +177,10 @@ def _call(action: str, call, *args: Any, **kwargs: Any) -> Dict[str, Any]:
 
 
 def assume_role(environ: Mapping[str, str], role_arn: str, session_name: str,
-                duration: int = SESSION_SECONDS) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+                duration: int = SESSION_SECONDS, client_factory: ClientFactory = client,
+                ) -> Tuple[Dict[str, str], Tuple[str, ...]]:
     """``environ`` with the agent's AWS credentials replaced by ``role_arn``'s."""
-    sts = client("sts", environ)
+    sts = client_factory("sts", environ)
     response = _call(f"assume role {role_arn}", sts.assume_role, RoleArn=role_arn,
                      RoleSessionName=session_name, DurationSeconds=duration)
     credentials = response["Credentials"]
@@ -142,21 +191,23 @@ def assume_role(environ: Mapping[str, str], role_arn: str, session_name: str,
     return assumed, (credentials["SecretAccessKey"], credentials["SessionToken"], credentials["AccessKeyId"])
 
 
-def caller_identity(environ: Mapping[str, str]) -> Dict[str, Any]:
+def caller_identity(environ: Mapping[str, str], client_factory: ClientFactory = client) -> Dict[str, Any]:
     return _call("ask STS who the credentials belong to (GetCallerIdentity)",
-                 client("sts", environ).get_caller_identity)
+                 client_factory("sts", environ).get_caller_identity)
 
 
-def environment_credentials(environment: Environment, environ: Mapping[str, str], ci: CIContext) -> Credentials:
+def environment_credentials(environment: Environment, environ: Mapping[str, str], ci: CIContext,
+                            client_factory: ClientFactory = client) -> Credentials:
     """The credentials ``environment``'s stages run with; refuses a wrong account (exit 3)."""
     if not environment.role_arn and not environment.account_id:
         return Credentials(environ=dict(environ))
     tool_environ: Dict[str, str] = dict(environ)
     secrets: Tuple[str, ...] = ()
     if environment.role_arn:
-        tool_environ, secrets = assume_role(environ, environment.role_arn, ci.session_name)
+        tool_environ, secrets = assume_role(environ, environment.role_arn, ci.session_name,
+                                            client_factory=client_factory)
         log.info("%s: assumed role %s as session %s", environment.name, environment.role_arn, ci.session_name)
-    identity = caller_identity(tool_environ)
+    identity = caller_identity(tool_environ, client_factory)
     account, arn = str(identity.get("Account")), identity.get("Arn")
     if environment.account_id and account != environment.account_id:
         raise AccountMismatch(

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
+from envpipe_agent import aws_credentials
 from envpipe_agent.ci_context import CIContext, detect, render_version
 from envpipe_agent.config import Config, Environment, load_config, validate_version
 from envpipe_agent.errors import ConfigError, UsageError
@@ -25,6 +26,8 @@ class StageContext:
     lock_timeout: float = 0.0
     # For records (SPEC §6): secrets and AWS credentials, not every TF_VAR_* value.
     record_redactor: Redactor = field(default_factory=Redactor)
+    # Every AWS client (the S3 repository, STS, CloudFormation) is made by this.
+    client_factory: aws_credentials.ClientFactory = aws_credentials.client
 
     @classmethod
     def load(
@@ -33,8 +36,11 @@ class StageContext:
         repository: Optional[str] = None,
         environ: Optional[Mapping[str, str]] = None,
         lock_timeout: float = 0.0,
+        client_factory: Optional[aws_credentials.ClientFactory] = None,
     ) -> "StageContext":
-        """Load envpipe.yml and open its repository (``repository`` or ENVPIPE_REPO override it)."""
+        """Load envpipe.yml and open its repository (``repository`` or ENVPIPE_REPO override it).
+
+        ``client_factory`` makes every AWS client (default ``aws_credentials.client``)."""
         environ = dict(os.environ) if environ is None else environ
         config = load_config(Path(config_path))
         _refuse_short_secrets(config, environ)
@@ -44,20 +50,33 @@ class StageContext:
                 f"{config.path}: no repository: set 'repository' (s3://bucket[/prefix] or a folder), "
                 "ENVPIPE_REPO or --repo"
             )
+        client_factory = client_factory or aws_credentials.client
         return cls(
             config=config,
-            repository=open_repository(url, environ),
+            repository=open_repository(url, environ, client_factory),
             ci=detect(environ),
             environ=environ,
             redactor=Redactor.from_environ(environ, config.secrets, public=_public_names(config)),
             lock_timeout=lock_timeout,
             record_redactor=Redactor.for_records(environ, config.secrets),
+            client_factory=client_factory,
         )
 
     def environment(self, name: str) -> Environment:
         """The path environment or the on-demand instance called ``name`` (SPEC §9):
         every stage that takes an environment takes an instance the same way."""
         return resolve(self.config, self.repository, name)
+
+    def credentials(self, environment: Environment) -> aws_credentials.Credentials:
+        """The credentials ``environment``'s stages run with (role assumed, account checked)."""
+        return aws_credentials.environment_credentials(environment, self.environ, self.ci, self.client_factory)
+
+    def repository_as(self, credentials: aws_credentials.Credentials) -> Repository:
+        """The repository reached with ``credentials``: an assumed role's own access for
+        what a tool writes there (CloudFormation's large templates), else ours."""
+        if not credentials.role_arn:
+            return self.repository
+        return open_repository(self.repository.url, credentials.environ, self.client_factory)
 
     def resolve_version(self, version: Optional[str], how: str = "pass --version VERSION") -> str:
         """``version`` if given, else the current CI build's version (SPEC §5).

@@ -17,6 +17,8 @@ import yaml
 from moto.cloudformation.models import Event, cloudformation_backends
 
 from conftest import REGION, read_repository_file, run_envpipe
+from envpipe_agent import aws_credentials
+from envpipe_agent.aws_credentials import ClientFactory
 from envpipe_agent.ci_context import detect
 from envpipe_agent.config import parse_config
 from envpipe_agent.context import StageContext
@@ -338,28 +340,28 @@ def test_a_failing_template_fails_the_stage_with_the_reason(
     assert ssm_value("/our-project/broken") is None
 
 
-def roll_back_on_execute(monkeypatch: pytest.MonkeyPatch, reason: str) -> None:
-    """Make the next executed change set end as real CloudFormation ends a failed
-    creation, asynchronously: the waiter then finds the stack in ROLLBACK_COMPLETE."""
-    real_client = cfn_module.cloudformation_client
+def rolling_back_on_execute(reason: str) -> ClientFactory:
+    """A client factory whose CloudFormation clients end the next executed change set as
+    real CloudFormation ends a failed creation, asynchronously: the waiter then finds
+    the stack in ROLLBACK_COMPLETE."""
 
-    def client_that_rolls_back(environ: Mapping[str, str]):
-        client = real_client(environ)
+    def factory(service: str, environ: Mapping[str, str], **kwargs: Any):
+        client = aws_credentials.client(service, environ, **kwargs)
         client.meta.events.register("after-call.cloudformation.ExecuteChangeSet",
                                     lambda **_: fail_first_creation(STACK, reason))
         return client
 
-    monkeypatch.setattr(cfn_module, "cloudformation_client", client_that_rolls_back)
+    return factory
 
 
 def test_a_creation_that_rolls_back_fails_with_the_events_reasons(
-        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation, runner_log,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        pipeline: Pipeline, runner: CloudFormationRunner, cloudformation, runner_log) -> None:
     pipeline.release("1.0.1")
-    roll_back_on_execute(monkeypatch, "Queue name already taken in this account")
+    request = replace(pipeline.request(),
+                      client_factory=rolling_back_on_execute("Queue name already taken in this account"))
 
     with pytest.raises(StageFailed) as failure:
-        runner.apply(pipeline.request())
+        runner.apply(request)
 
     assert str(failure.value) == (
         f"stack {STACK}: create failed, now ROLLBACK_COMPLETE: Queue (AWS::SQS::Queue): Queue name already "
@@ -587,7 +589,7 @@ def test_credentials_region_and_endpoint_come_from_the_request_environment(
 
     # moto answered, though the process environment names no endpoint or credentials.
     assert (outcome.changed, outcome.added) == (True, 2)
-    client = cfn_module.cloudformation_client(environ)
+    client = cfn_module.cloudformation_client(replace(request, environ=environ))
     assert client.meta.region_name == "eu-west-1"
     assert client.meta.endpoint_url == moto_server
 

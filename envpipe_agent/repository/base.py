@@ -11,7 +11,7 @@ import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Mapping, Optional, Protocol, Sequence, Tuple
 
 from envpipe_agent.errors import UsageError
 
@@ -101,8 +101,12 @@ BACKENDS: Dict[str, str] = {
 }
 
 
-def open_repository(url: str, environ: Mapping[str, str]) -> Repository:
-    """The backend for ``url``: ``s3://bucket[/prefix]``, ``file:///abs`` or a folder path."""
+def open_repository(url: str, environ: Mapping[str, str], client_factory: Optional[Callable[..., Any]] = None,
+                    ) -> Repository:
+    """The backend for ``url``: ``s3://bucket[/prefix]``, ``file:///abs`` or a folder path.
+
+    ``client_factory`` makes the AWS clients a backend needs (default
+    ``aws_credentials.client``), from ``environ``."""
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     if scheme not in BACKENDS:
         raise UsageError(
@@ -111,4 +115,4 @@ def open_repository(url: str, environ: Mapping[str, str]) -> Repository:
         )
     module_name, class_name = BACKENDS[scheme].split(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    return backend.from_url(url, environ)
+    return backend.from_url(url, environ, client_factory)

@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, List, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 from envpipe_agent.errors import RepositoryError
@@ -36,7 +36,7 @@ class LocalRepository:
         self.url = str(root)
 
     @classmethod
-    def from_url(cls, url: str, environ: Mapping[str, str]) -> "LocalRepository":
+    def from_url(cls, url: str, environ: Mapping[str, str], client_factory: Any = None) -> "LocalRepository":
         path = unquote(urlparse(url).path) if url.startswith("file://") else url
         return cls(Path(path).expanduser().resolve())
 

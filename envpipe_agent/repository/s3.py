@@ -1,23 +1,22 @@
 """An S3 bucket (or a prefix in one) as the artefact repository, through boto3.
 
-The endpoint and credentials come from the standard AWS chain, which includes
-``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; retries are botocore's standard mode.
+The client comes from ``aws_credentials.client`` (or the ``client_factory`` given):
+endpoint, credentials and region from the environment mapping the repository is
+opened with, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` included; retries are
+botocore's standard mode.
 """
 from __future__ import annotations
 
 import contextlib
-import datetime
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping, Optional, Sequence
 from urllib.parse import quote
 
-import boto3
-import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from botocore.utils import parse_timestamp
 
+from envpipe_agent import aws_credentials
 from envpipe_agent.errors import RepositoryError, UsageError
 from envpipe_agent.paths import check_relative_path
 from envpipe_agent.repository.base import (
@@ -41,13 +40,6 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
-def _parse_timestamp(value: str) -> datetime.datetime:
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return parse_timestamp(value)  # other formats: botocore's general parser
-
-
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -60,25 +52,15 @@ class S3Repository:
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     @classmethod
-    def from_url(cls, url: str, environ: Mapping[str, str]) -> "S3Repository":
+    def from_url(cls, url: str, environ: Mapping[str, str],
+                 client_factory: Optional[aws_credentials.ClientFactory] = None) -> "S3Repository":
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise UsageError(f"repository {url!r}: no bucket name; use s3://bucket[/prefix]")
-        # botocore reads these itself from os.environ; taking them from ``environ``
-        # as well keeps the library independent of the process environment.
-        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
-        core = botocore.session.Session()
-        # botocore parses every timestamp with dateutil (~0.1 ms each): a listing of
-        # 2,000 keys spent longer parsing LastModified, which we never read, than
-        # waiting for S3. S3 sends ISO 8601, which the standard library parses fast.
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-        client = boto3.session.Session(botocore_session=core).client(
-            "s3",
-            endpoint_url=endpoint,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 5},
-                max_pool_connections=TRANSFER_THREADS + 8,
-            ),
+        client = (client_factory or aws_credentials.client)(
+            "s3", environ,
+            config=Config(retries={"mode": "standard", "max_attempts": 5},
+                          max_pool_connections=TRANSFER_THREADS + 8),
         )
         return cls(client, bucket, prefix)
 

@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from envpipe_agent.aws_credentials import environment_credentials
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
                                   Terminated, UsageError)
@@ -173,7 +172,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     try:
         # Credentials first: a wrong account is refused before anything is locked or run.
         check_holds(env.name, version, expected, action)  # before anything is locked or run
-        credentials = environment_credentials(env, ctx.environ, ctx.ci)
+        credentials = ctx.credentials(env)
         redactor = redactor.with_values(credentials.secrets)
         record_redactor = record_redactor.with_values(credentials.secrets)
         if credentials.account:
@@ -194,8 +193,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                     fetch_seconds = work.verified.seconds
                     request = RunRequest(config=ctx.config, environment=env, version=version,
                                          manifest=work.manifest, workdir=work.path, environ=credentials.environ,
-                                         redactor=redactor, repository=ctx.repository, ci=ctx.ci,
-                                         options=dict(options or {}))
+                                         redactor=redactor, repository=ctx.repository_as(credentials),
+                                         ci=ctx.ci, options=dict(options or {}), client_factory=ctx.client_factory)
                     log.info("%s: %s of version %s with %s", env.name, action, version, tool)
                     if lease is not None:
                         lease.check()  # the fetch can be long: the lock must still be ours

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from envpipe_agent import children
-from envpipe_agent.aws_credentials import Credentials, environment_credentials
+from envpipe_agent.aws_credentials import Credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
@@ -309,7 +309,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
         # The suite comes from the verified environment folder, never the working copy.
         workdir = Path(tempfile.mkdtemp(prefix=f"envpipe-test-{env.name}-"))  # mode 0700
         try:
-            credentials = environment_credentials(env, ctx.environ, ctx.ci)
+            credentials = ctx.credentials(env)
             fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition", ctx.config.project)
             if fetched.version != manifest.version:
                 raise Refused(f"{env.name} was promoted to version {fetched.version} while its tests started: "

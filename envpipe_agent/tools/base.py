@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Protocol
 
+from envpipe_agent import aws_credentials
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.manifest import Manifest
@@ -28,10 +29,12 @@ class RunRequest:
     workdir: Path  # private (0700) folder holding the verified definition
     environ: Mapping[str, str]  # the agent's environment plus any assumed-role credentials
     redactor: Redactor
-    repository: Repository
+    repository: Repository  # reached with ``environ``'s credentials
     ci: CIContext
     # Command-line choices a runner may honour, e.g. {"replace_failed": True}.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Makes the AWS clients a runner needs, from ``environ``.
+    client_factory: aws_credentials.ClientFactory = aws_credentials.client
 
 
 @dataclass(frozen=True)

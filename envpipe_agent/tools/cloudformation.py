@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-import boto3
 import yaml
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, NoCredentialsError, WaiterError
@@ -207,19 +206,13 @@ def prepare(request: RunRequest) -> Prepared:
 # --- AWS plumbing ---------------------------------------------------------------
 
 
-def cloudformation_client(environ: Mapping[str, str]):
-    """A CloudFormation client from ``environ`` (which may hold assumed-role credentials)."""
-    session = boto3.session.Session(
-        aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        aws_session_token=environ.get("AWS_SESSION_TOKEN") or None,
-        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
-    endpoint = environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION") or environ.get("AWS_ENDPOINT_URL") or None
+def cloudformation_client(request: RunRequest):
+    """A CloudFormation client with ``request``'s credentials (an assumed role's, say)."""
     # Describe* calls are throttled per account; standard retries back off on that.
     # An AWS_MAX_ATTEMPTS the agent sets (the standard variable) is botocore's to honour.
-    config = None if environ.get("AWS_MAX_ATTEMPTS") else BotoConfig(retries={"mode": "standard", "max_attempts": 8})
-    return session.client("cloudformation", endpoint_url=endpoint, config=config)
+    config = (None if request.environ.get("AWS_MAX_ATTEMPTS")
+              else BotoConfig(retries={"mode": "standard", "max_attempts": 8}))
+    return request.client_factory("cloudformation", request.environ, config=config)
 
 
 def _error_text(exc: ClientError) -> Tuple[str, str]:
@@ -454,7 +447,7 @@ class CloudFormationRunner:
     def plan(self, request: RunRequest) -> RunOutcome:
         prepared = prepare(request)
         name = prepared.stack_name
-        client = cloudformation_client(request.environ)
+        client = cloudformation_client(request)
         with _masked(request.redactor.with_values(prepared.secret_values)), _aws("plan", name, client):
             stack = self._existing_stack(client, request, prepared, replace=True, dry_run=True)
             if stack is not None and stack["StackStatus"] in NEEDS_REPLACEMENT:
@@ -489,7 +482,7 @@ class CloudFormationRunner:
 
     def _apply(self, request: RunRequest, prepared: Prepared, redact: Callable[[str], str]) -> RunOutcome:
         name = prepared.stack_name
-        client = cloudformation_client(request.environ)
+        client = cloudformation_client(request)
         with _aws("apply", name, client):
             stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")),
                                          redact=redact)
@@ -525,7 +518,7 @@ class CloudFormationRunner:
 
     def destroy(self, request: RunRequest) -> RunOutcome:
         name = stack_name_for(request)
-        client = cloudformation_client(request.environ)
+        client = cloudformation_client(request)
         with _aws("destroy", name, client):
             stack = describe_stack(client, name)
             if stack is None:

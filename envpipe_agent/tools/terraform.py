@@ -89,13 +89,13 @@ def s3_backend(bucket: str, key: str, region: str, environ: Mapping[str, str]) -
     return settings
 
 
-def _bucket_region(bucket: str, environ: Mapping[str, str]) -> str:
+def _bucket_region(bucket: str, environ: Mapping[str, str], client_factory: aws_credentials.ClientFactory) -> str:
     """The region to name in the backend: the agent's, else the bucket's own."""
     configured = aws_credentials.region(environ)
     if configured:
         return configured
     try:
-        response = aws_credentials.client("s3", environ, region_name="us-east-1").head_bucket(Bucket=bucket)
+        response = client_factory("s3", environ, region_name="us-east-1").head_bucket(Bucket=bucket)
         return response["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region") or "us-east-1"
     except Exception:  # noqa: BLE001 - a guess is all we need; Terraform reports real problems
         return "us-east-1"
@@ -107,11 +107,12 @@ def backend_settings(request: RunRequest, environ: Mapping[str, str]) -> Dict[st
     state = request.config.terraform.state
     if state is not None:
         key = state.key.format(environment=name, project=request.config.project)
-        return {"s3": s3_backend(state.bucket, key, state.region or _bucket_region(state.bucket, environ), environ)}
+        region = state.region or _bucket_region(state.bucket, environ, request.client_factory)
+        return {"s3": s3_backend(state.bucket, key, region, environ)}
     location = request.repository.location(f"{STATE_PREFIX}{name}/terraform.tfstate")
     if location.startswith("s3://"):
         bucket, _, key = location[len("s3://"):].partition("/")
-        return {"s3": s3_backend(bucket, key, _bucket_region(bucket, environ), environ)}
+        return {"s3": s3_backend(bucket, key, _bucket_region(bucket, environ, request.client_factory), environ)}
     path = Path(location)
     # State holds secrets in clear text: its folder is private, like the work folder.
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
