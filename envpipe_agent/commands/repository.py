@@ -51,10 +51,20 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_unlock(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from envpipe_agent.stages.unlock import unlock
+    from envpipe_agent.stages.unlock import unlock, unlock_state
 
+    if args.state and not (args.reason and args.reason.strip()):
+        raise UsageError("--state needs --reason TEXT saying why the state lock is stale (recorded)")
     ctx = load_context(args, environ)
-    previous = unlock(ctx, args.environment)
+    if args.state:
+        result = unlock_state(ctx, args.environment, args.reason)
+        who = result.removed or {}
+        text = (f"{args.environment}: Terraform state lock {who.get('ID', '?')} of {who.get('Who', 'unknown')} "
+                f"({who.get('Operation', '?')}, since {who.get('Created', '?')}) removed"
+                if result.keys else f"{args.environment}: the Terraform state was not locked")
+        emit(args, ctx, result.as_dict(), text)
+        return 0
+    previous = unlock(ctx, args.environment, args.reason)
     text = (f"{args.environment}: lock of {previous.get('holder')} ({previous.get('action')}) removed"
             if previous else f"{args.environment}: was not locked")
     emit(args, ctx, {"environment": args.environment, "removed": previous}, text)
@@ -191,6 +201,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     parser = subparsers.add_parser("unlock", parents=[common], help="break an environment's lock (recorded)")
     parser.add_argument("environment", metavar="ENV", help="environment whose lock is removed")
+    parser.add_argument("--state", action="store_true",
+                        help="remove a stale Terraform state lock in the repository instead (needs --reason; "
+                             "only while ENV's own lock is free)")
+    parser.add_argument("--reason", metavar="TEXT", help="why the lock is broken (recorded)")
     parser.set_defaults(handler=run_unlock)
 
     parser = subparsers.add_parser("status", parents=[common], help="which version is where")

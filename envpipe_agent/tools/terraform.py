@@ -289,8 +289,12 @@ class TerraformRunner:
         completed = self.run(request, args, environ, capture_stdout=capture_stdout)
         if completed.returncode not in ok:
             reason = completed.first_error or f"exit code {completed.returncode}"
-            raise StageFailed(f"terraform {args[0]} failed in {request.environment.name}: {reason} "
-                              "(Terraform's output is above)")
+            name = request.environment.name
+            if "state lock" in reason and request.config.terraform.state is None:
+                # Left by a killed run: the work folder 'terraform force-unlock' needs is gone.
+                reason += (f"; if no other run is applying {name}, the lock is stale: remove it with "
+                           f"'envpipe unlock {name} --state --reason TEXT'")
+            raise StageFailed(f"terraform {args[0]} failed in {name}: {reason} (Terraform's output is above)")
         return completed
 
     def _init(self, request: RunRequest) -> Dict[str, str]:
