@@ -148,6 +148,11 @@ def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str
     return summary
 
 
+def latest_record(repository: Repository, environment: str, action: str) -> Optional[Dict[str, Any]]:
+    """The latest record of ``action`` in ``environment`` (one read of its summary), or None."""
+    return _read_json(repository, f"{SUMMARY_PREFIX}{environment}/{action}.json")
+
+
 def latest_test(repository: Repository, environment: str, version: str) -> Optional[Dict[str, Any]]:
     """The latest test record of ``version`` in ``environment``, or None."""
     return _read_record(repository, f"{RESULTS_PREFIX}{environment}/{version}.json")
@@ -181,3 +186,18 @@ def history(repository: Repository, environment: str, limit: int = 20,
         if record is not None:
             record["key"] = key
             yield record
+
+
+def record_order(record: Mapping[str, Any]) -> str:
+    """A record's sortable stamp (microseconds, from its key; 'at' is only to the second)."""
+    return str(record.get("key", "")).rsplit("/", 1)[-1] or str(record.get("at", ""))
+
+
+def last_done(repository: Repository, environment: str, action: str, look_back: int = 200) -> Optional[Dict[str, Any]]:
+    """The newest record of ``action`` in ``environment`` that completed (result done),
+    looking past a newer failed or interrupted one."""
+    latest = latest_record(repository, environment, action)
+    if latest is None or latest.get("result") == "done":
+        return latest
+    return next((r for r in history(repository, environment, look_back)
+                 if r.get("action") == action and r.get("result") == "done"), None)

@@ -303,3 +303,43 @@ def test_a_promote_cut_short_before_its_manifest_leaves_a_folder_that_fails_veri
     assert "main.tf" in result.stderr and "does not match its manifest" in result.stderr
     project.envpipe("promote", "1.0.2", "--to", "test", check=0)  # and a re-run completes it
     project.envpipe("verify", "test", check=0)
+
+
+@FOLDER_ONLY
+def test_a_hand_edited_environment_is_repaired_with_the_command_the_refusal_names_without_the_gate(project):
+    publish_in_process(project, "1.0.1")
+    project.envpipe("promote", "1.0.1", "--to", "staging", "--force", "--reason", "hotfix INC-42",
+                    env=JENKINS, check=0)
+    repo_of(project).write("staging/main.tf", b"# edited by hand\n")
+
+    refused = project.envpipe("apply", "staging", check=3)
+    command = "envpipe promote 1.0.1 --to staging"
+    assert f"repair it with '{command}'" in refused.stderr
+    # 1.0.1 never passed its tests in 'test', yet the gate is not asked again: staging holds it.
+    repaired = project.envpipe(*command.split()[1:], check=0)
+    assert "a repair, recorded" in repaired.stdout
+    project.envpipe("verify", "staging", check=0)
+    latest = records_of(project, "staging", "promote")[-1]
+    assert latest["repair"] is True and "forced" not in latest
+    assert len(records_of(project, "staging", "override")) == 1  # the first promote's, no new one
+    # The version is still the one forced in: the environment's promotion keeps saying so.
+    promoted = json.loads(read_repository_file(project.repository, f"staging/{MANIFEST}"))["promoted"]
+    assert (promoted["forced"], promoted["reason"], promoted["forced_by"]) == (True, "hotfix INC-42", "alice")
+
+
+@FOLDER_ONLY
+def test_an_environment_whose_manifest_was_deleted_is_repaired_from_its_last_completed_promote(project):
+    publish_in_process(project, "1.0.1")
+    publish_in_process(project, "1.0.2")
+    project.envpipe("promote", "1.0.1", "--to", "staging", "--force", "--reason", "first", check=0)
+    repo_of(project).delete([f"staging/{MANIFEST}"])
+
+    project.envpipe("promote", "1.0.1", "--to", "staging", check=0)
+    assert records_of(project, "staging", "promote")[-1]["repair"] is True
+    # Another version still needs the gate, and so does the held one once a destroy emptied the folder.
+    assert "has not passed its tests in test" in project.envpipe("promote", "1.0.2", "--to", "staging",
+                                                                 check=3).stderr
+    write_record(repo_of(project), "staging", "destroy", "1.0.1", "done", detect({}))
+    repo_of(project).delete([f"staging/{MANIFEST}"])
+    assert "has not passed its tests in test" in project.envpipe("promote", "1.0.1", "--to", "staging",
+                                                                 check=3).stderr

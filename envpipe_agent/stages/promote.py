@@ -21,10 +21,13 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
-from envpipe_agent.records import iso, test_passed, utc_now, write_record
+from envpipe_agent.records import iso, last_done, latest_record, record_order, test_passed, utc_now, write_record
 from envpipe_agent.repository import KeyNotFound
 
 log = logging.getLogger(__name__)
+
+# What a promotion's data says about a gate overridden to let its version in.
+FORCED_KEYS = ("forced", "reason", "gate", "forced_by")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class PromoteResult:
     unchanged: int
     forced: bool
     seconds: float
+    repair: bool = False  # the version the environment already held, promoted again without the gate
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -44,7 +48,8 @@ class PromoteResult:
     def describe(self) -> str:
         """``was 1.0.1; 2 copied, 0 deleted, 3 unchanged``: what the promote did."""
         return (f"was {self.previous_version or 'empty'}; {self.copied} copied, {self.deleted} deleted, "
-                f"{self.unchanged} unchanged" + ("; gate overridden, recorded" if self.forced else ""))
+                f"{self.unchanged} unchanged" + ("; gate overridden, recorded" if self.forced else "")
+                + ("; a repair, recorded" if self.repair else ""))
 
 
 def load_version(ctx: StageContext, version: str) -> Manifest:
@@ -91,6 +96,26 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
         f"version {version} has not passed its tests in {previous.name}: promote it there and run "
         f"'envpipe test {previous.name}' first, or override with {override}"
     )
+
+
+def _repaired(ctx: StageContext, environment: str, version: str) -> Optional[Dict[str, Any]]:
+    """How ``environment`` came to hold ``version``, if it holds it: then promoting it again
+    is a repair (a hand edit, an interrupted promote), and the version went through the
+    gate once already, so the gate is not asked again (SPEC §6). Read only when the gate
+    would refuse or is overridden, so an ordinary promote makes no extra request.
+
+    What it holds is its own manifest's version, else (the manifest deleted or damaged by
+    hand) its last completed promote's, unless a destroy emptied it since. The result
+    carries the promotion's data: who, and whether and why it was forced."""
+    manifest = _previous_manifest(ctx, environment)
+    if manifest is not None and manifest.environment == environment and manifest.project == ctx.config.project:
+        held = {**(manifest.promoted or {}), "version": manifest.version}
+    else:
+        held = last_done(ctx.repository, environment, "promote")
+        destroyed = latest_record(ctx.repository, environment, "destroy") if held else None
+        if destroyed and destroyed.get("result") == "done" and record_order(destroyed) > record_order(held):
+            held = None
+    return held if held and held.get("version") == version else None
 
 
 def _previous_manifest(ctx: StageContext, environment: str) -> Optional[Manifest]:
@@ -172,6 +197,10 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
                         etag=etags.get(path, listing[path].etag if path in listing else entry.etag))
         for path, entry in manifest.files.items()
     }
+    if previous is not None and previous.environment == environment and previous.version == manifest.version \
+            and not promoted.get("forced"):
+        # A repair: the version is still the one a person forced in, if one did.
+        promoted = {**{k: v for k, v in (previous.promoted or {}).items() if k in FORCED_KEYS}, **promoted}
     environment_manifest = manifest.for_environment(environment, files, promoted)
     if lease is not None:
         lease.check()  # the manifest marks the folder complete: only under a lock still ours
@@ -193,11 +222,25 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         # instance off the path (on-demand, sandbox) has no gate.
         gate = reader.submit(check_gate, ctx, env.name, version, force) if env.on_path else None
         manifest = load_version(ctx, version)
-        overridden = gate.result() if gate else None
+        try:
+            overridden = gate.result() if gate else None
+            held = _repaired(ctx, env.name, version) if overridden else None
+        except GateNotPassed:
+            held = _repaired(ctx, env.name, version)
+            if held is None:
+                raise
+        if held is not None:
+            overridden = None
+            if force:
+                log.warning("%s already holds version %s: promoting it again is a repair and needs no "
+                            "override; --force is ignored", env.name, version)
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
         if overridden:
-            promoted.update(forced=True, reason=reason, gate=overridden)
+            promoted.update(forced=True, reason=reason, gate=overridden, forced_by=ctx.ci.user)
+        elif held:
+            # Still the version a person forced in, if one did: status keeps saying so.
+            promoted.update({key: held[key] for key in FORCED_KEYS if key in held})
         try:
             outcome = sync_environment(ctx, env.name, manifest, promoted, lease)
         except KeyboardInterrupt as exc:
@@ -216,11 +259,14 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         if outcome["noop"]:  # nothing changed, so nothing to record
             return PromoteResult(env.name, version, outcome["previous_version"], 0, 0, outcome["unchanged"],
                                  False, time.monotonic() - started)
-        details = {"digest": manifest.digest, **outcome}
+        # Promoting the version the environment already holds repairs its folder (a
+        # hand edit, an interrupted promote): recorded as such.
+        repair = held is not None or outcome["previous_version"] == version
+        details = {"digest": manifest.digest, **outcome, **({"repair": True} if repair else {})}
         if overridden:
             details.update(forced=True, reason=reason, gate=overridden)
             write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
                          {"reason": reason, "gate": overridden, "overrides": "promote"}, redactor=ctx.record_redactor)
         write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details, redactor=ctx.record_redactor)
     return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
-                         outcome["unchanged"], bool(overridden), time.monotonic() - started)
+                         outcome["unchanged"], bool(overridden), time.monotonic() - started, repair)

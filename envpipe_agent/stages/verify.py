@@ -75,6 +75,15 @@ def check_owner(repository: Repository, folder: str, manifest: Manifest, project
                              f"was copied from another project's repository; {remedy}")
 
 
+def _repair(folder: str, manifest: Manifest) -> str:
+    """The exact command that restores ``folder``'s files, and what else to do."""
+    if ENVIRONMENT_RE.match(folder):
+        # Promoting the version it holds is a repair: no gate (SPEC §6), recorded as such.
+        return (f"repair it with 'envpipe promote {manifest.version} --to {folder}' (the version it holds: no "
+                "gate), and find out who changed it")
+    return "this version was damaged: publish the definition under a new version, and find out who changed it"
+
+
 def check_folder(repository: Repository, folder: str, destination: Optional[Path] = None,
                  project: Optional[str] = None) -> Tuple[Manifest, VerifyResult]:
     """Check every file of ``folder`` against its manifest; download into ``destination``
@@ -121,7 +130,7 @@ def check_folder(repository: Repository, folder: str, destination: Optional[Path
                           files=len(manifest.files), missing=sorted(missing), extra=extra, altered=altered,
                           seconds=time.monotonic() - started)
     if not result.ok:
-        raise IntegrityError(result.problem(location) + "; re-promote the version, and find out who changed it")
+        raise IntegrityError(result.problem(location) + "; " + _repair(folder, manifest))
     return manifest, result
 
 
