@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "envpipe_agent.commands.apply",
     "envpipe_agent.commands.testing",
     "envpipe_agent.commands.run",
+    "envpipe_agent.commands.ondemand",
     "envpipe_agent.commands.generate",
 )
 

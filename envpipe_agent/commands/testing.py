@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from envpipe_agent.commands import emit, load_context
 from envpipe_agent.errors import StageFailed
+
+if TYPE_CHECKING:
+    from envpipe_agent.stages.testing import TestResult
 
 
 def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -18,11 +21,15 @@ def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None, version=expected)
     emit(args, ctx, result.as_dict(), result.summary())
     if not result.passed:
-        shown = ", ".join(result.failed[:3]) + (f" and {len(result.failed) - 3} more" if len(result.failed) > 3 else "")
-        where = f"; see {result.junit}" if result.junit else ""
-        raise StageFailed(f"{result.environment}: version {result.version} failed its tests ({shown}){where}: "
-                          "fix the definition and publish a new version")
+        raise tests_failed(result)
     return 0
+
+
+def tests_failed(result: TestResult, remedy: str = "fix the definition and publish a new version") -> StageFailed:
+    """The one line (exit 1) for a test run that did not pass."""
+    shown = ", ".join(result.failed[:3]) + (f" and {len(result.failed) - 3} more" if len(result.failed) > 3 else "")
+    where = f"; see {result.junit}" if result.junit else ""
+    return StageFailed(f"{result.environment}: version {result.version} failed its tests ({shown}){where}: {remedy}")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
