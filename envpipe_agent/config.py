@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -122,15 +122,22 @@ class TestSettings:
     http: Tuple[HttpCheck, ...] = ()
 
 
+# A ci: value given once for every environment, or per environment ({environment: value}).
+PerEnvironment = Union[str, Mapping[str, str]]
+
+
 @dataclass(frozen=True)
 class JenkinsSettings:
     agent: Optional[str] = None
-    timeout_minutes: int = 60
+    timeout_minutes: int = 60  # each stage that works on an agent
+    approval_timeout_days: int = 7  # each manual approval
+    branch: str = "main"  # the branch whose builds go beyond the first environment
     # environment name -> id of a username/password credential holding
     # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for that environment
     aws_credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    # variable name -> id of a secret-text credential bound to that variable
-    secret_credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # variable name -> id of a secret-text credential bound to that variable in every
+    # environment, or {environment: id} to bind it in those environments only
+    secret_credentials: Mapping[str, PerEnvironment] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -143,11 +150,18 @@ class GocdSettings:
     aws_credentials: Tuple[str, ...] = ()
     # id of the GoCD secret config that YAML pipelines take secret values from
     secret_config: str = "envpipe"
+    # variable name -> its key in the secret config for every environment, or
+    # {environment: key} for those environments only (default: the name, everywhere)
+    secret_keys: Mapping[str, PerEnvironment] = field(default_factory=lambda: MappingProxyType({}))
+    # the file-based secrets plugin's file, for the <secretConfig> of `--full`
+    secrets_file: str = "/godata/config/envpipe-secrets.json"
+    timeout_minutes: int = 60  # each job
 
 
 @dataclass(frozen=True)
 class CiSettings:
     install: Optional[str] = None
+    requirements: Optional[str] = None  # a hashed requirements file (pip --require-hashes)
     # non-secret environment variables set for every stage of the generated pipelines
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     jenkins: JenkinsSettings = JenkinsSettings()
@@ -401,6 +415,11 @@ def _check_version_template(reader: _Reader, value: str) -> str:
     return value
 
 
+def check_version_template(value: str, where: str) -> str:
+    """A version template from outside envpipe.yml (``where`` names it), checked as `version` is."""
+    return _check_version_template(_Reader(Path(where)), value)
+
+
 def _deep_freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return MappingProxyType({str(k): _deep_freeze(v) for k, v in value.items()})
@@ -533,7 +552,7 @@ def _tests(reader: _Reader, raw: Any) -> TestSettings:
 
 
 def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettings:
-    raw = reader.mapping(raw, "ci", ("install", "variables", "jenkins", "gocd"))
+    raw = reader.mapping(raw, "ci", ("install", "requirements", "variables", "jenkins", "gocd"))
     hint = "letters, digits, '.', '_' or '-'"
 
     def known_environment(key: str, where: str) -> None:
@@ -544,34 +563,65 @@ def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettin
         if not ENV_VAR_RE.match(key):
             raise reader.fail(where, "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
 
+    def per_environment(value: Any, where: str) -> Mapping[str, PerEnvironment]:
+        """{variable: name for every environment | {environment: name}}."""
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            raise reader.fail(where, f"expected a mapping, got {_kind(value)}")
+        result: dict = {}
+        for key, item in value.items():
+            variable_name(str(key), _join(where, str(key)))
+            if isinstance(item, dict):
+                result[str(key)] = reader.string_map(item, _join(where, str(key)), known_environment, CI_NAME_RE, hint)
+            else:
+                result[str(key)] = reader.string(item, _join(where, str(key)), CI_NAME_RE,
+                                                 f"{hint}, or a mapping of environment to that")
+        return MappingProxyType(result)
+
     jenkins = reader.mapping(raw.get("jenkins"), "ci.jenkins",
-                             ("agent", "timeout_minutes", "aws_credentials", "secret_credentials"))
+                             ("agent", "timeout_minutes", "approval_timeout_days", "branch", "aws_credentials",
+                              "secret_credentials"))
     gocd = reader.mapping(raw.get("gocd"), "ci.gocd",
-                          ("group", "git_url", "branch", "resources", "aws_credentials", "secret_config"))
+                          ("group", "git_url", "branch", "resources", "aws_credentials", "secret_config",
+                           "secret_keys", "secrets_file", "timeout_minutes"))
+    branch_re = re.compile(r"[A-Za-z0-9_./-]{1,255}\Z")
+    install = reader.optional_string(raw.get("install"), "ci.install")
+    requirements = _relative_path(reader, reader.optional_string(raw.get("requirements"), "ci.requirements"),
+                                  "ci.requirements", folder=False)
+    if install is not None and requirements is not None:
+        raise reader.fail("ci.requirements", "give ci.install or ci.requirements, not both (put everything "
+                                             "to install in the requirements file)")
     return CiSettings(
-        install=reader.optional_string(raw.get("install"), "ci.install"),
+        install=install,
+        requirements=requirements,
         variables=reader.string_map(raw.get("variables"), "ci.variables", variable_name, re.compile(r"[^\x00]*\Z"),
                                     "text without NUL"),
         jenkins=JenkinsSettings(
             agent=reader.optional_string(jenkins.get("agent"), "ci.jenkins.agent", CI_NAME_RE, hint),
             timeout_minutes=reader.number(jenkins.get("timeout_minutes", 60), "ci.jenkins.timeout_minutes", 1, integer=True),
+            approval_timeout_days=reader.number(jenkins.get("approval_timeout_days", 7),
+                                                "ci.jenkins.approval_timeout_days", 1, integer=True),
+            branch=reader.string(jenkins.get("branch", "main"), "ci.jenkins.branch", branch_re, "a git branch name"),
             aws_credentials=reader.string_map(jenkins.get("aws_credentials"), "ci.jenkins.aws_credentials",
                                               known_environment, CI_NAME_RE, hint),
-            secret_credentials=reader.string_map(jenkins.get("secret_credentials"), "ci.jenkins.secret_credentials",
-                                                 variable_name, CI_NAME_RE, hint),
+            secret_credentials=per_environment(jenkins.get("secret_credentials"), "ci.jenkins.secret_credentials"),
         ),
         gocd=GocdSettings(
             group=reader.optional_string(gocd.get("group"), "ci.gocd.group",
                                          re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}\Z"), hint),
             git_url=reader.optional_string(gocd.get("git_url"), "ci.gocd.git_url"),
-            branch=reader.string(gocd.get("branch", "main"), "ci.gocd.branch",
-                                 re.compile(r"[A-Za-z0-9_./-]{1,255}\Z"), "a git branch name"),
+            branch=reader.string(gocd.get("branch", "main"), "ci.gocd.branch", branch_re, "a git branch name"),
             resources=reader.string_list(gocd.get("resources"), "ci.gocd.resources", CI_NAME_RE, hint),
             aws_credentials=tuple(
                 known_environment(name, f"ci.gocd.aws_credentials[{i}]") or name
                 for i, name in enumerate(reader.string_list(gocd.get("aws_credentials"), "ci.gocd.aws_credentials"))
             ),
             secret_config=reader.string(gocd.get("secret_config", "envpipe"), "ci.gocd.secret_config", CI_NAME_RE, hint),
+            secret_keys=per_environment(gocd.get("secret_keys"), "ci.gocd.secret_keys"),
+            secrets_file=reader.string(gocd.get("secrets_file", GocdSettings.secrets_file), "ci.gocd.secrets_file",
+                                       re.compile(r"[^\x00-\x1f]*\Z"), "a path on the GoCD server"),
+            timeout_minutes=reader.number(gocd.get("timeout_minutes", 60), "ci.gocd.timeout_minutes", 1, integer=True),
         ),
     )
 

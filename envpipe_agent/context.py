@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
 from envpipe_agent import aws_credentials
 from envpipe_agent.ci_context import CIContext, detect, render_version
-from envpipe_agent.config import Config, Environment, load_config, validate_version
+from envpipe_agent.config import Config, Environment, check_version_template, load_config, validate_version
 from envpipe_agent.errors import ConfigError, UsageError
 from envpipe_agent.instances import resolve
 from envpipe_agent.records import ACTIONS
 from envpipe_agent.redact import MIN_SECRET_LENGTH, Redactor
 from envpipe_agent.repository import Repository, open_repository
+
+# Overrides envpipe.yml's `version` template for one run (the generated GoCD pipelines set it).
+VERSION_TEMPLATE_VARIABLE = "ENVPIPE_VERSION_TEMPLATE"
 
 
 @dataclass
@@ -43,6 +46,11 @@ class StageContext:
         ``client_factory`` makes every AWS client (default ``aws_credentials.client``)."""
         environ = dict(os.environ) if environ is None else environ
         config = load_config(Path(config_path))
+        if environ.get(VERSION_TEMPLATE_VARIABLE):
+            # Set by GoCD pipelines of the path, whose label is the version they deploy
+            # ({label}): their own counter is not the publishing build's.
+            config = replace(config, version=check_version_template(environ[VERSION_TEMPLATE_VARIABLE],
+                                                                   VERSION_TEMPLATE_VARIABLE))
         _refuse_short_secrets(config, environ)
         url = repository or environ.get("ENVPIPE_REPO") or config.repository
         if not url:

@@ -12,18 +12,23 @@ overridden with ``--templates``, therefore cannot let a config value out of its 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import string
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 from markupsafe import Markup, escape
 
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 TARGETS: Dict[str, str] = {
     "jenkins": "Jenkinsfile.j2",
@@ -54,103 +59,189 @@ class Literal(str):
     """Text a template may emit as it is: already escaped, or built from safe parts."""
 
 
+class BuildVersion(str):
+    """Where a command takes this build's version: Jenkins passes the published version
+    from an environment variable, GoCD leaves it to envpipe, which takes the label."""
+
+
+BUILD_VERSION = BuildVersion("$ENVPIPE_PUBLISHED_VERSION")
+# GoCD: the environments' pipelines carry the publish pipeline's label (the version) as
+# their own, and envpipe takes the version from it (ci_context, SPEC §5 {label}).
+GOCD_VERSION_TEMPLATE = ("ENVPIPE_VERSION_TEMPLATE", "{label}")
+GOCD_UPSTREAM = "upstream"
+
+
 @dataclass(frozen=True)
 class Command:
-    """One envpipe invocation; ``args`` excludes the executable."""
+    """One envpipe invocation; ``args`` excludes the executable and may hold BUILD_VERSION."""
 
     args: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Secret:
-    """A secret variable: its name and, for Jenkins, the credential that fills it."""
+    """A secret variable bound in one environment's stages: for Jenkins the credential
+    that fills it, for GoCD its key in the secret config."""
 
     name: str
     credential: Optional[str] = None
+    key: Optional[str] = None
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # "publish", "plan" or "deploy"
+    kind: str  # "publish", "plan", "approval" or "deploy"
     commands: Tuple[Command, ...]
     environment: Optional[Environment] = None
-    manual: bool = False  # GoCD: manual approval on this stage; Jenkins: input in the plan stage
     approvers: Tuple[str, ...] = ()
     junit: Optional[str] = None
+    plan_file: Optional[str] = None  # plan: saved there; deploy: applied from there
     aws_credential: Optional[str] = None  # Jenkins usernamePassword credential id
-    gocd_aws: bool = False  # GoCD: stage declares secure AWS key variables
+    gocd_aws: bool = False  # GoCD: secure AWS key variables for credentials_of
     credentials_of: Optional[str] = None  # the environment whose AWS credentials the stage binds
+    secrets: Tuple[Secret, ...] = ()
     before: Tuple[Tuple[str, ...], ...] = ()  # argv lists run before envpipe (and before install)
+    lock: Optional[str] = None  # Jenkins lockable resource held while the stage runs
+    branch_only: bool = False  # Jenkins: runs only for ci.jenkins.branch
+
+
+@dataclass(frozen=True)
+class EnvironmentPath:
+    """One environment's stages: Jenkins nests them under one stage, GoCD gives them a pipeline."""
+
+    environment: Environment
+    pipeline: str  # GoCD pipeline name
+    upstream: Tuple[str, str]  # GoCD: (pipeline, stage) whose success triggers this one
+    stages: Tuple[Stage, ...]
+    secrets: Tuple[Secret, ...]
+    lock_behavior: str  # GoCD lockBehavior
 
 
 @dataclass(frozen=True)
 class Pipeline:
     config: Config
-    stages: Tuple[Stage, ...]
+    publish: Stage
+    environments: Tuple[EnvironmentPath, ...]
     executable: str
     install: Tuple[Tuple[str, ...], ...]  # argv lists run before envpipe on a fresh agent
-    secrets: Tuple[Secret, ...]
     variables: Tuple[Tuple[str, str], ...]
+
+    @property
+    def stages(self) -> Tuple[Stage, ...]:
+        return (self.publish,) + tuple(stage for path in self.environments for stage in path.stages)
+
+    @property
+    def secret_configs(self) -> Tuple[str, ...]:
+        """GoCD secret configs the pipelines refer to (empty: none is needed)."""
+        gocd = self.config.ci.gocd
+        used = bool(gocd.aws_credentials) or any(path.secrets for path in self.environments)
+        return (gocd.secret_config,) if used else ()
+
+
+def _secrets(config: Config, environment: str) -> Tuple[Secret, ...]:
+    """The secrets bound in ``environment``'s stages: only those configured for it (SPEC §8)."""
+    jenkins, gocd = config.ci.jenkins, config.ci.gocd
+    names = sorted(set(config.secrets) | set(jenkins.secret_credentials) | set(gocd.secret_keys))
+    bound = []
+    for name in names:
+        credential = per_environment(jenkins.secret_credentials.get(name), environment)
+        key = per_environment(gocd.secret_keys.get(name, name), environment)
+        if credential or key:
+            bound.append(Secret(name, credential, key))
+    return tuple(bound)
+
+
+def per_environment(value: Any, environment: str) -> Optional[str]:
+    """A ci: value given once for every environment, or per environment (absent: none)."""
+    if value is None or isinstance(value, str):
+        return value
+    return value.get(environment)
 
 
 def pipeline_model(config: Config) -> Pipeline:
-    """The stages every target renders: publish, then per environment (plan, approval) deploy."""
+    """What every target renders: publish, then per environment (plan, approval) deploy."""
     jenkins, gocd = config.ci.jenkins, config.ci.gocd
     # Publish writes to the repository that promoting into the first environment writes to,
     # so that environment's credentials can already write there: an agent without an
     # instance role needs them for publish too.
-    first = config.environments[0].name if config.environments else None
-    stages = [Stage(
-        "publish", "publish", (Command(("publish",)),),
-        aws_credential=jenkins.aws_credentials.get(first) if first else None,
-        gocd_aws=first in gocd.aws_credentials, credentials_of=first,
-    )]
-    for env in config.environments:
-        if env.manual:
-            # The approver sees what promoting this build's version would change
-            # before being asked (SPEC §8): plan it against the environment.
-            stages.append(Stage(
-                f"plan-{env.name}", "plan", (Command(("plan", env.name, "--version")),), environment=env,
-                aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
-                approvers=env.approvers, credentials_of=env.name,
-            ))
+    first = config.environments[0].name
+    publish = Stage("publish", "publish", (Command(("publish",)),),
+                    aws_credential=jenkins.aws_credentials.get(first), gocd_aws=first in gocd.aws_credentials,
+                    credentials_of=first)
+    paths = []
+    upstream = (config.project, "publish")
+    for index, env in enumerate(config.environments):
+        credentials = dict(aws_credential=jenkins.aws_credentials.get(env.name),
+                           gocd_aws=env.name in gocd.aws_credentials, credentials_of=env.name,
+                           secrets=_secrets(config, env.name), lock=f"{config.project}-{env.name}",
+                           # the first environment takes every branch's builds; the path beyond
+                           # it only the configured branch's (a feature branch never asks for production)
+                           branch_only=index > 0 or env.manual)
         junit = f"{REPORTS}/{env.name}.xml"
+        stages = []
+        if env.manual:
+            # The approver sees what promoting this build's version would change before
+            # being asked (SPEC §8): plan it against the environment.
+            stages.append(Stage(f"plan-{env.name}", "plan",
+                                (Command(("plan", env.name, "--version", BUILD_VERSION)),),
+                                environment=env, **credentials))
+            stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
+                                branch_only=credentials["branch_only"]))
         stages.append(Stage(
             f"deploy-{env.name}", "deploy",
-            (Command(("promote", "--to", env.name)), Command(("apply", env.name)),
-             Command(("test", env.name, "--junit", junit))),
-            environment=env, manual=env.manual, approvers=env.approvers, junit=junit,
-            aws_credential=jenkins.aws_credentials.get(env.name), gocd_aws=env.name in gocd.aws_credentials,
-            credentials_of=env.name,
+            (Command(("promote", BUILD_VERSION, "--to", env.name)),
+             Command(("apply", env.name, "--version", BUILD_VERSION)),
+             Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit))),
+            environment=env, approvers=env.approvers, junit=junit,
             # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
             # failed apply or a refused test would report an earlier build's results.
-            before=(("rm", "-f", junit),),
+            before=(("rm", "-f", junit),), **credentials,
         ))
-    if config.ci.install:
-        # A private virtualenv in the workspace: agents' system Pythons refuse pip
-        # installs (PEP 668), and each job may land on a fresh agent.
-        executable = f"{VENV}/bin/envpipe"
-        install: Tuple[Tuple[str, ...], ...] = (
-            ("python3", "-m", "venv", VENV),
-            (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", *pip_arguments(config)),
-        )
-    else:
-        executable, install = "envpipe", ()
-    names = sorted(set(config.secrets) | set(jenkins.secret_credentials))
-    secrets = tuple(Secret(name, jenkins.secret_credentials.get(name)) for name in names)
+        name = f"{config.project}-{env.name}"
+        paths.append(EnvironmentPath(
+            environment=env, pipeline=name, upstream=upstream, stages=tuple(stages),
+            secrets=credentials["secrets"],
+            # A manual environment's pipeline stays locked at its approval and after a
+            # failure until someone looks (GoCD's lockOnFailure); the others run one at a time.
+            lock_behavior="lockOnFailure" if env.manual else "unlockWhenFinished",
+        ))
+        upstream = (name, "deploy")
+    # A private virtualenv in the workspace: agents' system Pythons refuse pip installs
+    # (PEP 668), and each job may land on a fresh agent. `venv` leaves an existing one be.
+    executable = f"{VENV}/bin/envpipe"
+    install: Tuple[Tuple[str, ...], ...] = (
+        ("python3", "-m", "venv", VENV),
+        (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", *pip_arguments(config)),
+    )
     variables = tuple(sorted(config.ci.variables.items()))
-    return Pipeline(config, tuple(stages), executable, install, secrets, variables)
+    return Pipeline(config, publish, tuple(paths), executable, install, variables)
 
 
 _PIP_PREFIXES = (("pip", "install"), ("pip3", "install"), ("python", "-m", "pip", "install"),
                  ("python3", "-m", "pip", "install"))
+_REQUIREMENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def default_install(config: Config) -> Tuple[str, ...]:
+    """What a job installs unless ci.install says otherwise: the envpipe that generated the
+    pipeline, pinned, so every agent runs the version the pipeline was written for (and
+    pytest when the definition has a suite)."""
+    from envpipe_agent import __version__
+
+    return (f"envpipe-agent[terraform]=={__version__}",) + (("pytest",) if config.tests.path else ())
 
 
 def pip_arguments(config: Config) -> Tuple[str, ...]:
-    """``ci.install`` as pip arguments: a requirement, or a whole 'pip install ...' line."""
+    """What pip installs in each job: ci.requirements (hash-checked), ci.install (a
+    requirement, or a whole 'pip install ...' line), else the pinned default."""
+    ci = config.ci
+    if ci.requirements:
+        return ("--require-hashes", "-r", ci.requirements)
+    if ci.install is None:
+        return default_install(config)
     try:
-        words = tuple(shlex.split(config.ci.install or ""))
+        words = tuple(shlex.split(ci.install))
     except ValueError as exc:
         raise UsageError(f"{config.path}: ci.install: {exc}: quote it as a shell would") from None
     for prefix in _PIP_PREFIXES:
@@ -159,6 +250,13 @@ def pip_arguments(config: Config) -> Tuple[str, ...]:
             break
     if not words:
         raise UsageError(f"{config.path}: ci.install: name what to install, e.g. 'envpipe-agent[terraform]==0.1.0'")
+    for word in words:
+        name = _REQUIREMENT_NAME_RE.match(word)
+        if (name and name.group().lower().replace("_", "-") == "envpipe-agent" and "==" not in word
+                and "@" not in word):
+            log.warning("%s: ci.install installs %r unpinned: each agent gets whatever is newest when its job "
+                        "runs; pin it ('%s') or leave ci.install out to install this envpipe's version",
+                        config.path.name, word, default_install(config)[0])
     return words
 
 
@@ -278,6 +376,17 @@ def _loader(templates: Optional[Path]) -> jinja2.BaseLoader:
     return jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(templates)), builtin])
 
 
+def shell_words(argv: Sequence[str]) -> str:
+    """A shell command line; this build's version is expanded by the shell, quoted."""
+    return " ".join(f'"{arg}"' if isinstance(arg, BuildVersion) else shlex.quote(arg) for arg in argv)
+
+
+def gocd_argv(argv: Sequence[str]) -> Tuple[str, ...]:
+    """GoCD runs argv lists (no shell): the version is left out, so envpipe takes the
+    build's version, which in GoCD's environment pipelines is their label."""
+    return tuple(arg for arg in argv if not isinstance(arg, BuildVersion))
+
+
 def _environment(target: str, templates: Optional[Path]) -> jinja2.Environment:
     quote = {"jenkins": groovy_string, "gocd-xml": xml_value, "gocd-yaml": yaml_string}[target]
     env = jinja2.Environment(
@@ -291,8 +400,28 @@ def _environment(target: str, templates: Optional[Path]) -> jinja2.Environment:
     )
     env.filters["literal"] = Literal  # for names validated to be safe unquoted
     env.filters["comment"] = xml_comment if target == "gocd-xml" else lambda value: Literal(one_line(value))
-    env.filters["shell"] = lambda argv: Literal(groovy_string(shlex.join(argv)))
+    env.filters["shell"] = lambda argv: Literal(groovy_string(shell_words(argv)))
+    env.filters["gocd_argv"] = gocd_argv
     return env
+
+
+def origin_url(folder: Path) -> Optional[str]:
+    """The URL of ``folder``'s git 'origin' remote, without any credentials in it; None
+    when there is no git, no repository or no such remote."""
+    try:
+        found = subprocess.run(["git", "-C", str(folder), "remote", "get-url", "origin"], capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = found.stdout.strip()
+    if found.returncode != 0 or not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        # https://user:token@host/...: a token must not end up in the pipeline config
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+        url = urlunsplit(parts)
+    return url
 
 
 def _check(config: Config, target: str, pipeline: Pipeline) -> Dict[str, Any]:
@@ -303,15 +432,20 @@ def _check(config: Config, target: str, pipeline: Pipeline) -> Dict[str, Any]:
             if name in _GROOVY_KEYWORDS:
                 raise UsageError(f"{config.path}: ci.variables.{name}: a Groovy keyword cannot name a Jenkins "
                                  "environment variable; rename it")
-        return {}
+        return {"version_variable": Literal(BUILD_VERSION[1:]), "version_file": f"{REPORTS}/version"}
     gocd = config.ci.gocd
-    if not gocd.git_url:
-        raise UsageError(f"{config.path}: ci.gocd.git_url is needed for GoCD: set it to the repository holding "
-                         "envpipe.yml")
+    git_url = gocd.git_url or origin_url(config.path.parent)
+    if not git_url:
+        raise UsageError(f"{config.path}: ci.gocd.git_url is not set and {config.path.parent} has no git 'origin' "
+                         "remote to take it from: set ci.gocd.git_url to the repository holding envpipe.yml")
     return {
         "label_template": gocd_label_template(config),
         "group": gocd.group or config.project,
+        "git_url": git_url,
         "material": GOCD_MATERIAL,
+        "upstream_material": GOCD_UPSTREAM,
+        "upstream_label": "${%s}" % GOCD_UPSTREAM,
+        "version_template": GOCD_VERSION_TEMPLATE,
         "schema_version": GOCD_SCHEMA_VERSION,
         "secret_ref": lambda key: Literal(yaml_string(_secret_reference(gocd.secret_config, key))),
         "secret_value": lambda key: _secret_reference(gocd.secret_config, key),

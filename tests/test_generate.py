@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from typing import Dict, List, Tuple
 import pytest
 import yaml
 
+import envpipe_agent
 from envpipe_agent.config import load_config, parse_config
 from envpipe_agent.errors import ConfigError, UsageError
 from envpipe_agent.generate import TARGETS, render
@@ -118,51 +120,124 @@ def jenkins_commands(text: str) -> List[List[str]]:
     return commands
 
 
-def gocd_xml_stages(text: str) -> List[Dict]:
+def _closing(text: str, i: int) -> int:
+    """The index of the '}' closing the block that starts at ``i`` (braces in strings and comments skipped)."""
+    depth = 1
+    while depth:
+        if text[i] in "'\"":
+            quote, i = text[i], i + 1
+            while text[i] != quote:
+                i += 2 if text[i] == "\\" else 1
+        elif text.startswith("//", i):
+            i = text.index("\n", i)
+        elif text[i] in "{}":
+            depth += 1 if text[i] == "{" else -1
+        i += 1
+    return i - 1
+
+
+def braced(text: str, opening: str) -> str:
+    """What the first ``opening`` (ending in '{') in ``text`` holds, up to its closing brace."""
+    start = text.index(opening) + len(opening)
+    return text[start:_closing(text, start)]
+
+
+def jenkins_stages(text: str) -> Dict[str, str]:
+    """Each stage('NAME') { ... } block by name, nested ones too."""
+    return {match.group(1): text[match.end():_closing(text, match.end())]
+            for match in re.finditer(r"stage\('([^']+)'\) \{", text)}
+
+
+def jenkins_top_level_stages(text: str) -> List[str]:
+    return re.findall(r"^        stage\('([^']+)'\)", text, re.M)
+
+
+def _gocd_xml_stage(stage: ET.Element) -> Dict:
+    approval = stage.find("approval")
+    return {
+        "name": stage.get("name"),
+        "manual": approval is not None and approval.get("type") == "manual",
+        "only_on_success": approval is not None and approval.get("allowOnlyOnSuccess") == "true",
+        "users": [u.text for u in stage.findall("approval/authorization/user")],
+        "jobs": [{
+            "name": job.get("name"),
+            "timeout": int(job.get("timeout")),
+            "commands": [[e.get("command")] + [a.text for a in e.findall("arg")] for e in job.findall("tasks/exec")],
+            "test_artifacts": [a.get("src") for a in job.findall("artifacts/artifact[@type='test']")],
+            "resources": [r.text for r in job.findall("resources/resource")],
+        } for job in stage.findall("jobs/job")],
+    }
+
+
+def gocd_xml_pipelines(text: str) -> Dict[str, Dict]:
+    """Each pipeline of the <pipelines> group, read back as plain values (as gocd_yaml_pipelines)."""
     root = ET.fromstring(text)
-    pipelines = root if root.tag == "pipelines" else root.find("pipelines")
-    stages = []
-    for stage in pipelines.find("pipeline").findall("stage"):
-        approval = stage.find("approval")
-        stages.append({
-            "name": stage.get("name"),
-            "manual": approval is not None and approval.get("type") == "manual",
-            "only_on_success": approval is not None and approval.get("allowOnlyOnSuccess") == "true",
-            "users": [u.text for u in stage.findall("approval/authorization/user")],
-            "variables": {v.get("name"): v.findtext("value")
-                          for v in stage.findall("environmentvariables/variable")},
-            "jobs": [{
-                "name": job.get("name"),
-                "commands": [[e.get("command")] + [a.text for a in e.findall("arg")] for e in job.findall("tasks/exec")],
-                "test_artifacts": [a.get("src") for a in job.findall("artifacts/artifact[@type='test']")],
-                "resources": [r.text for r in job.findall("resources/resource")],
-            } for job in stage.findall("jobs/job")],
-        })
-    return stages
+    group = root if root.tag == "pipelines" else root.find("pipelines")
+    pipelines = {}
+    for pipeline in group.findall("pipeline"):
+        materials = {}
+        for git in pipeline.findall("materials/git"):
+            materials[git.get("materialName")] = {"git": git.get("url"), "branch": git.get("branch")}
+        for upstream in pipeline.findall("materials/pipeline"):
+            materials[upstream.get("materialName")] = {"pipeline": upstream.get("pipelineName"),
+                                                       "stage": upstream.get("stageName")}
+        pipelines[pipeline.get("name")] = {
+            "group": group.get("group"),
+            "label": pipeline.get("labeltemplate"),
+            "lock": pipeline.get("lockBehavior"),
+            "materials": materials,
+            "variables": {v.get("name"): v.findtext("value") for v in pipeline.findall("environmentvariables/variable")},
+            "secure": sorted(v.get("name") for v in pipeline.findall("environmentvariables/variable")
+                             if v.get("secure") == "true"),
+            "stages": [_gocd_xml_stage(stage) for stage in pipeline.findall("stage")],
+        }
+    return pipelines
 
 
-def gocd_yaml_stages(text: str) -> List[Dict]:
+def gocd_yaml_pipelines(text: str) -> Dict[str, Dict]:
     data = yaml.safe_load(text)
     assert data["format_version"] == 10
-    (pipeline,) = data["pipelines"].values()
-    stages = []
-    for item in pipeline["stages"]:
-        ((name, stage),) = item.items()
-        approval = stage.get("approval") or {}
-        stages.append({
-            "name": name,
-            "manual": approval.get("type") == "manual",
-            "only_on_success": approval.get("allow_only_on_success") is True,
-            "users": approval.get("users", []),
-            "variables": {**(stage.get("environment_variables") or {}), **(stage.get("secure_variables") or {})},
-            "jobs": [{
-                "name": job_name,
-                "commands": [[t["exec"]["command"]] + t["exec"].get("arguments", []) for t in job["tasks"]],
-                "test_artifacts": [a["test"]["source"] for a in job.get("artifacts", []) if "test" in a],
-                "resources": job.get("resources", []),
-            } for job_name, job in stage["jobs"].items()],
-        })
-    return stages
+    pipelines = {}
+    for name, pipeline in data["pipelines"].items():
+        stages = []
+        for item in pipeline["stages"]:
+            ((stage_name, stage),) = item.items()
+            approval = stage.get("approval") or {}
+            stages.append({
+                "name": stage_name,
+                "manual": approval.get("type") == "manual",
+                "only_on_success": approval.get("allow_only_on_success") is True,
+                "users": approval.get("users", []),
+                "jobs": [{
+                    "name": job_name,
+                    "timeout": job["timeout"],
+                    "commands": [[t["exec"]["command"]] + t["exec"].get("arguments", []) for t in job["tasks"]],
+                    "test_artifacts": [a["test"]["source"] for a in job.get("artifacts", []) if "test" in a],
+                    "resources": job.get("resources", []),
+                } for job_name, job in stage["jobs"].items()],
+            })
+        variables = pipeline.get("environment_variables") or {}
+        pipelines[name] = {
+            "group": pipeline["group"],
+            "label": pipeline["label_template"],
+            "lock": pipeline["lock_behavior"],
+            "materials": pipeline["materials"],
+            "variables": variables,
+            # secret references are the secure variables of the XML
+            "secure": sorted(k for k, v in variables.items() if str(v).startswith("{{SECRET:")),
+            "stages": stages,
+        }
+    return pipelines
+
+
+def gocd_pipelines(config) -> Dict[str, Dict[str, Dict]]:
+    """Both GoCD targets' pipelines, read the same way."""
+    return {"gocd-xml": gocd_xml_pipelines(render(config, "gocd-xml")),
+            "gocd-yaml": gocd_yaml_pipelines(render(config, "gocd-yaml"))}
+
+
+def gocd_commands(pipelines: Dict[str, Dict]) -> List[List[str]]:
+    return [c for p in pipelines.values() for s in p["stages"] for j in s["jobs"] for c in j["commands"]]
 
 
 def assert_parses(argv: List[str]) -> None:
@@ -172,6 +247,10 @@ def assert_parses(argv: List[str]) -> None:
     except SystemExit as exc:
         pytest.fail(f"generated command 'envpipe {shlex.join(argv)}' does not parse (exit {exc.code})")
     assert callable(args.handler)
+
+
+PINNED = f"envpipe-agent[terraform]=={envpipe_agent.__version__}"
+VERSION = "$ENVPIPE_PUBLISHED_VERSION"  # how every Jenkins stage after publish passes the version
 
 
 # --- structure of the pipeline --------------------------------------------------------------
@@ -194,11 +273,9 @@ def test_output_does_not_depend_on_where_the_config_lives(tmp_path):
 def test_every_generated_command_parses_with_the_real_cli_parser(tmp_path):
     config = config_from(CONFIG, tmp_path)
     seen = set()
-    everything = (
-        jenkins_commands(render(config, "jenkins"))
-        + [c for s in gocd_xml_stages(render(config, "gocd-xml")) for j in s["jobs"] for c in j["commands"]]
-        + [c for s in gocd_yaml_stages(render(config, "gocd-yaml")) for j in s["jobs"] for c in j["commands"]]
-    )
+    everything = jenkins_commands(render(config, "jenkins"))
+    for pipelines in gocd_pipelines(config).values():
+        everything += gocd_commands(pipelines)
     others = set()
     for argv in everything:
         if argv[0].endswith("envpipe"):
@@ -211,31 +288,24 @@ def test_every_generated_command_parses_with_the_real_cli_parser(tmp_path):
     assert others == {("python3", "-m"), (".envpipe-venv/bin/python", "-m"), ("rm", "-f")}
 
 
-def gocd_stages(config) -> Dict[str, List[Dict]]:
-    """Both GoCD targets' stages, read the same way (gocd_xml_stages, gocd_yaml_stages)."""
-    xml = gocd_xml_stages(render(config, "gocd-xml"))
-    yml = gocd_yaml_stages(render(config, "gocd-yaml"))
-    return {"gocd-xml": xml, "gocd-yaml": yml}
-
-
 def test_each_deploy_stage_removes_its_own_old_report_before_promoting(tmp_path):
     config = config_from(CONFIG, tmp_path)
-    for target, stages in gocd_stages(config).items():
-        for stage in stages:
-            commands = stage["jobs"][0]["commands"]
-            if not stage["name"].startswith("deploy-"):
-                assert ["rm", "-f"] not in [c[:2] for c in commands], (target, stage["name"])
-                continue
-            report = f".envpipe-reports/{stage['name'][len('deploy-'):]}.xml"
-            assert stage["jobs"][0]["test_artifacts"] == [report]
-            # first of all, so neither a failed install nor a failed apply leaves the old one
-            assert commands[0] == ["rm", "-f", report], target
-            assert commands[-1][1:] == ["test", stage["name"][len("deploy-"):], "--junit", report]
-    text = render(config, "jenkins")
-    blocks = dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}", text, re.S))
+    for target, pipelines in gocd_pipelines(config).items():
+        for env in ("test", "staging", "production"):
+            report = f".envpipe-reports/{env}.xml"
+            for stage in pipelines[f"our-project-{env}"]["stages"]:
+                commands = stage["jobs"][0]["commands"]
+                if stage["name"] != "deploy":
+                    assert ["rm", "-f"] not in [c[:2] for c in commands], (target, stage["name"])
+                    continue
+                assert stage["jobs"][0]["test_artifacts"] == [report]
+                # first of all, so neither a failed install nor a failed apply leaves the old one
+                assert commands[0] == ["rm", "-f", report], target
+                assert commands[-1][1:] == ["test", env, "--version", "--junit", report]
+    blocks = jenkins_stages(render(config, "jenkins"))
     for env in ("test", "staging", "production"):
         block = blocks[f"deploy-{env}"]
-        assert block.index(f"sh 'rm -f .envpipe-reports/{env}.xml'") < block.index(f"promote --to {env}'")
+        assert block.index(f"sh 'rm -f .envpipe-reports/{env}.xml'") < block.index(f"\" --to {env}'")
         assert f"junit(testResults: '.envpipe-reports/{env}.xml'" in block
 
 
@@ -245,101 +315,216 @@ FIRST_WITH_CREDENTIALS = CONFIG.replace("{staging: aws-staging,", "{test: aws-te
 
 def test_publish_binds_the_first_environments_aws_credentials(tmp_path):
     config = config_from(FIRST_WITH_CREDENTIALS, tmp_path)
-    text = render(config, "jenkins")
-    blocks = dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}", text, re.S))
-    publish = blocks["publish"]
+    publish = jenkins_stages(render(config, "jenkins"))["publish"]
     assert ("withCredentials([usernamePassword(credentialsId: 'aws-test', usernameVariable: 'AWS_ACCESS_KEY_ID', "
             "passwordVariable: 'AWS_SECRET_ACCESS_KEY')])") in publish
     assert publish.index("withCredentials") < publish.index("envpipe publish")
     assert "db-password" not in publish  # only what writing to the repository needs
     expected = {"AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][test-AWS_ACCESS_KEY_ID]}}",
                 "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][test-AWS_SECRET_ACCESS_KEY]}}"}
-    for target, stages in gocd_stages(config).items():
-        assert stages[0]["name"] == "publish"
-        assert stages[0]["variables"] == expected, target
-        assert stages[1]["variables"] == expected, target  # the same as deploy-test's
+    for target, pipelines in gocd_pipelines(config).items():
+        publishing = pipelines["our-project"]
+        assert [s["name"] for s in publishing["stages"]] == ["publish"]
+        assert {k: v for k, v in publishing["variables"].items() if k in expected} == expected, target
+        assert "DB_PASSWORD" not in publishing["variables"]
+        test = pipelines["our-project-test"]["variables"]
+        assert {k: v for k, v in test.items() if k in expected} == expected, target  # the same as test's
     # without credentials for the first environment, publish binds none (an instance role)
     plain = config_from(CONFIG, tmp_path)
-    assert "withCredentials" not in dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}",
-                                                    render(plain, "jenkins"), re.S))["publish"]
-    assert all(stages[0]["variables"] == {} for stages in gocd_stages(plain).values())
+    assert "withCredentials" not in jenkins_stages(render(plain, "jenkins"))["publish"]
+    assert all("AWS_ACCESS_KEY_ID" not in p["our-project"]["variables"] for p in gocd_pipelines(plain).values())
 
 
-def test_jenkinsfile_has_publish_then_an_approved_stage_per_environment_in_path_order(tmp_path):
+def test_jenkinsfile_holds_no_agent_while_waiting_and_approves_in_a_stage_of_its_own(tmp_path):
     text = render(config_from(CONFIG, tmp_path), "jenkins")
-    stages = re.findall(r"^        stage\('([^']+)'\)", text, re.M)
-    assert stages == ["publish", "deploy-test", "deploy-staging", "plan-production", "deploy-production"]
-    assert "disableConcurrentBuilds()" in text
-    assert "timeout(time: 45, unit: 'MINUTES')" in text
-    assert "agent { label 'terraform' }" in text
-    # the plan runs before the input; the milestone follows the approval
-    plan = text.index("sh '.envpipe-venv/bin/envpipe plan production --version'")
-    ask = text.index("input(message: 'Deploy version ' + env.ENVPIPE_PUBLISHED_VERSION + ' to production?'")
-    milestone = text.index("milestone(ordinal: 1, label: 'approved production')")
-    promote = text.index("sh '.envpipe-venv/bin/envpipe promote --to production'")
-    assert plan < ask < milestone < promote
-    assert "submitter: 'alice,bob'" in text
+    assert "\n    agent none\n" in text and "disableConcurrentBuilds" not in text
+    assert jenkins_top_level_stages(text) == ["publish", "deploy-test", "deploy-staging", "production"]
+    blocks = jenkins_stages(text)
+    assert re.findall(r"stage\('([^']+)'\)", blocks["production"]) == [
+        "plan-production", "approve-production", "deploy-production"]
+    approval = blocks["approve-production"]
+    # a stage-level input directive, no agent: no executor is held while the approvers decide
+    assert "agent {" not in approval and "agent any" not in approval and "\n                    input {" in approval
+    assert "timeout(time: 7, unit: 'DAYS')" in approval
+    assert 'message "Deploy version ${env.ENVPIPE_PUBLISHED_VERSION} to production?"' in approval
+    assert "submitter 'alice,bob'" in approval and "submitterParameter 'APPROVER'" in approval
+    assert "env.ENVPIPE_APPROVER = env.APPROVER" in approval
+    # every work stage takes its own agent and has its own timeout and environment lock
+    for name in ("publish", "deploy-test", "deploy-staging", "plan-production", "deploy-production"):
+        block = blocks[name]
+        assert "agent { label 'terraform' }" in block and "timeout(time: 45, unit: 'MINUTES')" in block, name
+        env = name.split("-", 1)[-1]
+        assert (f"lock(resource: 'our-project-{env}')" in block) == (name != "publish"), name
+    for option in ("buildDiscarder(logRotator(numToKeepStr: '50'))", "timestamps()",
+                   "preserveStashes(buildCount: 10)"):
+        assert option in text.split("stages {")[0]
+    assert "post {\n        failure {" in text
     assert text.count("junit(testResults: '.envpipe-reports/") == 3
-    assert "sh '.envpipe-venv/bin/envpipe test staging --junit .envpipe-reports/staging.xml'" in text
+
+
+def test_jenkins_milestones_around_each_approval_let_a_newer_approved_build_retire_an_older_waiting_one(tmp_path):
+    text = render(config_from(CONFIG.replace("  - name: staging\n", "  - name: staging\n    approval: manual\n"),
+                              tmp_path), "jenkins")
+    milestones = re.findall(r"milestone\(ordinal: (\d+), label: '([^']+)'\)", text)
+    assert milestones == [("1", "staging planned"), ("2", "staging approved"),
+                          ("3", "production planned"), ("4", "production approved")]
+    blocks = jenkins_stages(text)
+    plan, approval = blocks["plan-production"], blocks["approve-production"]
+    # before: at the end of the plan, ahead of the approval; after: first thing once approved
+    assert plan.rstrip().endswith("milestone(ordinal: 3, label: 'production planned')\n                    }")
+    assert approval.index("input {") < approval.index("milestone(ordinal: 4")
+
+
+def test_jenkins_passes_the_published_version_to_every_later_command_and_keeps_it_across_a_restart(tmp_path):
+    text = render(config_from(CONFIG, tmp_path), "jenkins")
+    blocks = jenkins_stages(text)
+    publish = blocks["publish"]
+    assert ("env.ENVPIPE_PUBLISHED_VERSION = sh(script: '.envpipe-venv/bin/envpipe publish', "
+            "returnStdout: true).trim()") in publish
+    assert "writeFile(file: '.envpipe-reports/version', text: env.ENVPIPE_PUBLISHED_VERSION)" in publish
+    assert "stash(name: 'envpipe-version', includes: '.envpipe-reports/version')" in publish
+    for name in ("deploy-test", "deploy-staging", "plan-production", "deploy-production"):
+        block = blocks[name]
+        # read back from the stash before any envpipe command: a restart on a fresh agent has it
+        assert block.index("unstash 'envpipe-version'") < block.index(
+            "env.ENVPIPE_PUBLISHED_VERSION = readFile('.envpipe-reports/version').trim()") < block.index("envpipe ")
+    commands = [c[1:] for c in jenkins_commands(text) if c[0].endswith("envpipe")]
+    assert commands == [
+        ["publish"],
+        ["promote", VERSION, "--to", "test"], ["apply", "test", "--version", VERSION],
+        ["test", "test", "--version", VERSION, "--junit", ".envpipe-reports/test.xml"],
+        ["promote", VERSION, "--to", "staging"], ["apply", "staging", "--version", VERSION],
+        ["test", "staging", "--version", VERSION, "--junit", ".envpipe-reports/staging.xml"],
+        ["plan", "production", "--version", VERSION],
+        ["promote", VERSION, "--to", "production"], ["apply", "production", "--version", VERSION],
+        ["test", "production", "--version", VERSION, "--junit", ".envpipe-reports/production.xml"],
+    ]
+    # the shell expands it, quoted: never a Groovy interpolation
+    assert "sh '.envpipe-venv/bin/envpipe apply staging --version \"$ENVPIPE_PUBLISHED_VERSION\"'" in text
+
+
+def test_jenkins_creates_the_venv_in_every_stage_that_runs_envpipe(tmp_path):
+    text = render(config_from(CONFIG, tmp_path), "jenkins")
+    install = [["python3", "-m", "venv", ".envpipe-venv"],
+               [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0"]]
+    for name, block in jenkins_stages(text).items():
+        if name in ("production", "approve-production"):  # a group of stages; the approval runs nothing
+            assert "envpipe-venv" not in block or name == "production"
+            continue
+        commands = jenkins_commands(block)
+        first = next(i for i, c in enumerate(commands) if c[0].endswith("/envpipe"))
+        assert commands[first - 2:first] == install, name  # `python3 -m venv` leaves an existing venv be
+
+
+def test_jenkins_deploys_beyond_the_first_environment_only_from_the_configured_branch(tmp_path):
+    config = config_from(CONFIG.replace("    agent: terraform\n", "    agent: terraform\n    branch: release\n"),
+                         tmp_path)
+    blocks = jenkins_stages(render(config, "jenkins"))
+    guarded = {"deploy-staging": "beforeAgent", "plan-production": "beforeAgent", "approve-production": "beforeInput",
+               "deploy-production": "beforeAgent"}
+    for name, block in blocks.items():
+        if name not in guarded:
+            assert "when {" not in block.split("steps {")[0] or name == "production", name
+            continue
+        when = braced(block, "when {")
+        assert f"{guarded[name]} true" in when and "branch 'release'" in when, name
+        # a plain (not multibranch) Pipeline job has no BRANCH_NAME and still deploys
+        assert "expression { env.BRANCH_NAME == null }" in when
+    assert "when {" not in blocks["deploy-test"]  # every branch publishes and tests in the first environment
 
 
 def test_jenkinsfile_binds_each_environments_credentials_in_its_own_stage(tmp_path):
-    text = render(config_from(CONFIG, tmp_path), "jenkins")
-    blocks = dict(re.findall(r"stage\('([^']+)'\) \{(.*?)\n        \}", text, re.S))
+    per_environment = CONFIG.replace("secret_credentials: {DB_PASSWORD: db-password}",
+                                     "secret_credentials: {DB_PASSWORD: {test: db-test, production: db-production}}")
+    blocks = jenkins_stages(render(config_from(per_environment, tmp_path), "jenkins"))
     aws = "usernamePassword(credentialsId: '{}', usernameVariable: 'AWS_ACCESS_KEY_ID', " \
           "passwordVariable: 'AWS_SECRET_ACCESS_KEY')"
-    db = "string(credentialsId: 'db-password', variable: 'DB_PASSWORD')"
+    db = "string(credentialsId: '{}', variable: 'DB_PASSWORD')"
     assert "withCredentials" not in blocks["publish"]
-    assert f"withCredentials([{db}])" in blocks["deploy-test"]
-    assert f"withCredentials([{aws.format('aws-staging')}, {db}])" in blocks["deploy-staging"]
-    assert f"withCredentials([{aws.format('aws-production')}, {db}])" in blocks["plan-production"]
-    assert f"withCredentials([{aws.format('aws-production')}, {db}])" in blocks["deploy-production"]
-    assert "aws-production" not in blocks["deploy-staging"]
+    assert f"withCredentials([{db.format('db-test')}])" in blocks["deploy-test"]
+    assert f"withCredentials([{aws.format('aws-staging')}])" in blocks["deploy-staging"]  # no DB_PASSWORD for staging
+    assert f"withCredentials([{aws.format('aws-production')}, {db.format('db-production')}])" in blocks["plan-production"]
+    assert f"withCredentials([{aws.format('aws-production')}, {db.format('db-production')}])" in \
+        blocks["deploy-production"]
+    assert "production" not in blocks["deploy-staging"] + blocks["deploy-test"]
+    # one credential for every environment, as before
+    blocks = jenkins_stages(render(config_from(CONFIG, tmp_path), "jenkins"))
+    assert f"withCredentials([{db.format('db-password')}])" in blocks["deploy-test"]
 
 
-def test_jenkins_publish_stage_records_the_published_version_for_the_input_message(tmp_path):
-    text = render(config_from(CONFIG, tmp_path), "jenkins")
-    assert ("env.ENVPIPE_PUBLISHED_VERSION = sh(script: '.envpipe-venv/bin/envpipe publish', "
-            "returnStdout: true).trim()") in text
-    assert "sh '.envpipe-venv/bin/python -m pip install --quiet '\\''envpipe-agent[terraform]==0.1.0'\\'''" not in text
-    assert jenkins_commands(text)[:2] == [
-        ["python3", "-m", "venv", ".envpipe-venv"],
-        [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0"],
-    ]
+def test_gocd_secrets_are_bound_per_environment_pipeline(tmp_path):
+    per_environment = CONFIG.replace("    aws_credentials: [staging, production]\n",
+                                     "    aws_credentials: [staging, production]\n"
+                                     "    secret_keys: {DB_PASSWORD: {test: test-db, production: production-db}}\n")
+    for target, pipelines in gocd_pipelines(config_from(per_environment, tmp_path)).items():
+        secrets = {name: {k: v for k, v in p["variables"].items() if k in p["secure"]}
+                   for name, p in pipelines.items()}
+        assert secrets == {
+            "our-project": {},
+            "our-project-test": {"DB_PASSWORD": "{{SECRET:[envpipe][test-db]}}"},
+            "our-project-staging": {"AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][staging-AWS_ACCESS_KEY_ID]}}",
+                                    "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][staging-AWS_SECRET_ACCESS_KEY]}}"},
+            "our-project-production": {
+                "AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][production-AWS_ACCESS_KEY_ID]}}",
+                "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][production-AWS_SECRET_ACCESS_KEY]}}",
+                "DB_PASSWORD": "{{SECRET:[envpipe][production-db]}}"},
+        }, target
 
 
-def test_gocd_xml_has_label_from_version_git_material_and_manual_approval(tmp_path):
-    text = render(config_from(CONFIG, tmp_path), "gocd-xml")
-    root = ET.fromstring(text)
-    assert root.tag == "pipelines" and root.get("group") == "infrastructure"
-    pipeline = root.find("pipeline")
-    assert pipeline.get("name") == "our-project"
-    assert pipeline.get("labeltemplate") == "1.0.${COUNT}"
-    assert pipeline.get("lockBehavior") == "unlockWhenFinished"
-    git = pipeline.find("materials/git")
-    assert (git.get("url"), git.get("branch")) == ("https://git.example.com/acme/infra.git", "main")
-    variables = {v.get("name"): v for v in pipeline.findall("environmentvariables/variable")}
-    assert variables["AWS_DEFAULT_REGION"].findtext("value") == "eu-west-1"
-    # a secure variable's value refers to the secret config, as in the YAML: pasting this
-    # over the server's config keeps the secret instead of wiping it
-    assert variables["DB_PASSWORD"].get("secure") == "true"
-    assert variables["DB_PASSWORD"].findtext("value") == "{{SECRET:[envpipe][DB_PASSWORD]}}"
-    stages = gocd_xml_stages(text)
-    assert [s["name"] for s in stages] == ["publish", "deploy-test", "deploy-staging", "plan-production",
-                                           "deploy-production"]
-    assert [s["manual"] for s in stages] == [False, False, False, False, True]
-    assert stages[4]["only_on_success"] is True
-    assert stages[4]["users"] == ["alice", "bob"]
-    assert stages[4]["jobs"][0]["test_artifacts"] == [".envpipe-reports/production.xml"]
-    assert stages[2]["variables"] == {"AWS_ACCESS_KEY_ID": "{{SECRET:[envpipe][staging-AWS_ACCESS_KEY_ID]}}",
-                                      "AWS_SECRET_ACCESS_KEY": "{{SECRET:[envpipe][staging-AWS_SECRET_ACCESS_KEY]}}"}
-    assert stages[1]["variables"] == {}
-    assert stages[3]["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version"]
-    assert all(job["resources"] == ["terraform"] for s in stages for job in s["jobs"])
+def test_gocd_has_one_pipeline_per_environment_chained_by_upstream_material_and_label(tmp_path):
+    for target, pipelines in gocd_pipelines(config_from(CONFIG, tmp_path)).items():
+        assert list(pipelines) == ["our-project", "our-project-test", "our-project-staging", "our-project-production"]
+        publish = pipelines["our-project"]
+        assert (publish["group"], publish["label"], publish["lock"]) == ("infrastructure", "1.0.${COUNT}",
+                                                                         "unlockWhenFinished")
+        git = {"git": "https://git.example.com/acme/infra.git", "branch": "main"}
+        assert publish["materials"] == {"source": git}
+        assert publish["variables"] == {"AWS_DEFAULT_REGION": "eu-west-1"}
+        upstream = "our-project"
+        for env in ("test", "staging", "production"):
+            pipeline = pipelines[f"our-project-{env}"]
+            # triggered by the pipeline before it, labelled with its label: the version flows by label
+            assert pipeline["materials"] == {"source": git, "upstream": {"pipeline": upstream, "stage": (
+                "publish" if upstream == "our-project" else "deploy")}}, target
+            assert pipeline["label"] == "${upstream}"
+            assert pipeline["variables"]["ENVPIPE_VERSION_TEMPLATE"] == "{label}"
+            assert pipeline["variables"]["AWS_DEFAULT_REGION"] == "eu-west-1"
+            upstream = f"our-project-{env}"
+        production = pipelines["our-project-production"]
+        # production is held while it runs, at its approval, and after a failure until someone looks
+        assert production["lock"] == "lockOnFailure"
+        assert [p["lock"] for p in pipelines.values()][1:3] == ["unlockWhenFinished"] * 2
+        # the plan runs by itself when staging passes; the approval sits on the deploy after it
+        plan, deploy = production["stages"]
+        assert (plan["name"], plan["manual"]) == ("plan", False)
+        assert plan["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version"]
+        assert (deploy["name"], deploy["manual"], deploy["only_on_success"], deploy["users"]) == (
+            "deploy", True, True, ["alice", "bob"])
+        assert deploy["jobs"][0]["commands"][-3:] == [
+            [".envpipe-venv/bin/envpipe", "promote", "--to", "production"],
+            [".envpipe-venv/bin/envpipe", "apply", "production", "--version"],
+            [".envpipe-venv/bin/envpipe", "test", "production", "--version", "--junit",
+             ".envpipe-reports/production.xml"]]
+        assert [s["manual"] for p in list(pipelines.values())[:3] for s in p["stages"]] == [False] * 3
+        jobs = [job for p in pipelines.values() for s in p["stages"] for job in s["jobs"]]
+        assert all(job["resources"] == ["terraform"] and job["timeout"] == 60 for job in jobs)
 
 
-def test_gocd_full_document_wraps_the_same_fragment_in_cruise(tmp_path):
+def test_a_gocd_pipeline_takes_its_version_from_the_label_not_its_own_counter(tmp_path):
+    """What the production pipeline's job runs with: GoCD sets its own counter, and the
+    label it took from upstream; envpipe derives the version from the label."""
+    from envpipe_agent.context import StageContext
+
     config = config_from(CONFIG, tmp_path)
+    variables = gocd_pipelines(config)["gocd-xml"]["our-project-production"]["variables"]
+    environ = {**variables, "GO_PIPELINE_NAME": "our-project-production", "GO_PIPELINE_COUNTER": "3",
+               "GO_PIPELINE_LABEL": "1.0.17", "GO_SERVER_URL": "https://gocd.example/go"}
+    ctx = StageContext.load(config.path, repository=str(tmp_path / "repository"), environ=environ)
+    assert ctx.resolve_version(None) == "1.0.17"
+
+
+def test_gocd_full_document_wraps_the_same_fragment_in_cruise_with_the_secret_config_it_refers_to(tmp_path):
+    config = config_from(FIRST_WITH_CREDENTIALS, tmp_path)
     full = render(config, "gocd-xml", full=True)
     assert full.startswith('<?xml version="1.0" encoding="utf-8"?>\n')
     root = ET.fromstring(full)
@@ -347,24 +532,25 @@ def test_gocd_full_document_wraps_the_same_fragment_in_cruise(tmp_path):
     inner = root.find("pipelines")
     inner.tail = None
     assert ET.tostring(inner) == ET.tostring(ET.fromstring(render(config, "gocd-xml")))
+    # a server rejects a reference to a secret config it does not have
+    defined = {c.get("id") for c in root.findall("secretConfigs/secretConfig")}
+    referenced = set(re.findall(r"\{\{SECRET:\[([^\]]+)\]\[[^\]]+\]\}\}", full))
+    assert referenced == defined == {"envpipe"}
+    (secret_config,) = root.findall("secretConfigs/secretConfig")
+    assert secret_config.get("pluginId") == "cd.go.secrets.file-based-plugin"
+    assert secret_config.findtext("configuration/property/key") == "SecretsFilePath"
+    assert [(r.tag, r.get("action"), r.get("type"), r.text) for r in secret_config.find("rules")] == [
+        ("allow", "refer", "pipeline_group", "infrastructure")]
+    # nothing to refer to, nothing rendered
+    bare = config_from("project: small\nenvironments: [{name: dev}]\n"
+                       "ci: {gocd: {git_url: 'https://example.com/small.git'}}\n", tmp_path)
+    assert "secretConfigs" not in render(bare, "gocd-xml", full=True)
 
 
-def test_gocd_yaml_matches_the_xml_stage_by_stage(tmp_path):
-    config = config_from(CONFIG, tmp_path)
-    assert gocd_yaml_stages(render(config, "gocd-yaml")) == gocd_xml_stages(render(config, "gocd-xml"))
-    data = yaml.safe_load(render(config, "gocd-yaml"))
-    pipeline = data["pipelines"]["our-project"]
-    xml_pipeline = ET.fromstring(render(config, "gocd-xml")).find("pipeline")
-    assert pipeline["label_template"] == xml_pipeline.get("labeltemplate")
-    assert pipeline["group"] == "infrastructure"
-    assert pipeline["lock_behavior"] == "unlockWhenFinished"
-    assert pipeline["materials"] == {"source": {"git": "https://git.example.com/acme/infra.git", "branch": "main"}}
-    # a config repository cannot be edited on the server: secrets come from a secret config
-    assert pipeline["environment_variables"] == {"AWS_DEFAULT_REGION": "eu-west-1",
-                                                 "DB_PASSWORD": "{{SECRET:[envpipe][DB_PASSWORD]}}"}
-    production = pipeline["stages"][4]["deploy-production"]
-    assert production["environment_variables"]["AWS_ACCESS_KEY_ID"] == \
-        "{{SECRET:[envpipe][production-AWS_ACCESS_KEY_ID]}}"
+def test_gocd_yaml_matches_the_xml_pipeline_by_pipeline(tmp_path):
+    for text in (CONFIG, FIRST_WITH_CREDENTIALS):
+        pipelines = gocd_pipelines(config_from(text, tmp_path))
+        assert pipelines["gocd-yaml"] == pipelines["gocd-xml"]
 
 
 @pytest.mark.parametrize("version, label", [
@@ -391,14 +577,29 @@ def test_version_with_label_placeholder_is_refused_for_gocd_and_jenkins(tmp_path
             render(config, target)
 
 
-def test_gocd_needs_a_git_url(tmp_path):
-    config = config_from(CONFIG.replace("    git_url: https://git.example.com/acme/infra.git\n", ""), tmp_path)
-    with pytest.raises(UsageError, match="ci.gocd.git_url"):
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_gocd_git_url_defaults_to_the_working_copys_origin_without_credentials(tmp_path):
+    without = CONFIG.replace("    git_url: https://git.example.com/acme/infra.git\n", "")
+    config = config_from(without, tmp_path)
+    with pytest.raises(UsageError, match="ci.gocd.git_url is not set and .* has no git 'origin' remote"):
         render(config, "gocd-xml")
     assert "pipeline {" in render(config, "jenkins")
+    git("init", "-q", cwd=tmp_path)
+    git("remote", "add", "origin", "https://ci-bot:s3cr3t-token@git.example.com/acme/infra.git", cwd=tmp_path)
+    for pipelines in gocd_pipelines(config).values():
+        urls = {m["git"] for p in pipelines.values() for m in p["materials"].values() if "git" in m}
+        assert urls == {"https://git.example.com/acme/infra.git"}
+    assert "s3cr3t" not in render(config, "gocd-yaml") + render(config, "gocd-xml")
+    # an explicit ci.gocd.git_url wins
+    assert "https://other.example/x.git" in render(config_from(CONFIG.replace(
+        "https://git.example.com/acme/infra.git", "https://other.example/x.git"), tmp_path), "gocd-xml")
 
 
-def test_without_install_or_credentials_the_pipeline_calls_envpipe_from_path(tmp_path):
+def test_without_install_the_pipeline_installs_this_envpipe_pinned(tmp_path):
     config = config_from(textwrap.dedent("""\
         project: small
         environments: [{name: dev}]
@@ -406,23 +607,45 @@ def test_without_install_or_credentials_the_pipeline_calls_envpipe_from_path(tmp
         """), tmp_path)
     text = render(config, "jenkins")
     assert "agent any" in text and "withCredentials" not in text and "environment {" not in text
-    assert jenkins_commands(text) == [["envpipe", "publish"], ["rm", "-f", ".envpipe-reports/dev.xml"],
-                                      ["envpipe", "promote", "--to", "dev"], ["envpipe", "apply", "dev"],
-                                      ["envpipe", "test", "dev", "--junit", ".envpipe-reports/dev.xml"]]
-    stages = gocd_xml_stages(render(config, "gocd-xml"))
-    assert ET.fromstring(render(config, "gocd-xml")).get("group") == "small"
-    assert stages == gocd_yaml_stages(render(config, "gocd-yaml"))
-    assert stages[1]["jobs"][0]["commands"][:2] == [["rm", "-f", ".envpipe-reports/dev.xml"],
-                                                    ["envpipe", "promote", "--to", "dev"]]
+    install = [["python3", "-m", "venv", ".envpipe-venv"],
+               [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", PINNED]]
+    assert jenkins_commands(text) == install + [
+        [".envpipe-venv/bin/envpipe", "publish"], ["rm", "-f", ".envpipe-reports/dev.xml"], *install,
+        [".envpipe-venv/bin/envpipe", "promote", VERSION, "--to", "dev"],
+        [".envpipe-venv/bin/envpipe", "apply", "dev", "--version", VERSION],
+        [".envpipe-venv/bin/envpipe", "test", "dev", "--version", VERSION, "--junit", ".envpipe-reports/dev.xml"]]
+    pipelines = gocd_pipelines(config)
+    assert pipelines["gocd-xml"] == pipelines["gocd-yaml"]
+    assert pipelines["gocd-xml"]["small"]["group"] == "small"
+    assert pipelines["gocd-xml"]["small-dev"]["stages"][0]["jobs"][0]["commands"][:3] == [
+        ["rm", "-f", ".envpipe-reports/dev.xml"], *install]
+    # with a pytest suite to run, pytest too
+    suite = config_from("project: small\nenvironments: [{name: dev}]\ntests: {path: tests/}\n", tmp_path)
+    assert [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", PINNED, "pytest"] in \
+        jenkins_commands(render(suite, "jenkins"))
 
 
 def test_install_given_as_a_pip_command_line_installs_its_arguments(tmp_path):
     config = config_from(CONFIG.replace('"envpipe-agent[terraform]==0.1.0"',
-                                        "\"pip install 'envpipe-agent[terraform]' --index-url https://pypi.example\""),
+                                        "\"pip install 'envpipe-agent[terraform]==0.1.0' --index-url https://pypi.example\""),
                          tmp_path)
-    install = gocd_xml_stages(render(config, "gocd-xml"))[0]["jobs"][0]["commands"][1]
-    assert install == [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]",
+    install = gocd_pipelines(config)["gocd-xml"]["our-project"]["stages"][0]["jobs"][0]["commands"][1]
+    assert install == [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0",
                        "--index-url", "https://pypi.example"]
+
+
+def test_a_requirements_file_installs_with_hashes_required(tmp_path):
+    config = config_from(CONFIG.replace('  install: "envpipe-agent[terraform]==0.1.0"\n',
+                                        "  requirements: ci/requirements.txt\n"), tmp_path)
+    expected = [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "--require-hashes", "-r",
+                "ci/requirements.txt"]
+    assert expected in jenkins_commands(render(config, "jenkins"))
+    assert expected in gocd_commands(gocd_pipelines(config)["gocd-yaml"])
+    with pytest.raises(ConfigError, match="ci.requirements: give ci.install or ci.requirements, not both"):
+        config_from(CONFIG.replace("  variables:", "  requirements: r.txt\n  variables:"), tmp_path)
+    with pytest.raises(ConfigError, match="ci.requirements"):
+        config_from(CONFIG.replace('  install: "envpipe-agent[terraform]==0.1.0"\n',
+                                   "  requirements: ../outside.txt\n"), tmp_path)
 
 
 # --- escaping -----------------------------------------------------------------------------
@@ -436,9 +659,15 @@ def test_hostile_values_stay_inside_their_groovy_strings(tmp_path):
     (variable,) = [line for line in text.splitlines() if line.strip().startswith("HOSTILE = ")]
     assert groovy_literals(variable) == [HOSTILE]
     assert code_outside_strings(variable).strip() == "HOSTILE = ''"
-    echoes = [line for line in text.splitlines() if line.strip().startswith("echo ")]
+    echoes = [line for line in text.splitlines() if line.strip().startswith("echo ") and "build failed" not in line]
     assert [groovy_literals(line) for line in echoes] == [[f"staging: {HOSTILE}"]] + [[f"production: {HOSTILE}"]] * 2
+    # the one GString: the input's message, which holds only the version and a validated name
+    messages = [line for line in text.splitlines() if line.strip().startswith("message ")]
+    assert [line.strip() for line in messages] == ['message "Deploy version ${env.ENVPIPE_PUBLISHED_VERSION} '
+                                                   'to production?"']
     for line in text.splitlines():
+        if line in messages:
+            continue
         code = code_outside_strings(line.split("//")[0] if line.strip().startswith("//") else line)
         assert "${" not in code and "`" not in code and "\"" not in code
     header = text.splitlines()[1]
@@ -454,7 +683,8 @@ def test_hostile_values_are_escaped_in_gocd_xml(tmp_path):
     # '#' doubled: GoCD reads '##' as a literal '#', never as a #{param}
     assert variables["HOSTILE"] == HOSTILE.replace("#", "##")
     assert pipeline.find("materials/git").get("url") == "https://git.example.com/acme/infra.git?a=1&b=<2>##frag"
-    assert gocd_xml_stages(text) == gocd_xml_stages(render(hostile_config(tmp_path, "harmless"), "gocd-xml"))
+    harmless = gocd_xml_pipelines(render(hostile_config(tmp_path, "harmless"), "gocd-xml"))
+    assert [p["stages"] for p in gocd_xml_pipelines(text).values()] == [p["stages"] for p in harmless.values()]
     comments = re.findall(r"<!--(.*?)-->", text, re.S)
     assert all("\n" not in c and "--" not in c for c in comments)
     assert "\n<!-- Project our-project: <&>" in text
@@ -467,7 +697,7 @@ def test_hostile_values_are_quoted_in_gocd_yaml(tmp_path):
     pipeline = data["pipelines"]["our-project"]
     assert pipeline["environment_variables"]["HOSTILE"] == HOSTILE.replace("#", "##")
     assert pipeline["materials"]["source"]["git"] == "https://git.example.com/acme/infra.git?a=1&b=<2>##frag"
-    assert gocd_yaml_stages(text) == gocd_xml_stages(render(config, "gocd-xml"))
+    assert gocd_yaml_pipelines(text) == gocd_xml_pipelines(render(config, "gocd-xml"))
     assert text.isascii()
     assert "\n# Project our-project: <&>" in text
 
@@ -479,8 +709,10 @@ def test_xml_refuses_a_control_character_it_cannot_carry(tmp_path):
     with pytest.raises(UsageError, match="control character"):
         render(config, "gocd-xml")
     assert "BELL = 'ring\\u0007'" in render(config, "jenkins")
-    assert yaml.safe_load(render(config, "gocd-yaml"))["pipelines"]["our-project"]["environment_variables"] == {
-        "BELL": "ring\x07", "DB_PASSWORD": "{{SECRET:[envpipe][DB_PASSWORD]}}"}
+    pipelines = yaml.safe_load(render(config, "gocd-yaml"))["pipelines"]
+    assert pipelines["our-project"]["environment_variables"] == {"BELL": "ring\x07"}
+    assert pipelines["our-project-test"]["environment_variables"] == {
+        "BELL": "ring\x07", "ENVPIPE_VERSION_TEMPLATE": "{label}", "DB_PASSWORD": "{{SECRET:[envpipe][DB_PASSWORD]}}"}
 
 
 @pytest.mark.parametrize("where, value, message", [
@@ -493,6 +725,12 @@ def test_xml_refuses_a_control_character_it_cannot_carry(tmp_path):
     ("gocd", {"resources": ["a<b"]}, r"ci.gocd.resources\[0\]"),
     ("gocd", {"aws_credentials": ["nowhere"]}, r"ci.gocd.aws_credentials\[0\]"),
     ("gocd", {"secret_config": "a]b"}, "ci.gocd.secret_config"),
+    ("jenkins", {"secret_credentials": {"DB_PASSWORD": {"nowhere": "db"}}},
+     "ci.jenkins.secret_credentials.DB_PASSWORD.nowhere: no environment named 'nowhere'"),
+    ("jenkins", {"secret_credentials": {"DB_PASSWORD": {"test": "a'b"}}}, "ci.jenkins.secret_credentials.DB_PASSWORD.test"),
+    ("gocd", {"secret_keys": {"DB_PASSWORD": {"test": "a]b"}}}, "ci.gocd.secret_keys.DB_PASSWORD.test"),
+    ("jenkins", {"branch": "main; rm"}, "ci.jenkins.branch"),
+    ("jenkins", {"approval_timeout_days": 0}, "ci.jenkins.approval_timeout_days"),
 ])
 def test_names_that_cannot_be_represented_safely_are_refused_by_config_validation(tmp_path, where, value, message):
     data = yaml.safe_load(CONFIG)
@@ -629,3 +867,14 @@ def test_cli_refuses_an_invalid_config_with_exit_2_and_the_key(tmp_path):
     assert result.returncode == 2
     assert "ci.jenkins.agent" in result.stderr
     assert result.stdout == ""
+
+
+def test_cli_warns_about_an_unpinned_envpipe_in_ci_install(tmp_path):
+    (tmp_path / "envpipe.yml").write_text(CONFIG.replace('"envpipe-agent[terraform]==0.1.0"',
+                                                         '"envpipe-agent[terraform]>=0.1 pytest"'))
+    result = envpipe("generate", "jenkins", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("// Generated")
+    assert "ci.install installs 'envpipe-agent[terraform]>=0.1' unpinned" in result.stderr
+    assert f"pin it ('{PINNED}')" in result.stderr
+    (tmp_path / "envpipe.yml").write_text(CONFIG)
+    assert envpipe("generate", "jenkins", cwd=tmp_path).stderr == ""

@@ -2,6 +2,7 @@
 npm-groovy-lint (../shared/validators, see its README)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from envpipe_agent.generate import render
 from test_generate import CONFIG, FIRST_WITH_CREDENTIALS, config_from, hostile_config
 
 ROOT = Path(__file__).resolve().parents[1]
-VALIDATORS = ROOT.parent / "shared" / "validators"
+# beside the checkout, or where ENVPIPE_VALIDATORS points (a worktree elsewhere)
+VALIDATORS = Path(os.environ.get("ENVPIPE_VALIDATORS") or ROOT.parent / "shared" / "validators")
 
 needs_validators = pytest.mark.skipif(
     not VALIDATORS.is_dir(), reason=f"validators not found at {VALIDATORS} (expected beside the checkout)"
