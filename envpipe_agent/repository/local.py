@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, List, Mapping, Optional, Sequence
@@ -16,6 +17,9 @@ from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound
 # Writes go to a temporary sibling first and are renamed into place, so a reader
 # never sees half a file; listings skip these names.
 TEMP_MARK = ".envpipe-tmp-"
+# A temporary file untouched this long is a killed writer's (a live one writes to it,
+# or renames it away, within seconds): the first write into its folder removes it.
+STALE_TEMP_SECONDS = 3600
 _PRUNE_RETRIES = 20
 # envpipe's own folders at the root (locks, records, summaries) are written to all the
 # time by every agent; they are never pruned.
@@ -34,6 +38,7 @@ class LocalRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
+        self._swept: set = set()  # folders whose stale temporary files this process removed
 
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str], client_factory: Any = None) -> "LocalRepository":
@@ -45,7 +50,27 @@ class LocalRepository:
 
     def _temp_for(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep(path.parent)
         return path.with_name(f"{TEMP_MARK}{uuid.uuid4().hex}-{path.name}")
+
+    def _sweep(self, folder: Path, now: Optional[float] = None) -> None:
+        """Remove temporary files killed writers left in ``folder`` (once per process)."""
+        if folder in self._swept:
+            return
+        self._swept.add(folder)
+        now = time.time() if now is None else now
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(TEMP_MARK) or not entry.is_file(follow_symlinks=False):
+                        continue
+                    try:
+                        if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                            os.unlink(entry.path)
+                    except FileNotFoundError:  # its writer finished, or another sweep got it
+                        continue
+        except OSError:
+            return  # a sweep is housekeeping: never a reason for the write to fail
 
     def _atomically(self, key: str, fill: Callable[[Path], None], if_absent: bool = False) -> Path:
         """Fill a temporary sibling of ``key``'s file, then move it into place.

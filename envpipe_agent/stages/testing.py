@@ -16,11 +16,9 @@ import importlib.util
 import json
 import logging
 import re
-import shutil
 import string
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ from envpipe_agent.paths import local_path
 from envpipe_agent.records import write_record
 from envpipe_agent.stages.apply import last_applied, recorded_outputs
 from envpipe_agent.stages.verify import check_folder
+from envpipe_agent.workdir import work_folder
 
 log = logging.getLogger(__name__)
 
@@ -307,16 +306,13 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
     suites: List[Suite] = []
     if settings.path:
         # The suite comes from the verified environment folder, never the working copy.
-        workdir = Path(tempfile.mkdtemp(prefix=f"envpipe-test-{env.name}-"))  # mode 0700
-        try:
+        with work_folder(f"test-{env.name}-", ctx.environ) as workdir:  # mode 0700
             credentials = ctx.credentials(env)
             fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition", ctx.config.project)
             if fetched.version != manifest.version:
                 raise Refused(f"{env.name} was promoted to version {fetched.version} while its tests started: "
                               f"apply it, then run 'envpipe test {env.name}' again")
             suites.append(_pytest_suite(ctx, env.name, fetched, outputs, workdir, credentials))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
     if settings.http:
         suites.append(_http_suite(ctx, env.name, urls))
     counts = totals(suites)
