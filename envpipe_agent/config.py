@@ -31,6 +31,13 @@ VERSION_FIELDS = ("build", "label", "commit", "short_commit")
 TOOLS = ("terraform", "cloudformation")
 APPROVALS = ("auto", "manual")
 DEFAULT_CONFIG_NAME = "envpipe.yml"
+ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+\Z")
+ROLE_ARN_HINT = "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+# A KMS key as S3's SSEKMSKeyId and Terraform's kms_key_id take it: key id, key ARN,
+# alias name or alias ARN.
+KMS_KEY_RE = re.compile(r"(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[\w-]+|alias/[\w/+=,.@-]+)"
+                        r"|alias/[\w/+=,.@-]+|(mrk-)?[0-9a-f-]{32,36})\Z")
 
 
 def validate_environment_name(name: str) -> str:
@@ -68,6 +75,9 @@ class Environment:
     # blue-green half): the path environment whose vars, role and account it copies.
     # None for the path's own environments.
     like: Optional[str] = None
+    # Where this environment's Terraform state lives, overriding terraform.state
+    # (SPEC §11): production's state in production's account.
+    state: Optional["TerraformState"] = None
 
     @property
     def manual(self) -> bool:
@@ -94,6 +104,18 @@ class TerraformState:
     bucket: str
     key: str = "{environment}/terraform.tfstate"
     region: Optional[str] = None
+    # A role Terraform's backend assumes to reach the state (its own account's).
+    role_arn: Optional[str] = None
+
+    def key_for(self, environment: str, project: str) -> str:
+        return self.key.format(environment=environment, project=project)
+
+
+@dataclass(frozen=True)
+class RepositoryEncryption:
+    """SSE-KMS for every object envpipe writes and for the Terraform backend."""
+
+    kms_key_id: str
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,7 @@ class Config:
     secrets: Tuple[str, ...] = ()
     ci: CiSettings = CiSettings()
     on_demand: Optional[OnDemandSettings] = None  # None only in a Config built by hand
+    repository_encryption: Optional[RepositoryEncryption] = None
 
     @property
     def on_demand_settings(self) -> OnDemandSettings:
@@ -201,6 +224,11 @@ class Config:
             f"environment {name!r} is not in {self.path.name}: "
             f"choose one of {', '.join(self.environment_names) or '(none configured)'}"
         )
+
+    def state(self, environment: Environment) -> Optional[TerraformState]:
+        """Where ``environment``'s Terraform state lives, when not in the artefact
+        repository (an on-demand instance never shares its path environment's own)."""
+        return environment.state or self.terraform.state
 
     def previous_environment(self, name: str) -> Optional[Environment]:
         """The environment before ``name`` on the path, or None for the first."""
@@ -438,7 +466,8 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
         item = reader.mapping(
             item,
             where,
-            ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id", "soak", "window"),
+            ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id", "soak", "window",
+             "state"),
             required=("name",),
         )
         name = reader.string(item["name"], f"{where}.name", ENVIRONMENT_RE,
@@ -462,15 +491,44 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
             vars=variables,
             approval=approval,
             approvers=reader.string_list(item.get("approvers"), f"{where}.approvers", CI_NAME_RE, "a user name"),
-            role_arn=reader.optional_string(item.get("role_arn"), f"{where}.role_arn",
-                                            re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+\Z"),
-                                            "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
+            role_arn=reader.optional_string(item.get("role_arn"), f"{where}.role_arn", ROLE_ARN_RE, ROLE_ARN_HINT),
             account_id=reader.optional_string(account_id, f"{where}.account_id", re.compile(r"\d{12}\Z"),
                                               "a 12-digit AWS account id in quotes"),
             soak=_soak(reader, item.get("soak"), where, first=not i),
             windows=_windows(reader, item.get("window"), f"{where}.window"),
+            state=_state(reader, item["state"], f"{where}.state", ()) if item.get("state") is not None else None,
         ))
     return tuple(result)
+
+
+def _state(reader: _Reader, raw: Any, where: str, environments: Sequence[Environment]) -> TerraformState:
+    """A Terraform S3 state location; with several ``environments`` sharing it, its
+    key must name {environment}."""
+    raw = reader.mapping(raw, where, ("bucket", "key", "region", "role_arn"), required=("bucket",))
+    key = _check_template(reader, reader.string(raw.get("key", "{environment}/terraform.tfstate"), f"{where}.key"),
+                          f"{where}.key", ("environment", "project"))
+    return TerraformState(
+        bucket=reader.string(raw["bucket"], f"{where}.bucket", BUCKET_RE, "an S3 bucket name"),
+        key=_check_per_environment(reader, key, f"{where}.key", environments, "Terraform state"),
+        region=reader.optional_string(raw.get("region"), f"{where}.region"),
+        role_arn=reader.optional_string(raw.get("role_arn"), f"{where}.role_arn", ROLE_ARN_RE, ROLE_ARN_HINT),
+    )
+
+
+def _check_shared_state(reader: _Reader, project: str, environments: Sequence[Environment],
+                        default: Optional[TerraformState]) -> None:
+    """Two environments resolving to one state object would apply over each other."""
+    seen: Dict[Tuple[str, str], str] = {}
+    for i, env in enumerate(environments):
+        state = env.state or default
+        if state is None:
+            continue
+        location = (state.bucket, state.key_for(env.name, project))
+        if location in seen:
+            where = f"environments[{i}].state" if env.state else "terraform.state"
+            raise reader.fail(where, f"{env.name} and {seen[location]} would share the state "
+                                     f"s3://{location[0]}/{location[1]}: give each environment its own key")
+        seen[location] = env.name
 
 
 def _soak(reader: _Reader, value: Any, where: str, first: bool) -> Optional[dt.timedelta]:
@@ -626,8 +684,8 @@ def _ci(reader: _Reader, raw: Any, environment_names: Sequence[str]) -> CiSettin
     )
 
 
-TOP_LEVEL_KEYS = ("project", "description", "source", "repository", "version", "tool", "environments",
-                  "terraform", "cloudformation", "tests", "secrets", "ci", "on_demand")
+TOP_LEVEL_KEYS = ("project", "description", "source", "repository", "repository_encryption", "version",
+                  "tool", "environments", "terraform", "cloudformation", "tests", "secrets", "ci", "on_demand")
 
 
 def parse_config(data: Any, path: Path) -> Config:
@@ -650,18 +708,16 @@ def parse_config(data: Any, path: Path) -> Config:
     terraform = reader.mapping(raw.get("terraform"), "terraform", ("state",))
     state = None
     if terraform.get("state") is not None:
-        state_raw = reader.mapping(terraform["state"], "terraform.state", ("bucket", "key", "region"), required=("bucket",))
-        state = TerraformState(
-            bucket=reader.string(state_raw["bucket"], "terraform.state.bucket",
-                                 re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z"), "an S3 bucket name"),
-            key=_check_per_environment(
-                reader,
-                _check_template(reader, reader.string(state_raw.get("key", "{environment}/terraform.tfstate"),
-                                                      "terraform.state.key"),
-                                "terraform.state.key", ("environment", "project")),
-                "terraform.state.key", environments if tool == "terraform" else (), "Terraform state"),
-            region=reader.optional_string(state_raw.get("region"), "terraform.state.region"),
-        )
+        sharing = [env for env in environments if env.state is None] if tool == "terraform" else ()
+        state = _state(reader, terraform["state"], "terraform.state", sharing)
+    _check_shared_state(reader, project, environments, state)
+    encryption = None
+    if raw.get("repository_encryption") is not None:
+        encryption_raw = reader.mapping(raw["repository_encryption"], "repository_encryption", ("kms_key_id",),
+                                        required=("kms_key_id",))
+        encryption = RepositoryEncryption(kms_key_id=reader.string(
+            encryption_raw["kms_key_id"], "repository_encryption.kms_key_id", KMS_KEY_RE,
+            "a KMS key id, key ARN, alias/NAME or alias ARN"))
     cfn = reader.mapping(raw.get("cloudformation"), "cloudformation", ("template", "stack_name", "capabilities"))
     cloudformation = CloudFormationSettings(
         template=_relative_path(reader, reader.string(cfn.get("template", "template.yaml"),
@@ -692,6 +748,7 @@ def parse_config(data: Any, path: Path) -> Config:
         secrets=reader.string_list(raw.get("secrets"), "secrets", ENV_VAR_RE, "an environment variable name"),
         ci=_ci(reader, raw.get("ci"), [env.name for env in environments]),
         on_demand=_on_demand(reader, raw.get("on_demand"), environments),
+        repository_encryption=encryption,
     )
 
 

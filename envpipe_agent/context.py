@@ -61,7 +61,8 @@ class StageContext:
         client_factory = client_factory or aws_credentials.client
         return cls(
             config=config,
-            repository=open_repository(url, environ, client_factory),
+            repository=open_repository(url, environ, client_factory, kms_key_id=(
+                config.repository_encryption.kms_key_id if config.repository_encryption else None)),
             ci=detect(environ),
             environ=environ,
             redactor=Redactor.from_environ(environ, config.secrets, public=_public_names(config)),

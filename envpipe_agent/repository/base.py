@@ -102,11 +102,12 @@ BACKENDS: Dict[str, str] = {
 
 
 def open_repository(url: str, environ: Mapping[str, str], client_factory: Optional[Callable[..., Any]] = None,
-                    ) -> Repository:
+                    kms_key_id: Optional[str] = None) -> Repository:
     """The backend for ``url``: ``s3://bucket[/prefix]``, ``file:///abs`` or a folder path.
 
     ``client_factory`` makes the AWS clients a backend needs (default
-    ``aws_credentials.client``), from ``environ``."""
+    ``aws_credentials.client``), from ``environ``; ``kms_key_id`` encrypts what an S3
+    backend writes (SSE-KMS)."""
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     if scheme not in BACKENDS:
         raise UsageError(
@@ -115,4 +116,4 @@ def open_repository(url: str, environ: Mapping[str, str], client_factory: Option
         )
     module_name, class_name = BACKENDS[scheme].split(":")
     backend = getattr(importlib.import_module(module_name), class_name)
-    return backend.from_url(url, environ, client_factory)
+    return backend.from_url(url, environ, client_factory, kms_key_id=kms_key_id)

@@ -41,7 +41,9 @@ class LocalRepository:
         self._swept: set = set()  # folders whose stale temporary files this process removed
 
     @classmethod
-    def from_url(cls, url: str, environ: Mapping[str, str], client_factory: Any = None) -> "LocalRepository":
+    def from_url(cls, url: str, environ: Mapping[str, str], client_factory: Any = None,
+                 kms_key_id: Optional[str] = None) -> "LocalRepository":
+        # kms_key_id (repository_encryption) is server-side encryption: S3's, not a folder's.
         path = unquote(urlparse(url).path) if url.startswith("file://") else url
         return cls(Path(path).expanduser().resolve())
 

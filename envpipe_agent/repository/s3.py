@@ -46,6 +46,14 @@ LARGE_TRANSFER = TransferConfig(
 DEFAULT_MAX_ATTEMPTS = 5
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 log = logging.getLogger(__name__)
+# What each S3 operation is authorized as (AWS's Service Authorization Reference for
+# S3): a HEAD is GetObject, a multipart upload PutObject, a batch delete DeleteObject
+# on each key, a copy GetObject on its source and PutObject on its target.
+_IAM_ACTIONS = {"ListObjectsV2": "s3:ListBucket", "GetObject": "s3:GetObject", "HeadObject": "s3:GetObject",
+                "PutObject": "s3:PutObject", "multipart upload": "s3:PutObject",
+                "CopyObject": "s3:GetObject on the source and s3:PutObject",
+                "multipart copy": "s3:GetObject on the source and s3:PutObject",
+                "DeleteObjects": "s3:DeleteObject"}
 _CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -69,16 +77,22 @@ def max_attempts(environ: Mapping[str, str]) -> int:
 
 
 class S3Repository:
-    def __init__(self, client, bucket: str, prefix: str = "", attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    def __init__(self, client, bucket: str, prefix: str = "", attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 kms_key_id: Optional[str] = None) -> None:
         self.client = client
         self.attempts = attempts
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        # repository_encryption (SPEC §11): every PutObject, CopyObject and multipart
+        # upload names the key, so no object depends on the bucket's default.
+        self.encryption: Dict[str, str] = (
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {})
 
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str],
-                 client_factory: Optional[aws_credentials.ClientFactory] = None) -> "S3Repository":
+                 client_factory: Optional[aws_credentials.ClientFactory] = None,
+                 kms_key_id: Optional[str] = None) -> "S3Repository":
         bucket, _, prefix = url[len("s3://"):].partition("/")
         if not bucket:
             raise UsageError(f"repository {url!r}: no bucket name; use s3://bucket[/prefix]")
@@ -88,7 +102,7 @@ class S3Repository:
             config=Config(retries={"mode": "standard", "total_max_attempts": attempts},
                           max_pool_connections=TRANSFER_THREADS + 8),
         )
-        return cls(client, bucket, prefix, attempts)
+        return cls(client, bucket, prefix, attempts, kms_key_id)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_relative_path(key, self.url)
@@ -113,10 +127,17 @@ class S3Repository:
                     f"bucket {self.bucket!r} does not exist ({operation} {where}): create it or fix "
                     "'repository' in envpipe.yml"
                 ) from None
-            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            if code in ("AccessDenied", "403"):
+                # Name the IAM action, so the line says what the credentials' policy lacks.
                 raise RepositoryError(
-                    f"cannot {action} {where} ({operation}): access denied ({code}); check the agent's AWS "
-                    "permissions"
+                    f"cannot {action} {where} ({operation}): access denied ({code}): these credentials may not "
+                    f"{_IAM_ACTIONS.get(operation, operation)} there; compare their policy with what 'envpipe iam' "
+                    "prints for this stage"
+                ) from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise RepositoryError(
+                    f"cannot {action} {where} ({operation}): the credentials are not valid ({code}); check the "
+                    "agent's AWS keys"
                 ) from None
             message = exc.response.get("Error", {}).get("Message", "")
             tries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
@@ -151,7 +172,7 @@ class S3Repository:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **arguments)
 
     def write(self, key: str, data: bytes, *, if_absent: bool = False) -> str:
-        arguments = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        arguments = {"Bucket": self.bucket, "Key": self._key(key), "Body": data, **self.encryption}
         if if_absent:
             arguments["IfNoneMatch"] = "*"
         with self._errors("write", key, "PutObject"):
@@ -189,9 +210,11 @@ class S3Repository:
         with self._errors("upload", key, "PutObject" if size < MULTIPART_THRESHOLD else "multipart upload"):
             if size < MULTIPART_THRESHOLD:
                 with open(path, "rb") as body:
-                    response = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body)
+                    response = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
+                                                      **self.encryption)
                 return response["ETag"].strip('"')
-            self.client.upload_file(str(path), self.bucket, full_key, Config=LARGE_TRANSFER)
+            self.client.upload_file(str(path), self.bucket, full_key, Config=LARGE_TRANSFER,
+                                    ExtraArgs=dict(self.encryption))
             return self.client.head_object(Bucket=self.bucket, Key=full_key)["ETag"].strip('"')
 
     def copy(self, source_key: str, key: str, size: int) -> str:
@@ -206,9 +229,10 @@ class S3Repository:
                     # botocore's response validation.
                     extra["ChecksumAlgorithm"] = "CRC32"
                 response = self.client.copy_object(Bucket=self.bucket, Key=self._key(key), CopySource=source,
-                                                   **extra)
+                                                   **extra, **self.encryption)
                 return response["CopyObjectResult"]["ETag"].strip('"')
-            self.client.copy(source, self.bucket, self._key(key), Config=LARGE_TRANSFER)
+            self.client.copy(source, self.bucket, self._key(key), Config=LARGE_TRANSFER,
+                             ExtraArgs=dict(self.encryption))
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
 
     def delete(self, keys: Sequence[str]) -> None:

@@ -50,6 +50,11 @@ _COUNT = re.compile(r"(\d+) (?:to )?(add|change|destroy)")
 _DIAGNOSTIC_DECORATION = re.compile(r"^[\s│╷╵]+")
 
 
+def state_key(environment: str) -> str:
+    """The default state's key inside the artefact repository."""
+    return f"{STATE_PREFIX}{environment}/terraform.tfstate"
+
+
 def find_terraform(environ: Mapping[str, str]) -> List[str]:
     """The command that runs Terraform here, as an argv prefix."""
     configured = environ.get("ENVPIPE_TERRAFORM")
@@ -76,9 +81,15 @@ def find_terraform(environ: Mapping[str, str]) -> List[str]:
 # --- the state backend ----------------------------------------------------------------
 
 
-def s3_backend(bucket: str, key: str, region: str, environ: Mapping[str, str]) -> Dict[str, Any]:
-    """S3 backend settings with a lockfile beside the state (no DynamoDB table)."""
+def s3_backend(bucket: str, key: str, region: str, environ: Mapping[str, str], role_arn: Optional[str] = None,
+               kms_key_id: Optional[str] = None) -> Dict[str, Any]:
+    """S3 backend settings with a lockfile beside the state (no DynamoDB table);
+    ``role_arn`` is assumed for the state, ``kms_key_id`` encrypts it (SSE-KMS)."""
     settings: Dict[str, Any] = {"bucket": bucket, "key": key, "region": region, "use_lockfile": True}
+    if role_arn:
+        settings["assume_role"] = {"role_arn": role_arn}
+    if kms_key_id:
+        settings.update(encrypt=True, kms_key_id=kms_key_id)
     endpoint = aws_credentials.endpoint_url("s3", environ)
     if endpoint:
         # An S3-compatible store (MinIO, moto, LocalStack): path-style addressing, and
@@ -86,6 +97,10 @@ def s3_backend(bucket: str, key: str, region: str, environ: Mapping[str, str]) -
         settings.update(endpoints={"s3": endpoint}, use_path_style=True, skip_credentials_validation=True,
                         skip_requesting_account_id=True, skip_metadata_api_check=True,
                         skip_region_validation=True, skip_s3_checksum=True)
+        if role_arn:
+            sts = aws_credentials.endpoint_url("sts", environ)
+            if sts:
+                settings["endpoints"]["sts"] = sts
     return settings
 
 
@@ -104,15 +119,18 @@ def _bucket_region(bucket: str, environ: Mapping[str, str], client_factory: aws_
 def backend_settings(request: RunRequest, environ: Mapping[str, str]) -> Dict[str, Dict[str, Any]]:
     """``{backend type: settings}`` for ``request``'s environment."""
     name = request.environment.name
-    state = request.config.terraform.state
+    state = request.config.state(request.environment)
+    encryption = request.config.repository_encryption
+    kms_key_id = encryption.kms_key_id if encryption else None
     if state is not None:
-        key = state.key.format(environment=name, project=request.config.project)
         region = state.region or _bucket_region(state.bucket, environ, request.client_factory)
-        return {"s3": s3_backend(state.bucket, key, region, environ)}
-    location = request.repository.location(f"{STATE_PREFIX}{name}/terraform.tfstate")
+        return {"s3": s3_backend(state.bucket, state.key_for(name, request.config.project), region, environ,
+                                 role_arn=state.role_arn, kms_key_id=kms_key_id)}
+    location = request.repository.location(state_key(name))
     if location.startswith("s3://"):
         bucket, _, key = location[len("s3://"):].partition("/")
-        return {"s3": s3_backend(bucket, key, _bucket_region(bucket, environ, request.client_factory), environ)}
+        return {"s3": s3_backend(bucket, key, _bucket_region(bucket, environ, request.client_factory), environ,
+                                 kms_key_id=kms_key_id)}
     path = Path(location)
     # State holds secrets in clear text: its folder is private, like the work folder.
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

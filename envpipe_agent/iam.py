@@ -1,0 +1,357 @@
+"""Least-privilege IAM policies for each stage, derived from envpipe.yml (SPEC §11).
+
+A policy grants what a stage's own S3 calls need on the artefact repository and on
+the state location envpipe manages, written as AWS authorizes those calls (the
+Service Authorization Reference for Amazon S3):
+
+* every object read, write and delete is scoped to the keys the stage touches:
+  version folders (a version starts with a digit, so ``<prefix>/0*`` .. ``/9*``
+  cover them and no environment folder or ``.envpipe/``), one environment's folder,
+  its lock, records, summaries, results and its own state key;
+* ``s3:ListBucket`` (listing, and the 404 S3 answers for a missing key instead of
+  403) is limited with ``s3:prefix`` to the same keys; S3 sets ``s3:prefix`` to the
+  key for that 404 check, so one condition serves both;
+* a multipart upload is ``s3:PutObject`` (plus ``s3:AbortMultipartUpload`` for
+  s3transfer's clean-up), a HEAD is ``s3:GetObject``, a CopyObject is ``s3:GetObject``
+  on the source and ``s3:PutObject`` on the target, a batch delete is
+  ``s3:DeleteObject`` on each key;
+* with ``repository_encryption`` every reader needs ``kms:Decrypt`` and every writer
+  ``kms:GenerateDataKey`` on the key.
+
+Where an environment names ``role_arn``, envpipe reaches the repository with the
+bound credentials and runs the tool (Terraform state, CloudFormation stacks) with the
+role's: the stage's policy then grants ``sts:AssumeRole`` on it, and ``envpipe iam
+role ENV`` prints what the role needs from envpipe. Likewise a state ``role_arn``
+(``environments[].state``) is assumed by Terraform's backend: ``state-role ENV``.
+What the stack's own resources need is the definition's business, not envpipe's.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from envpipe_agent.config import Config, Environment
+from envpipe_agent.errors import UsageError
+from envpipe_agent.locking import lock_key
+from envpipe_agent.manifest import manifest_key
+from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
+from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
+from envpipe_agent.tools.terraform import state_key
+
+STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "role", "state-role")
+# The stages an environment's pipeline steps run, under that environment's credentials.
+ENVIRONMENT_STAGES = ("promote", "apply", "test", "unlock")
+VERSION_PATTERNS = tuple(f"{digit}*" for digit in "0123456789")
+# Terraform's S3 backend lists this prefix on init to find workspaces.
+TERRAFORM_WORKSPACES = "env:/*"
+# IAM's limit for a managed policy, counted without white space.
+MANAGED_POLICY_LIMIT = 6144
+
+# What envpipe's CloudFormation runner calls on its stack: change sets, waiters
+# (DescribeStacks), events while waiting, the resources counted before a delete;
+# TagResource because the stack is created with tags.
+STACK_ACTIONS = ("cloudformation:CreateChangeSet", "cloudformation:DeleteChangeSet", "cloudformation:DeleteStack",
+                 "cloudformation:DescribeChangeSet", "cloudformation:DescribeStackEvents",
+                 "cloudformation:DescribeStacks", "cloudformation:ExecuteChangeSet",
+                 "cloudformation:ListStackResources", "cloudformation:TagResource")
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """An S3 bucket and the prefix envpipe's keys sit under, as ARNs and s3:prefix values."""
+
+    partition: str
+    name: str
+    prefix: str = ""  # "" or ending in "/"
+
+    @property
+    def arn(self) -> str:
+        return f"arn:{self.partition}:s3:::{self.name}"
+
+    def key(self, pattern: str) -> str:
+        return f"{self.prefix}{pattern}"
+
+    def objects(self, pattern: str) -> str:
+        return f"{self.arn}/{self.key(pattern)}"
+
+
+class PolicyBuilder:
+    """Statements keyed by Sid, merged when two stages grant under one Sid, and one
+    ``s3:ListBucket`` statement per bucket covering every key pattern granted in it."""
+
+    def __init__(self) -> None:
+        self._statements: Dict[str, Dict[str, Any]] = {}
+        self._listed: Dict[str, Tuple[Bucket, Set[str]]] = {}
+
+    def allow(self, sid: str, actions: Sequence[str], resources: Sequence[str],
+              condition: Optional[Dict[str, Any]] = None) -> None:
+        statement = self._statements.setdefault(sid, {"Sid": sid, "Effect": "Allow", "Action": set(),
+                                                      "Resource": set()})
+        statement["Action"].update(actions)
+        statement["Resource"].update(resources)
+        if condition:
+            statement["Condition"] = condition
+
+    def objects(self, sid: str, actions: Sequence[str], bucket: Bucket, patterns: Sequence[str]) -> None:
+        """``actions`` on the keys matching ``patterns``, which the policy may also list."""
+        self.allow(sid, actions, [bucket.objects(p) for p in patterns])
+        self._listed.setdefault(bucket.name, (bucket, set()))[1].update(bucket.key(p) for p in patterns)
+
+    def list_prefix(self, bucket: Bucket, pattern: str) -> None:
+        """Listing ``pattern`` (an s3:prefix value, not under the bucket's prefix)."""
+        self._listed.setdefault(bucket.name, (bucket, set()))[1].add(pattern)
+
+    def document(self) -> Dict[str, Any]:
+        statements: List[Dict[str, Any]] = []
+        for index, (bucket, patterns) in enumerate(self._listed.values()):
+            statements.append({
+                "Sid": "List" if index == 0 else f"List{index + 1}",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [bucket.arn],
+                "Condition": {"StringLike": {"s3:prefix": sorted(patterns)}},
+            })
+        for statement in self._statements.values():
+            statements.append({**statement, "Action": sorted(statement["Action"]),
+                               "Resource": sorted(statement["Resource"])})
+        return {"Version": "2012-10-17", "Statement": statements}
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    config: Config
+    repository: Bucket
+
+    @property
+    def partition(self) -> str:
+        return self.repository.partition
+
+    @property
+    def region(self) -> str:
+        variables = self.config.ci.variables
+        return variables.get("AWS_REGION") or variables.get("AWS_DEFAULT_REGION") or "*"
+
+
+def repository_bucket(url: Optional[str], config: Config) -> Bucket:
+    """The repository's bucket and prefix; a folder repository has no IAM to speak of."""
+    if not url or not url.startswith("s3://"):
+        raise UsageError(f"IAM policies are for an s3:// repository; {url or 'no repository'} is not one: "
+                         "set 'repository' in envpipe.yml (or --repo) to s3://bucket[/prefix]")
+    name, _, prefix = url[len("s3://"):].partition("/")
+    if not name:
+        raise UsageError(f"repository {url!r}: no bucket name; use s3://bucket[/prefix]")
+    prefix = prefix.strip("/")
+    return Bucket(partition(config), name, f"{prefix}/" if prefix else "")
+
+
+def partition(config: Config) -> str:
+    """aws, aws-cn or aws-us-gov, from any ARN in the config."""
+    states = [config.state(env) for env in config.environments]
+    arns = [env.role_arn for env in config.environments] + [state.role_arn for state in states if state]
+    if config.repository_encryption:
+        arns.append(config.repository_encryption.kms_key_id)
+    for arn in arns:
+        if arn and arn.startswith("arn:"):
+            return arn.split(":")[1]
+    return "aws"
+
+
+# --- the pieces a stage is made of ----------------------------------------------------------
+
+
+def _kms(builder: PolicyBuilder, ctx: PolicyContext, write: bool) -> None:
+    encryption = ctx.config.repository_encryption
+    if encryption is None:
+        return
+    actions = ["kms:Decrypt", "kms:GenerateDataKey"] if write else ["kms:Decrypt"]
+    key = encryption.kms_key_id
+    if re.match(r"arn:[^:]+:kms:[^:]+:\d{12}:key/", key):
+        builder.allow("RepositoryKey", actions, [key])
+        return
+    if key.startswith("alias/") or ":alias/" in key:
+        # IAM authorizes KMS calls on the key an alias points to: name the alias in a condition.
+        alias = key[key.index("alias/"):]
+        builder.allow("RepositoryKey", actions, [f"arn:{ctx.partition}:kms:*:*:key/*"],
+                      {"ForAnyValue:StringEquals": {"kms:ResourceAliases": [alias]}})
+        return
+    builder.allow("RepositoryKey", actions, [f"arn:{ctx.partition}:kms:{ctx.region}:*:key/{key}"])
+
+
+def _versions(builder: PolicyBuilder, ctx: PolicyContext, write: bool) -> None:
+    actions = ["s3:GetObject"]
+    if write:
+        actions += ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    builder.objects("Versions", actions, ctx.repository, VERSION_PATTERNS)
+
+
+def _folder(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequence[str]) -> None:
+    builder.objects("EnvironmentFolder", actions, ctx.repository, [f"{env}/*"])
+
+
+def _lock(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequence[str]) -> None:
+    builder.objects("Lock", actions, ctx.repository, [lock_key(env)])
+
+
+def _records(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequence[str]) -> None:
+    builder.objects("Records", actions, ctx.repository, [f"{RECORDS_PREFIX}{env}/*", f"{SUMMARY_PREFIX}{env}/*"])
+
+
+def _assume(builder: PolicyBuilder, sid: str, role_arn: str) -> None:
+    builder.allow(sid, ["sts:AssumeRole"], [role_arn])
+
+
+def _state(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """Terraform's S3 backend on this environment's own state: the state object, and
+    its lock file (conditional create, read when held, delete)."""
+    state = ctx.config.state(env)
+    if state is not None:
+        bucket = Bucket(ctx.partition, state.bucket)
+        key = state.key_for(env.name, ctx.config.project)
+    else:
+        bucket, key = ctx.repository, state_key(env.name)
+    builder.objects("State", ["s3:GetObject", "s3:PutObject"], bucket, [key])
+    builder.objects("StateLock", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], bucket, [f"{key}.tflock"])
+    builder.list_prefix(bucket, TERRAFORM_WORKSPACES)
+    _kms(builder, ctx, write=True)
+
+
+def _tool(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """What the tool's own calls need, made with the environment's role when it has one."""
+    if ctx.config.tool == "cloudformation":
+        stack = ctx.config.cloudformation.stack_name.format(project=ctx.config.project, environment=env.name)
+        builder.allow("Stack", STACK_ACTIONS,
+                      [f"arn:{ctx.partition}:cloudformation:{ctx.region}:{env.account_id or '*'}:stack/{stack}/*"])
+        # CloudFormation fetches a large template from its TemplateURL with the caller's rights.
+        builder.objects("Templates", ["s3:GetObject"], ctx.repository, [f"{TEMPLATE_PREFIX}/{env.name}/*"])
+        _kms(builder, ctx, write=False)
+        return
+    state = ctx.config.state(env)
+    if state is not None and state.role_arn:
+        _assume(builder, "AssumeStateRole", state.role_arn)
+    else:
+        _state(builder, ctx, env)
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+def _publish(builder: PolicyBuilder, ctx: PolicyContext) -> None:
+    _versions(builder, ctx, write=True)
+    _kms(builder, ctx, write=True)
+
+
+def _promote(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    _versions(builder, ctx, write=False)
+    previous = ctx.config.previous_environment(env.name)
+    if previous is not None:  # the gate: the version's test result in the environment before
+        builder.objects("GateResults", ["s3:GetObject"], ctx.repository, [f"{RESULTS_PREFIX}{previous.name}/*"])
+    _folder(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+    _lock(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+    _records(builder, ctx, env.name, ["s3:PutObject"])
+    _kms(builder, ctx, write=True)
+
+
+def _apply(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """apply, plan (of the folder or of a published version) and destroy."""
+    _versions(builder, ctx, write=False)
+    _folder(builder, ctx, env.name, ["s3:GetObject", "s3:DeleteObject"])  # destroy empties it
+    _lock(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+    _records(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject"])
+    if ctx.config.tool == "cloudformation":  # a large template goes up by envpipe, and is removed with the stack
+        builder.objects("Templates", ["s3:PutObject", "s3:DeleteObject"], ctx.repository,
+                        [f"{TEMPLATE_PREFIX}/{env.name}/*"])
+    _kms(builder, ctx, write=True)
+    if env.role_arn:
+        _assume(builder, "AssumeEnvironmentRole", env.role_arn)
+    else:
+        _tool(builder, ctx, env)
+
+
+def _test(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    _folder(builder, ctx, env.name, ["s3:GetObject"])
+    _records(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject"])
+    builder.objects("TestResults", ["s3:PutObject"], ctx.repository, [f"{RESULTS_PREFIX}{env.name}/*"])
+    _kms(builder, ctx, write=True)
+    if env.role_arn:  # the test suite runs with the environment's role
+        _assume(builder, "AssumeEnvironmentRole", env.role_arn)
+
+
+def _unlock(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    _lock(builder, ctx, env.name, ["s3:GetObject", "s3:DeleteObject"])
+    _records(builder, ctx, env.name, ["s3:PutObject"])
+    _kms(builder, ctx, write=True)
+
+
+def _status(builder: PolicyBuilder, ctx: PolicyContext) -> None:
+    """status, history, verify and doctor: reads every environment's folder, records and
+    lock and the versions, and the bucket's settings; never state, never a write."""
+    _versions(builder, ctx, write=False)
+    for env in ctx.config.environments:
+        _folder(builder, ctx, env.name, ["s3:GetObject"])
+        _records(builder, ctx, env.name, ["s3:GetObject"])
+        _lock(builder, ctx, env.name, ["s3:GetObject"])
+    builder.allow("BucketSettings", ["s3:GetBucketOwnershipControls", "s3:GetBucketPolicy",
+                                     "s3:GetBucketPublicAccessBlock", "s3:GetBucketVersioning",
+                                     "s3:GetEncryptionConfiguration"], [ctx.repository.arn])
+    _kms(builder, ctx, write=False)
+
+
+def _role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    if not env.role_arn:
+        raise UsageError(f"environment {env.name!r} has no role_arn: its stages run with the bound credentials, "
+                         f"whose policy 'envpipe iam apply {env.name}' prints")
+    _tool(builder, ctx, env)
+
+
+def _state_role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    state = ctx.config.state(env)
+    if state is None or not state.role_arn:
+        raise UsageError(f"environment {env.name!r} has no state role_arn (environments[].state.role_arn or "
+                         "terraform.state.role_arn): its state is reached with the stage's own credentials")
+    _state(builder, ctx, env)
+
+
+_ENVIRONMENT_STAGES = {"promote": _promote, "apply": _apply, "test": _test, "unlock": _unlock,
+                       "role": _role, "state-role": _state_role}
+
+
+def stage_policy(config: Config, repository_url: Optional[str], stage: str,
+                 environment: Optional[str] = None) -> Dict[str, Any]:
+    """The policy document for ``stage`` (and ``environment``, for the stages that take one)."""
+    ctx = PolicyContext(config, repository_bucket(repository_url, config))
+    builder = PolicyBuilder()
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    if stage in ("publish", "status"):
+        if environment:
+            raise UsageError(f"'{stage}' takes no environment: its policy is the same for all of them")
+        (_publish if stage == "publish" else _status)(builder, ctx)
+    else:
+        if not environment:
+            raise UsageError(f"'{stage}' needs an environment: envpipe iam {stage} ENV "
+                             f"(one of {', '.join(config.environment_names)})")
+        _ENVIRONMENT_STAGES[stage](builder, ctx, config.environment(environment))
+    return builder.document()
+
+
+def environment_policies(config: Config, repository_url: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """One policy per environment covering all its stages: what a generated pipeline's
+    credential for that environment carries. The first environment's also publishes,
+    as the generated pipelines bind its credentials for the Publish stage."""
+    ctx = PolicyContext(config, repository_bucket(repository_url, config))
+    policies = {}
+    for index, env in enumerate(config.environments):
+        builder = PolicyBuilder()
+        if index == 0:
+            _publish(builder, ctx)
+        for stage in ENVIRONMENT_STAGES:
+            _ENVIRONMENT_STAGES[stage](builder, ctx, env)
+        policies[env.name] = builder.document()
+    return policies
+
+
+def policy_size(document: Dict[str, Any]) -> int:
+    """Characters IAM counts against its limit (white space excluded)."""
+    return len(re.sub(r"\s", "", json.dumps(document)))
