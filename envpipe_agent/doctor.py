@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from envpipe_agent import aws_credentials
 from envpipe_agent.config import Config
 from envpipe_agent.errors import RepositoryError, UsageError
 
@@ -155,15 +156,17 @@ def state_checks(config: Config, bucket: Optional[str]) -> List[Check]:
     return checks
 
 
-def doctor(config: Config, repository_url: str, client_factory: Callable[[], Any], partition: str = "aws") -> List[Check]:
-    """Every check, in a fixed order; ``client_factory`` gives the S3 client (called
-    only for an s3:// repository)."""
+def doctor(config: Config, repository_url: str, environ: Mapping[str, str],
+           client_factory: aws_credentials.ClientFactory = aws_credentials.client,
+           partition: str = "aws") -> List[Check]:
+    """Every check, in a fixed order; the S3 client comes from ``client_factory``
+    (made only for an s3:// repository)."""
     if not repository_url.startswith("s3://"):
         return [Check("repository", WARNING, f"{repository_url} is a folder: the bucket checks do not apply; "
                                              "keep it private to the agent's user"),
                 *state_checks(config, None)]
     bucket = repository_url[len("s3://"):].partition("/")[0]
-    client = client_factory()
+    client = client_factory("s3", environ)
     kms_key_id = config.repository_encryption.kms_key_id if config.repository_encryption else None
     return [
         _versioning(client, bucket),

@@ -44,7 +44,7 @@ def run_iam(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from envpipe_agent import aws_credentials, iam
+    from envpipe_agent import iam
     from envpipe_agent.config import load_config
     from envpipe_agent.doctor import OK, doctor
     from envpipe_agent.errors import UsageError
@@ -53,7 +53,7 @@ def run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     url = _repository_url(args, environ, config.repository)
     if not url:
         raise UsageError(f"{config.path}: no repository: set 'repository', ENVPIPE_REPO or --repo")
-    checks = doctor(config, url, lambda: aws_credentials.client("s3", environ), iam.partition(config))
+    checks = doctor(config, url, environ, partition=iam.partition(config))
     findings = [check for check in checks if check.status != OK]
     if args.json:
         print(json.dumps({"repository": url, "ok": not findings, "checks": [c.as_dict() for c in checks]},
@@ -65,16 +65,23 @@ def run_doctor(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("iam", parents=[common],
-                                   help="print the least-privilege IAM policy of a stage (JSON)")
+    parser = subparsers.add_parser(
+        "iam", parents=[common], help="print the least-privilege IAM policy of a stage (JSON)",
+        description="Print the IAM policy document (JSON) a stage needs on the artefact repository and the "
+                    "state envpipe manages, derived from envpipe.yml. Attach it to the credentials that stage runs "
+                    "with; see the README.")
     parser.add_argument("stage", nargs="?", metavar="STAGE",
                         help="publish, promote, apply (with plan and destroy), test, status, unlock; "
                              "role / state-role: what an environment's role_arn / state role_arn needs")
-    parser.add_argument("environment", nargs="?", metavar="ENV")
+    parser.add_argument("environment", nargs="?", metavar="ENV",
+                        help="the environment, for every stage but publish and status")
     parser.add_argument("--role-per-environment", action="store_true",
                         help="one policy per environment covering all its stages (what generated pipelines bind)")
     parser.set_defaults(handler=run_iam)
 
-    parser = subparsers.add_parser("doctor", parents=[common],
-                                   help="check the repository bucket's safety settings (read-only)")
+    parser = subparsers.add_parser(
+        "doctor", parents=[common], help="check the repository bucket's safety settings (read-only)",
+        description="Check the artefact repository's bucket: versioning, default encryption, Block Public Access, "
+                    "a TLS-only bucket policy, object ownership, and where approval: manual environments keep their "
+                    "state. One line per check; exit 1 when anything should change. Never changes the bucket.")
     parser.set_defaults(handler=run_doctor)
