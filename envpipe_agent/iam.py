@@ -35,8 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
 from envpipe_agent.locking import lock_key
-from envpipe_agent.manifest import manifest_key
 from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
+from envpipe_agent.stages.unlock import STATE_LOCK_FILES
 from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
 from envpipe_agent.tools.terraform import state_key
 
@@ -279,8 +279,15 @@ def _test(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
 
 
 def _unlock(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
-    _lock(builder, ctx, env.name, ["s3:GetObject", "s3:DeleteObject"])
+    """unlock, and unlock --state, which holds the environment's lock while it removes
+    a stale Terraform lock file beside a state kept in the repository."""
+    _lock(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
     _records(builder, ctx, env.name, ["s3:PutObject"])
+    if ctx.config.tool == "terraform" and ctx.config.state(env) is None:
+        folder = state_key(env.name).rsplit("/", 1)[0]
+        builder.objects("StateLockFiles", ["s3:GetObject", "s3:DeleteObject"], ctx.repository,
+                        [f"{folder}/{name}" for name in STATE_LOCK_FILES])
+        builder.list_prefix(ctx.repository, ctx.repository.key(f"{folder}/*"))
     _kms(builder, ctx, write=True)
 
 

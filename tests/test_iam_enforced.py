@@ -201,6 +201,12 @@ def test_each_stage_runs_the_path_to_production_with_exactly_its_own_policy(acco
                   Body=json.dumps({"holder": "dead-agent", "expires": "2099-01-01T00:00:00Z"}).encode())
     envpipe_as(users["unlock-production"], root, "unlock", "production", check=0)
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="pipelines/.envpipe/locks/")
+    # ... and so is a Terraform lock file a killed apply left beside the state.
+    tflock = "pipelines/.envpipe/state/production/terraform.tfstate.tflock"
+    s3.put_object(Bucket=BUCKET, Key=tflock, Body=json.dumps({"ID": "stale", "Who": "dead-agent"}).encode())
+    envpipe_as(users["unlock-production"], root, "unlock", "production", "--state", "--reason", "agent died",
+               check=0)
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=tflock)["KeyCount"] == 0
 
     status = json.loads(envpipe_as(users["status"], root, "status", "--json", check=0).stdout)
     assert [(e["environment"], e["version"], e["last"]["test"]["result"]) for e in status["environments"]] == [

@@ -52,9 +52,10 @@ def unlock_state(ctx: StageContext, environment: str, reason: str) -> StateUnloc
     if not (reason and reason.strip()):
         raise UsageError("--state needs --reason TEXT saying why the state lock is stale (recorded)")
     env = ctx.environment(environment)
-    if ctx.config.terraform.state is not None:
+    state = ctx.config.state(env)
+    if state is not None:
         raise UsageError(
-            f"{env.name}'s Terraform state is in s3://{ctx.config.terraform.state.bucket}/, outside the artefact "
+            f"{env.name}'s Terraform state is in s3://{state.bucket}/, outside the artefact "
             "repository: once sure no apply runs, remove its '.tflock' object there by hand"
         )
     folder = f"{STATE_PREFIX}{env.name}/"
