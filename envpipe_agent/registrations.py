@@ -12,8 +12,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
+from envpipe_agent.errors import Refused
+from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
-from envpipe_agent.records import iso
+from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import KeyNotFound, Repository
 
 REGISTRATIONS_PREFIX = ".envpipe/on-demand/"
@@ -96,3 +98,38 @@ def new_registration(name: str, kind: str, owner: str, like: str, now: dt.dateti
                      ttl: dt.timedelta) -> Registration:
     return Registration(name=name, kind=kind, owner=owner, created=iso(now), expires=iso(now + ttl), like=like)
 
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A registered instance and the version its folder holds (``env list``, ``status``)."""
+
+    name: str
+    kind: str
+    version: Optional[str]
+    owner: str
+    created: str
+    expires: str
+    expired: bool
+    like: str
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def list_instances(repository: Repository, now: Optional[dt.datetime] = None) -> List[InstanceInfo]:
+    """Every on-demand environment and sandbox with the version it holds, by name:
+    one listing, then the registrations and the manifests read in parallel."""
+    now = now or utc_now()
+    registrations = list_registrations(repository)
+
+    def held(registration: Registration) -> Optional[str]:
+        try:
+            manifest = read_manifest(repository, registration.name)
+        except Refused:  # a damaged folder is still listed, without a version
+            return None
+        return manifest.version if manifest else None
+
+    versions = parallel_map(held, registrations)
+    return [InstanceInfo(name=r.name, kind=r.kind, version=v, owner=r.owner, created=r.created, expires=r.expires,
+                         expired=r.expired(now), like=r.like) for r, v in zip(registrations, versions)]

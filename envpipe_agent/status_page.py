@@ -16,7 +16,7 @@ import jinja2
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.records import iso, latest_test, utc_now
-from envpipe_agent.stages.status import status
+from envpipe_agent.stages.status import on_demand_status, status
 
 TEMPLATE = "status.html.j2"
 RECENT_CHANGES = 15
@@ -76,9 +76,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_status_page(ctx: StageContext, entries: Optional[Sequence[Mapping[str, Any]]] = None) -> str:
-    """The page's HTML; ``entries`` are ``status(ctx)``'s, read here when not given."""
+def render_status_page(ctx: StageContext, entries: Optional[Sequence[Mapping[str, Any]]] = None,
+                       instances: Optional[Sequence[Mapping[str, Any]]] = None) -> str:
+    """The page's HTML; ``entries`` are ``status(ctx)``'s and ``instances``
+    ``on_demand_status(ctx)``'s, read here when not given."""
     entries = list(entries if entries is not None else status(ctx))
+    instances = list(instances if instances is not None else on_demand_status(ctx))
     html = _environment().get_template(TEMPLATE).render(
         project=ctx.config.project,
         description=ctx.config.description,
@@ -86,15 +89,17 @@ def render_status_page(ctx: StageContext, entries: Optional[Sequence[Mapping[str
         generated=_when(iso(utc_now())),
         environments=[_environment_view(ctx, entry) for entry in entries],
         recent=_recent(entries, RECENT_CHANGES),
+        instances=instances,
     )
     return ctx.redactor(html)
 
 
-def write_status_page(ctx: StageContext, path: Path, entries: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
+def write_status_page(ctx: StageContext, path: Path, entries: Optional[Sequence[Mapping[str, Any]]] = None,
+                      instances: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
     """Write the page to ``path`` (through a temporary name) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(render_status_page(ctx, entries), encoding="utf-8")
+    partial.write_text(render_status_page(ctx, entries, instances), encoding="utf-8")
     partial.replace(path)
     return path

@@ -313,3 +313,24 @@ def test_cloudformation_on_demand_stack_is_created_updated_and_deleted(s3_bucket
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name="/our-project/review-5/version")
     assert read_repository_file(f"s3://{s3_bucket}/pipelines", registration_key("review-5")) is None
+
+
+@FOLDER_ONLY
+def test_status_shows_on_demand_instances_apart_from_the_path_with_expired_marked(project, tmp_path):
+    published(project, "1.0.1")
+    project.envpipe("env", "create", "review-1", "--version", "1.0.1", check=0)
+    project.envpipe("sandbox", "up", "sandbox-x", check=0)
+    expire(project, "review-1")
+    page = tmp_path / "status.html"
+
+    shown = json.loads(project.envpipe("status", "--json", "--html", str(page), check=0).stdout)
+
+    assert [entry["environment"] for entry in shown["environments"]] == ["test", "staging", "production"]
+    assert [(i["name"], i["kind"], i["version"][:3], i["owner"], i["expired"]) for i in shown["on_demand"]] == [
+        ("review-1", "env", "1.0", "tester", True), ("sandbox-x", "sandbox", "wc-", "tester", False)]
+    rows = project.envpipe("status", check=0).stdout.split("\n\n")[1].splitlines()
+    assert rows[0].split() == ["ON-DEMAND", "KIND", "VERSION", "OWNER", "EXPIRES"]
+    assert rows[1].split()[:3] == ["review-1", "env", "1.0.1"] and rows[1].endswith("EXPIRED")
+    assert rows[2].startswith("sandbox-x") and not rows[2].endswith("EXPIRED")
+    html = page.read_text()
+    assert '<tr class="expired">\n      <td>review-1</td>' in html and "<td>sandbox-x</td>" in html

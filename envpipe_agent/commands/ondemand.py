@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from envpipe_agent.commands import emit, load_context, table
 from envpipe_agent.commands.testing import tests_failed
 from envpipe_agent.errors import StageFailed
+
+if TYPE_CHECKING:
+    from envpipe_agent.context import StageContext
+    from envpipe_agent.stages.ondemand import DestroyResult
 
 
 def run_create(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -52,11 +57,14 @@ def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.ondemand import destroy
 
     ctx = load_context(args, environ)
-    result = destroy(ctx, args.name, keep_workdir=args.keep_workdir)
+    _print_destroyed(args, ctx, destroy(ctx, args.name, keep_workdir=args.keep_workdir))
+    return 0
+
+
+def _print_destroyed(args: argparse.Namespace, ctx: StageContext, result: DestroyResult) -> None:
     emit(args, ctx, result.as_dict(),
          f"{result.name}: destroyed ({result.destroyed} resources destroyed, {result.removed} objects removed, "
          f"{result.seconds:.1f}s); registration removed, records kept")
-    return 0
 
 
 def run_reap(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -113,3 +121,72 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                                  "and sandbox")
     parser.add_argument("--dry-run", action="store_true", help="only list what would be destroyed")
     parser.set_defaults(handler=run_reap)
+
+    register_sandbox(subparsers, common, keep, ttl_help)
+
+
+def run_sandbox_up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.sandbox import up
+
+    ctx = load_context(args, environ)
+    result = up(ctx, args.name, source=Path(args.source) if args.source else None, ttl=args.ttl, test=args.test)
+    applied = result.applied
+    text = (f"{result.name}: working copy {result.version} applied ({result.uploaded} uploaded, {result.deleted} "
+            f"deleted, {result.unchanged} unchanged; {applied.added} added, {applied.changed_count} changed, "
+            f"{applied.destroyed} destroyed); expires {result.expires}")
+    if result.tested:
+        text += "\n" + result.tested.summary()
+    emit(args, ctx, result.as_dict(), text)
+    if result.tested and not result.tested.passed:
+        raise tests_failed(result.tested, "edit the working copy and run 'envpipe sandbox up --test' again")
+    return 0
+
+
+def run_sandbox_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.sandbox import run_sandbox_tests
+
+    ctx = load_context(args, environ)
+    result = run_sandbox_tests(ctx, args.name, source=Path(args.source) if args.source else None,
+                               junit=Path(args.junit) if args.junit else None)
+    emit(args, ctx, result.as_dict(), result.summary())
+    if not result.passed:
+        raise tests_failed(result, "edit the working copy and run 'envpipe sandbox up --test' again")
+    return 0
+
+
+def run_sandbox_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.sandbox import destroy_sandbox
+
+    ctx = load_context(args, environ)
+    _print_destroyed(args, ctx, destroy_sandbox(ctx, args.name, keep_workdir=args.keep_workdir))
+    return 0
+
+
+def register_sandbox(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser,
+                     keep: argparse.ArgumentParser, ttl_help: str) -> None:
+    sandbox = subparsers.add_parser("sandbox", parents=[common], help="your own instance of the working copy: up, "
+                                                                      "test, destroy")
+    commands = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", parser_class=type(sandbox))
+    commands.required = True
+    name_help = "the sandbox's name (default sandbox-<user>)"
+    source_help = "the working copy's definition folder (default: 'source' in the config)"
+
+    parser = commands.add_parser("up", parents=[common], help="check and upload the working copy (only what "
+                                 "changed) into the sandbox and apply it; nothing is published")
+    parser.add_argument("name", nargs="?", metavar="NAME", help=name_help)
+    parser.add_argument("--source", metavar="DIR", help=source_help)
+    parser.add_argument("--ttl", metavar="D", help=ttl_help + " (default on_demand.ttl; an existing sandbox keeps "
+                                                             "its expiry without it)")
+    parser.add_argument("--test", action="store_true", help="run the tests against it once applied")
+    parser.set_defaults(handler=run_sandbox_up)
+
+    parser = commands.add_parser("test", parents=[common], help="run the tests of the working copy last brought "
+                                 "up against the sandbox")
+    parser.add_argument("name", nargs="?", metavar="NAME", help=name_help)
+    parser.add_argument("--source", metavar="DIR", help=source_help + "; an edit since the last up is named")
+    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    parser.set_defaults(handler=run_sandbox_test)
+
+    parser = commands.add_parser("destroy", parents=[common, keep], help="destroy the sandbox as 'env destroy' does")
+    parser.add_argument("name", nargs="?", metavar="NAME", help=name_help)
+    parser.set_defaults(handler=run_sandbox_destroy)

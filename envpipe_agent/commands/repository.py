@@ -111,17 +111,27 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
 
 
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from envpipe_agent.stages.status import status
+    from envpipe_agent.stages.status import on_demand_status, status
 
     ctx = load_context(args, environ)
     entries = status(ctx)
+    instances = on_demand_status(ctx)
     if args.html:
         from envpipe_agent.status_page import write_status_page
 
-        log.info("status page written to %s", write_status_page(ctx, Path(args.html), entries))
+        log.info("status page written to %s", write_status_page(ctx, Path(args.html), entries, instances))
+    text = status_table(entries) + (f"\n\n{on_demand_table(instances)}" if instances else "")
     emit(args, ctx, {"project": ctx.config.project, "repository": ctx.repository.location(),
-                     "environments": entries}, status_table(entries))
+                     "environments": entries, "on_demand": instances}, text)
     return 0
+
+
+def on_demand_table(instances: List[Dict[str, Any]]) -> str:
+    """On-demand environments and sandboxes, apart from the path; expired ones marked."""
+    rows = [("ON-DEMAND", "KIND", "VERSION", "OWNER", "EXPIRES")]
+    rows += [(i["name"], i["kind"], i["version"] or "-", i["owner"], i["expires"] + (" EXPIRED" if i["expired"] else ""))
+             for i in instances]
+    return table(rows)
 
 
 def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

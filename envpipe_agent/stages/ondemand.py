@@ -24,7 +24,8 @@ from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import iso, utc_now, write_record
-from envpipe_agent.registrations import (Registration, delete_registration, list_registrations,
+from envpipe_agent import registrations
+from envpipe_agent.registrations import (InstanceInfo, Registration, delete_registration, list_registrations,
                                          new_registration, read_registration, write_registration)
 from envpipe_agent.repository import AlreadyExists
 from envpipe_agent.stages.apply import StageResult, apply, destroy_instance
@@ -42,23 +43,6 @@ REAP_THREADS = 4
 # state, and CloudFormation templates too large to send inline (the CloudFormation
 # runner's TEMPLATE_PREFIX, not imported here: that module loads boto3).
 INSTANCE_DATA_PREFIXES = (STATE_PREFIX, ".envpipe/templates/")
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """One line of ``env list``."""
-
-    name: str
-    kind: str
-    version: Optional[str]
-    owner: str
-    created: str
-    expires: str
-    expired: bool
-    like: str
-
-    def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -203,19 +187,7 @@ def create(ctx: StageContext, name: str, version: Optional[str] = None, source: 
 
 def list_instances(ctx: StageContext, now: Optional[dt.datetime] = None) -> List[InstanceInfo]:
     """Every on-demand environment and sandbox with the version it holds, by name."""
-    now = now or utc_now()
-    registrations = list_registrations(ctx.repository)
-
-    def held(registration: Registration) -> Optional[str]:
-        try:
-            manifest = read_manifest(ctx.repository, registration.name)
-        except Refused:  # a damaged folder still lists, without a version
-            return None
-        return manifest.version if manifest else None
-
-    versions = parallel_map(held, registrations)
-    return [InstanceInfo(name=r.name, kind=r.kind, version=v, owner=r.owner, created=r.created, expires=r.expires,
-                         expired=r.expired(now), like=r.like) for r, v in zip(registrations, versions)]
+    return registrations.list_instances(ctx.repository, now)
 
 
 def extend(ctx: StageContext, name: str, ttl: str, now: Optional[dt.datetime] = None) -> Registration:

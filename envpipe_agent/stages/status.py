@@ -13,6 +13,7 @@ from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import history as environment_history
 from envpipe_agent.records import read_summary
+from envpipe_agent.registrations import list_instances
 
 
 def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
@@ -35,6 +36,11 @@ def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
 def status(ctx: StageContext) -> List[Dict[str, Any]]:
     """One entry per environment, in path order."""
     return parallel_map(lambda name: _environment_status(ctx, name), ctx.config.environment_names, threads=8)
+
+
+def on_demand_status(ctx: StageContext) -> List[Dict[str, Any]]:
+    """On-demand environments and sandboxes, apart from the path (SPEC §9), by name."""
+    return [instance.as_dict() for instance in list_instances(ctx.repository)]
 
 
 def history(ctx: StageContext, environment: Optional[str] = None, limit: int = 20) -> List[Dict[str, Any]]:
