@@ -75,6 +75,10 @@ class GateNotPassed(Refused):
     """The version has not passed its tests in the previous environment."""
 
 
+class ApprovalRequired(Refused):
+    """An ``approval: manual`` environment is changed without an approver."""
+
+
 class LockHeld(Refused):
     """Another holder has the environment's lock."""
 

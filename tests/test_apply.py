@@ -63,7 +63,7 @@ def published(project, version: str = "1.0.1", env: str = "test", content: str =
     project.write("main.tf", content)
     ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
     publish(ctx, version=version)
-    promote(ctx, env, version, force=True, reason="test setup")
+    promote(ctx, env, version, force=True, reason="test setup", approved_by="test setup")
 
 
 def records(project, env: str, action: str):
@@ -237,33 +237,36 @@ def test_destroy_removes_the_infrastructure_and_empties_the_folder(project):
 
 
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
-def test_destroying_a_manual_approval_environment_needs_force_and_reason_and_is_recorded(project):
-    published(project, env="production")
-    project.envpipe("apply", "production", check=0)
+def test_a_manual_approval_environment_is_applied_and_destroyed_only_with_an_approver_who_is_recorded(project):
+    published(project, env="production")  # in process, approved_by given
+    refused = project.envpipe("apply", "production", check=3)
+    assert ("production has approval: manual: apply needs an approver: pass --approved-by WHO, or set "
+            "ENVPIPE_APPROVER") in refused.stderr
+    assert not (Path(project.repository) / ".envpipe" / "state" / "production").exists()  # nothing was run
+    assert [r["result"] for r in records(project, "production", "apply")] == ["refused"]  # an attempt, on record
+
+    applied = project.envpipe("apply", "production", env={"ENVPIPE_APPROVER": "carol"}, check=0)
+    assert "approved by carol" in applied.stdout
     promoted = list_repository(project.repository, "production/")
 
-    for args in ([], ["--force"], ["--reason", "decommissioned"]):
-        refused = project.envpipe("destroy", "production", *args, check=2)
-        assert refused.stderr.startswith("envpipe: error: ")
-    assert "destroying it needs 'envpipe destroy production --force --reason" in refused.stderr
-    # Nothing was done: the folder, the state and the records are as they were.
+    for args in ([], ["--force", "--reason", "decommissioned"]):
+        refused = project.envpipe("destroy", "production", *args, check=3)
+        assert "production has approval: manual: destroy needs an approver" in refused.stderr
+    # Nothing was done: the folder and the state are as they were.
     assert list_repository(project.repository, "production/") == promoted
     state = json.loads(read_repository_file(project.repository, ".envpipe/state/production/terraform.tfstate"))
     assert len(state["resources"]) == 2
 
-    def destroy_overrides():
-        return [r for r in records(project, "production", "override") if r["overrides"] == "destroy"]
+    done = project.envpipe("--json", "destroy", "production", "--approved-by", "dave", check=0)
 
-    assert records(project, "production", "destroy") == destroy_overrides() == []
-
-    done = project.envpipe("--json", "destroy", "production", "--force", "--reason", "decommissioned", check=0)
-
-    assert json.loads(done.stdout)["forced"] is True
+    assert json.loads(done.stdout)["approved_by"] == "dave"
     assert list_repository(project.repository, "production/") == {}
-    [override] = destroy_overrides()
-    assert (override["result"], override["reason"]) == ("forced", "decommissioned")
-    [destroyed] = records(project, "production", "destroy")
-    assert (destroyed["result"], destroyed["forced"], destroyed["reason"]) == ("done", True, "decommissioned")
+    assert [(r["result"], r.get("approved_by")) for r in records(project, "production", "apply")] == [
+        ("refused", None), ("done", "carol")]
+    assert [(r["result"], r.get("approved_by")) for r in records(project, "production", "destroy")] == [
+        ("refused", None), ("refused", None), ("done", "dave")]
+    history = project.envpipe("history", "production", check=0).stdout
+    assert "approved by dave" in history and "approved by carol" in history
 
 
 @pytest.mark.parametrize("repository_url", ["folder"], indirect=True)

@@ -343,3 +343,27 @@ def test_an_environment_whose_manifest_was_deleted_is_repaired_from_its_last_com
     repo_of(project).delete([f"staging/{MANIFEST}"])
     assert "has not passed its tests in test" in project.envpipe("promote", "1.0.1", "--to", "staging",
                                                                  check=3).stderr
+
+
+@FOLDER_ONLY
+def test_promote_into_a_manual_environment_needs_an_approver_named_either_way_and_records_it(project):
+    publish_in_process(project, "1.0.1")
+    record_test(project, "staging", "1.0.1")
+    refused = project.envpipe("promote", "1.0.1", "--to", "production", check=3)
+    assert "production has approval: manual: promote needs an approver: pass --approved-by WHO, or set " \
+           "ENVPIPE_APPROVER (the generated pipelines set it from the approval step's submitter)" in refused.stderr
+    assert read_repository_file(project.repository, f"production/{MANIFEST}") is None
+
+    by_variable = project.envpipe("promote", "1.0.1", "--to", "production", env={**JENKINS, "ENVPIPE_APPROVER": "bob"},
+                                  check=0)
+    assert "approved by bob" in by_variable.stdout
+    assert records_of(project, "production", "promote")[-1]["approved_by"] == "bob"
+    manifest = json.loads(read_repository_file(project.repository, f"production/{MANIFEST}"))
+    assert manifest["promoted"]["approved_by"] == "bob" and manifest["promoted"]["user"] == "alice"
+    # --approved-by wins over the variable; a path environment without approval needs none.
+    repo_of(project).write("production/main.tf", b"# edited\n")
+    project.envpipe("promote", "1.0.1", "--to", "production", "--approved-by", "erin",
+                    env={"ENVPIPE_APPROVER": "bob"}, check=0)
+    assert records_of(project, "production", "promote")[-1]["approved_by"] == "erin"
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+    assert "approved_by" not in records_of(project, "test", "promote")[-1]

@@ -74,6 +74,9 @@ def test_run_takes_the_version_along_the_path_and_waits_before_a_manual_environm
     status = json.loads(project.envpipe("status", "--json", check=0).stdout)
     production = status["environments"][2]["last"]
     assert (production["apply"]["outputs"]["size"], production["test"]["result"]) == (3, "passed")
+    # --approve is the approval: the person running it is the approver on the record.
+    assert production["promote"]["approved_by"] == production["apply"]["approved_by"] == "tester"
+    assert "approved_by" not in status["environments"][1]["last"]["promote"]
     assert read_repository_file(project.repository, "production/tests/test_size.py") == SUITE.encode()
 
 

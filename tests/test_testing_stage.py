@@ -267,7 +267,8 @@ def test_gate_refuses_an_untested_or_failed_version_and_force_with_reason_is_rec
     copy.deploy("1.0.2")
     copy.envpipe("test", "test", check=0)
     copy.envpipe("promote", "1.0.2", "--to", "staging", check=0)  # passed in test: no force needed
-    copy.envpipe("promote", "1.0.2", "--to", "production", check=3)  # not tested in staging yet
+    refused = copy.envpipe("promote", "1.0.2", "--to", "production", "--approved-by", "erin", check=3)
+    assert "has not passed its tests in staging" in refused.stderr  # approved, but not tested there yet
 
     records = list(history(open_repository(str(copy.repository), {}), "staging"))
     assert [(r["action"], r["version"], r["result"]) for r in records] == [

@@ -34,3 +34,10 @@ def table(rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
+
+
+def add_approved_by(parser: argparse.ArgumentParser) -> None:
+    """--approved-by, for the commands that change an ``approval: manual`` environment."""
+    parser.add_argument("--approved-by", metavar="WHO",
+                        help="who approved this change of an 'approval: manual' environment (recorded; "
+                             "default: ENVPIPE_APPROVER, which generated pipelines set from the approval step)")

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Mapping
 
-from envpipe_agent.commands import emit, load_context
+from envpipe_agent.commands import add_approved_by, emit, load_context
 from envpipe_agent.errors import StageFailed, UsageError
 
 if TYPE_CHECKING:
@@ -20,6 +20,10 @@ def _outputs_text(result: StageResult) -> str:
     return "".join(f"\n  {name} = {json.dumps(value)}" for name, value in sorted(result.outputs.items()))
 
 
+def _approved(result: StageResult) -> str:
+    return f"; approved by {result.approved_by}" if result.approved_by else ""
+
+
 def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.apply import apply
 
@@ -27,11 +31,11 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # --version alone means this CI build's version (SPEC §5), as for plan.
     expected = None if args.version is None else ctx.resolve_version(args.version or None)
     result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed,
-                   version=expected)
+                   version=expected, approved_by=args.approved_by)
     state = _counts(result) if result.changed else "no changes"
     emit(args, ctx, result.as_dict(),
-         f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s)"
-         + _outputs_text(result))
+         f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s"
+         + _approved(result) + ")" + _outputs_text(result))
     return 0
 
 
@@ -58,11 +62,12 @@ def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.apply import destroy
 
     ctx = load_context(args, environ)
-    result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir, force=args.force, reason=args.reason)
+    result = destroy(ctx, args.environment, keep_workdir=args.keep_workdir, force=args.force, reason=args.reason,
+                     approved_by=args.approved_by)
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} destroyed ({result.destroyed} destroyed, "
-         f"{result.emptied} files removed from its folder, {result.seconds:.1f}s)"
-         + (" (approval: manual overridden; recorded)" if result.forced else ""))
+         f"{result.emptied} files removed from its folder, {result.seconds:.1f}s"
+         + ("; forced, recorded" if result.forced else "") + _approved(result) + ")")
     return 0
 
 
@@ -85,13 +90,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--replace-failed", action="store_true",
                         help="CloudFormation: delete and recreate a stack left in a failed state")
+    add_approved_by(parser)
     parser.set_defaults(handler=run_apply)
 
     parser = subparsers.add_parser("destroy", parents=[common, keep],
                                    help="destroy ENV's infrastructure and empty its folder")
     parser.add_argument("environment", metavar="ENV", help="environment to destroy")
-    parser.add_argument("--force", action="store_true",
-                        help="needed to destroy an 'approval: manual' environment (with --reason)")
-    parser.add_argument("--reason", metavar="TEXT",
-                        help="why an 'approval: manual' environment is destroyed (recorded; needs --force)")
+    parser.add_argument("--force", action="store_true", help="override a guard that refuses it (needs --reason)")
+    parser.add_argument("--reason", metavar="TEXT", help="why the guard is overridden (recorded; needs --force)")
+    add_approved_by(parser)
     parser.set_defaults(handler=run_destroy)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from envpipe_agent.commands import emit, load_context, table
+from envpipe_agent.commands import add_approved_by, emit, load_context, table
 from envpipe_agent.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     version = promoted_version(args)
     ctx = load_context(args, environ)
-    result = promote(ctx, args.to, version=version, force=args.force, reason=args.reason)
+    result = promote(ctx, args.to, version=version, force=args.force, reason=args.reason,
+                     approved_by=args.approved_by)
     text = f"{result.environment}: version {result.version} promoted ({result.describe()})"
     emit(args, ctx, result.as_dict(), text)
     return 0
@@ -202,6 +203,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--to", required=True, metavar="ENV", help="environment to promote into")
     parser.add_argument("--force", action="store_true", help="override the test gate (needs --reason)")
     parser.add_argument("--reason", metavar="TEXT", help="why the gate is overridden (recorded; needs --force)")
+    add_approved_by(parser)
     parser.set_defaults(handler=run_promote)
 
     parser = subparsers.add_parser("verify", parents=[common], help="check a version or environment against its manifest")

@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--version", help="version to publish and take along (default: from the CI build)")
     parser.add_argument("--through", metavar="ENV", help="stop after this environment (default: the last)")
     parser.add_argument("--approve", metavar="ENV", action="append",
-                        help="go on into this 'approval: manual' environment (repeatable)")
+                        help="go on into this 'approval: manual' environment, approved by you (ENVPIPE_APPROVER "
+                             "or your user name, recorded; repeatable)")
     parser.add_argument("--junit-dir", metavar="DIR", help="write each environment's JUnit report to DIR/ENV.xml")
     parser.set_defaults(handler=run_run)

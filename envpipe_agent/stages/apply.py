@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
                                   Terminated, UsageError)
@@ -71,6 +72,7 @@ class StageResult:
     fetch_seconds: float = 0.0
     record: Optional[str] = None
     forced: bool = False  # an approval: manual environment's guard overridden (--force --reason)
+    approved_by: Optional[str] = None  # who approved it, for an approval: manual environment
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -121,7 +123,8 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
 def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
                candidate: Optional[str] = None, override: Optional[str] = None,
-               expected: Optional[str] = None, held: Optional[Lease] = None) -> StageResult:
+               expected: Optional[str] = None, held: Optional[Lease] = None,
+               approved_by: Optional[str] = None) -> StageResult:
     started = time.monotonic()
     env = ctx.environment(environment)
     tool = ctx.config.tool
@@ -170,8 +173,12 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
             log.warning("%s: could not write the %s record: %s", env.name, action, problem)
 
     try:
+        # Before anything is locked or run: the approver (SPEC §6), recorded when given.
+        who = approver(env, action, ctx.environ, approved_by) if action in LOCKED_ACTIONS else None
+        if who:
+            details["approved_by"] = who
+        check_holds(env.name, version, expected, action)
         # Credentials first: a wrong account is refused before anything is locked or run.
-        check_holds(env.name, version, expected, action)  # before anything is locked or run
         credentials = ctx.credentials(env)
         redactor = redactor.with_values(credentials.secrets)
         record_redactor = record_redactor.with_values(credentials.secrets)
@@ -206,6 +213,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
                 result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
                 result.forced = bool(override)
+                result.approved_by = details.get("approved_by")
                 written = record(result.result, _record_of(action, result, outcome))
                 recorded = True
             except BaseException as exc:
@@ -288,14 +296,17 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
 
 
 def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
-          runner: Optional[ToolRunner] = None, version: Optional[str] = None) -> StageResult:
+          runner: Optional[ToolRunner] = None, version: Optional[str] = None,
+          approved_by: Optional[str] = None) -> StageResult:
     """Fetch, verify and apply ``environment``'s definition; record its outputs.
 
     With ``version``, refuse (exit 3) unless the environment holds that version: a
     pipeline applies what its own build promoted, never what another build did since.
+    An ``approval: manual`` environment needs an approver (``approved_by`` or
+    ENVPIPE_APPROVER), recorded.
     """
     return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner,
-                      expected=version)
+                      expected=version, approved_by=approved_by)
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
@@ -309,11 +320,13 @@ def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
 
 
 def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
-            runner: Optional[ToolRunner] = None, force: bool = False, reason: Optional[str] = None) -> StageResult:
+            runner: Optional[ToolRunner] = None, force: bool = False, reason: Optional[str] = None,
+            approved_by: Optional[str] = None) -> StageResult:
     """Destroy ``environment``'s infrastructure, then empty its folder.
 
-    An ``approval: manual`` environment (production) is destroyed only with ``force``
-    and a ``reason``, recorded as an override: nobody takes it down by a slip.
+    An ``approval: manual`` environment (production) is destroyed only with an approver
+    (``approved_by`` or ENVPIPE_APPROVER), recorded, as for promote and apply: nobody
+    takes it down by a slip. ``force`` with a ``reason`` is recorded as an override.
     """
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the guard is overridden")
@@ -321,11 +334,8 @@ def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
     if not env.on_path:
         raise UsageError(f"{env.name} is an on-demand environment: 'envpipe env destroy {env.name}' destroys it "
                          "and removes its registration; nothing was done")
-    if env.manual and not force:
-        raise UsageError(f"{env.name} has approval: manual: destroying it needs "
-                         f"'envpipe destroy {env.name} --force --reason \"...\"' (recorded); nothing was done")
     return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner,
-                      override=reason.strip() if env.manual and reason else None)
+                      override=reason.strip() if force and reason else None, approved_by=approved_by)
 
 
 def destroy_instance(ctx: StageContext, name: str, lease: Lease, keep_workdir: bool = False,

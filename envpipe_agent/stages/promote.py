@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
+from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
 from envpipe_agent.locking import Lease, environment_lock
@@ -41,6 +42,7 @@ class PromoteResult:
     forced: bool
     seconds: float
     repair: bool = False  # the version the environment already held, promoted again without the gate
+    approved_by: Optional[str] = None  # who approved it, for an approval: manual environment
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -49,7 +51,8 @@ class PromoteResult:
         """``was 1.0.1; 2 copied, 0 deleted, 3 unchanged``: what the promote did."""
         return (f"was {self.previous_version or 'empty'}; {self.copied} copied, {self.deleted} deleted, "
                 f"{self.unchanged} unchanged" + ("; gate overridden, recorded" if self.forced else "")
-                + ("; a repair, recorded" if self.repair else ""))
+                + ("; a repair, recorded" if self.repair else "")
+                + (f"; approved by {self.approved_by}" if self.approved_by else ""))
 
 
 def load_version(ctx: StageContext, version: str) -> Manifest:
@@ -209,12 +212,16 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
 
 
 def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
-            force: bool = False, reason: Optional[str] = None) -> PromoteResult:
-    """Promote ``version`` (default: this build's) into ``environment``."""
+            force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None) -> PromoteResult:
+    """Promote ``version`` (default: this build's) into ``environment``.
+
+    An ``approval: manual`` environment needs an approver (``approved_by`` or
+    ENVPIPE_APPROVER), recorded with the promotion."""
     started = time.monotonic()
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
     env = ctx.environment(environment)
+    who = approver(env, "promote", ctx.environ, approved_by)
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
     with ThreadPoolExecutor(max_workers=1) as reader:
         # The gate's test result is read alongside the version's manifest (one round
@@ -235,7 +242,8 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
                 log.warning("%s already holds version %s: promoting it again is a repair and needs no "
                             "override; --force is ignored", env.name, version)
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
-        promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
+        promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v},
+                    **({"approved_by": who} if who else {})}
         if overridden:
             promoted.update(forced=True, reason=reason, gate=overridden, forced_by=ctx.ci.user)
         elif held:
@@ -262,11 +270,12 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         # Promoting the version the environment already holds repairs its folder (a
         # hand edit, an interrupted promote): recorded as such.
         repair = held is not None or outcome["previous_version"] == version
-        details = {"digest": manifest.digest, **outcome, **({"repair": True} if repair else {})}
+        details = {"digest": manifest.digest, **outcome, **({"repair": True} if repair else {}),
+                   **({"approved_by": who} if who else {})}
         if overridden:
             details.update(forced=True, reason=reason, gate=overridden)
             write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
                          {"reason": reason, "gate": overridden, "overrides": "promote"}, redactor=ctx.record_redactor)
         write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details, redactor=ctx.record_redactor)
     return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
-                         outcome["unchanged"], bool(overridden), time.monotonic() - started, repair)
+                         outcome["unchanged"], bool(overridden), time.monotonic() - started, repair, who)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from envpipe_agent.approval import APPROVER_VARIABLE
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import EnvpipeError, StageFailed, UsageError
 from envpipe_agent.stages.apply import apply
@@ -110,9 +111,12 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
             result.waiting_for = env.name
             log.info("%-12s %-8s approval: manual; rerun with --approve %s", env.name, "waiting", env.name)
             break
-        _stage(result, "promote", env.name, lambda: promote(ctx, env.name, version),
+        # --approve ENV is the approval a pipeline's step gives: the person running this
+        # (ENVPIPE_APPROVER when set) is recorded as the approver.
+        approver = (ctx.environ.get(APPROVER_VARIABLE) or ctx.ci.user or "unknown") if env.name in approved else None
+        _stage(result, "promote", env.name, lambda: promote(ctx, env.name, version, approved_by=approver),
                lambda r: f"{r.version} ({r.describe()})")
-        _stage(result, "apply", env.name, lambda: apply(ctx, env.name), _apply_detail)
+        _stage(result, "apply", env.name, lambda: apply(ctx, env.name, approved_by=approver), _apply_detail)
         junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
         tested = _stage(result, "test", env.name, lambda: run_tests(ctx, env.name, junit=junit),
                         lambda r: f"{r.result}: {r.counts()}")

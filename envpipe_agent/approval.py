@@ -1,0 +1,32 @@
+"""Manual approval (SPEC §6): an ``approval: manual`` environment changes only with an approver.
+
+A pipeline's approval step is not the only way into production: ``envpipe promote``,
+``apply``, ``bluegreen`` and ``destroy`` run anywhere, so the approval is a property of
+the environment, checked here by each of them. The approver comes from ``--approved-by``
+or ``ENVPIPE_APPROVER`` (the generated pipelines set it from the approval step's
+submitter) and is recorded.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from envpipe_agent.config import Environment
+from envpipe_agent.errors import ApprovalRequired
+
+APPROVER_VARIABLE = "ENVPIPE_APPROVER"
+
+
+def approver(env: Environment, action: str, environ: Mapping[str, str],
+             approved_by: Optional[str] = None) -> Optional[str]:
+    """Who approved ``action`` on ``env``: ``approved_by``, else ``ENVPIPE_APPROVER``.
+
+    Raises ApprovalRequired (exit 3) for an ``approval: manual`` environment without
+    one. Elsewhere an approver given is returned, to be recorded, and none is needed.
+    """
+    who = (approved_by or environ.get(APPROVER_VARIABLE) or "").strip() or None
+    if env.manual and who is None:
+        raise ApprovalRequired(
+            f"{env.name} has approval: manual: {action} needs an approver: pass --approved-by WHO, or set "
+            f"{APPROVER_VARIABLE} (the generated pipelines set it from the approval step's submitter); "
+            "nothing was done")
+    return who
