@@ -12,7 +12,7 @@ import importlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
@@ -73,6 +73,10 @@ class StageResult:
     record: Optional[str] = None
     forced: bool = False  # an approval: manual environment's guard overridden (--force --reason)
     approved_by: Optional[str] = None  # who approved it, for an approval: manual environment
+    # plan: what makes it a change ("template changes", "drift", "unapplied version";
+    # "changes" where the tool does not say), and the drift found (None: not checked)
+    causes: List[str] = field(default_factory=list)
+    drift: Optional[Dict[str, Any]] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -244,7 +248,7 @@ def _record_of(action: str, result: StageResult, outcome: RunOutcome) -> Dict[st
         extra["outputs"] = result.outputs
         extra["sensitive_outputs"] = sorted(n for n, o in outcome.outputs.items() if o.sensitive)
     if action == "plan":
-        extra["last_applied_version"] = result.last_applied_version
+        extra.update(last_applied_version=result.last_applied_version, causes=result.causes, drift=result.drift)
     if result.emptied is not None:
         extra["emptied"] = result.emptied
     return extra
@@ -281,12 +285,15 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
         # never for TF_VAR_* values; printing masks those on the way out.
         result.outputs = redact_data(outcome.recorded_outputs(), record_redactor)
     if action == "plan":
+        result.causes = list(outcome.causes) or (["changes"] if outcome.changed else [])
+        result.drift = redact_data(outcome.drift, redactor) if outcome.drift is not None else None
         applied = last_applied(ctx.repository, environment)
         result.last_applied_version = applied.get("version") if applied else None
         if result.last_applied_version != version and not result.changed:
             # The resources match, but the promoted version was never applied here:
             # applying it is still pending (SPEC §4: "a newer promoted version").
             result.changed = True
+            result.causes.append("unapplied version")
             pending = f"version {version} is promoted but {result.last_applied_version or 'nothing'} was last applied"
             # One sentence: Terraform's "No changes." and CloudFormation's "stack X: no changes" alike.
             head = result.summary.strip().rstrip(".")

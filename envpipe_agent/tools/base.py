@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Protocol
+from typing import Any, Dict, List, Mapping, Optional, Protocol
 
 from envpipe_agent import aws_credentials
 from envpipe_agent.ci_context import CIContext
@@ -54,6 +54,10 @@ class RunOutcome:
     outputs: Dict[str, Output] = field(default_factory=dict)
     summary: str = ""
     details: Dict[str, Any] = field(default_factory=dict)
+    # A plan's: what makes it a change ("template changes", "drift"; empty: the tool
+    # does not say), and the drift it found (None: not checked).
+    causes: List[str] = field(default_factory=list)
+    drift: Optional[Dict[str, Any]] = None
 
     def recorded_outputs(self) -> Dict[str, Any]:
         """Outputs as records hold them: sensitive values replaced, never stored."""

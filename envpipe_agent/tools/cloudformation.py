@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -24,8 +25,11 @@ from envpipe_agent.aws_credentials import describe_failure, failure_types
 from envpipe_agent.errors import ConfigError, EnvpipeError, Refused, StageFailed, UnsafePath, UsageError
 from envpipe_agent.paths import local_path
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
+from envpipe_agent.tools.stack_drift import Drift, detect_drift
+from envpipe_agent.tools.stack_drift import describe as describe_drift
 from envpipe_agent.tools.stack_states import (
     NEEDS_REPLACEMENT,
+    UPDATABLE_AFTER_FAILURE,
     EventTail,
     StackState,
     blocking_reason,
@@ -51,6 +55,8 @@ ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion")
 # How "nothing to do" is reported: real CloudFormation fails the change set with the
 # first; moto (and UpdateStack) answer a ValidationError with the second.
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
+# Tags what a plan creates with that run's token: its placeholder stack is its own to remove.
+PLAN_TAG = "envpipe:plan"
 MASK = "****"
 AWS_FAILURES = failure_types()
 
@@ -340,8 +346,12 @@ def _suffix(path: str) -> str:
     return "." + name.rsplit(".", 1)[-1] if "." in name else ""
 
 
-def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: str) -> ChangeSet:
+def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: str,
+                       plan_token: Optional[str] = None) -> ChangeSet:
+    """Create a change set and wait for it. ``plan_token`` tags what a plan makes, so
+    the plan can tell its own placeholder stack from anyone else's."""
     name = prepared.stack_name
+    tags = prepared.tags + ([{"Key": PLAN_TAG, "Value": plan_token}] if plan_token else [])
     log.info("stack %s: creating %s change set for version %s (parameters: %s)", name, kind, request.version,
              ", ".join(prepared.shown_parameters) or "none")
     with _template_argument(request, prepared) as template:
@@ -352,7 +362,7 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
                 ChangeSetType=kind,
                 Parameters=prepared.parameters,
                 Capabilities=prepared.capabilities,
-                Tags=prepared.tags,
+                Tags=tags,
                 Description=f"envpipe {request.environment.name} {request.version}"[:1024],
                 **template,
             )
@@ -375,9 +385,7 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
             change_set.no_changes = True
             client.delete_change_set(ChangeSetName=change_set.id)
             return change_set
-        if kind == "CREATE":
-            # Only the empty REVIEW_IN_PROGRESS stack exists; deleting it takes its change set along.
-            client.delete_stack(StackName=change_set.stack_id)
+        _discard(client, change_set, plan_token)
         raise StageFailed(f"stack {name}: CloudFormation could not create the change set: "
                           f"{reason or 'no reason given'}; fix the template and publish a new version")
     change_set.changes = list(described.get("Changes", []))
@@ -392,6 +400,89 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
                  f" replacement: {replacement}" if replacement and replacement != "False" else "")
     log.info("stack %s: %s", name, change_set.counts)
     return change_set
+
+
+def _stack_tags(stack: Mapping[str, Any]) -> Dict[str, str]:
+    return {tag.get("Key", ""): tag.get("Value", "") for tag in stack.get("Tags") or []}
+
+
+def _change_sets(client, stack_id: str) -> List[Dict[str, Any]]:
+    """The stack's change sets (summaries). Filtered by stack id as well: moto answers
+    with every stack's."""
+    return [summary for page in client.get_paginator("list_change_sets").paginate(StackName=stack_id)
+            for summary in page.get("Summaries", []) if summary.get("StackId") in (None, stack_id)]
+
+
+def _discard(client, change_set: ChangeSet, plan_token: Optional[str] = None) -> None:
+    """Remove what this run made for ``change_set``, and nothing else.
+
+    A CREATE change set made an empty REVIEW_IN_PROGRESS stack. That stack is deleted
+    too only while it is still just that: holding no
+    other change set, and for a plan tagged with this run's ``plan_token``; a plan takes
+    no lock, and someone may have added a change set of their own meanwhile.
+    """
+    if change_set.kind == "CREATE" and change_set.stack_id:
+        stack = describe_stack(client, change_set.stack_id)
+        if stack is not None and stack_state(stack["StackStatus"]) is StackState.PENDING:
+            others = [c["ChangeSetName"] for c in _change_sets(client, change_set.stack_id)
+                      if c.get("ChangeSetId") != change_set.id]
+            ours = plan_token is None or _stack_tags(stack).get(PLAN_TAG) == plan_token
+            if ours and not others:
+                if change_set.id:
+                    client.delete_change_set(ChangeSetName=change_set.id)
+                client.delete_stack(StackName=change_set.stack_id)
+                return
+            log.warning("stack %s: left in REVIEW_IN_PROGRESS for %s; only this run's change set is removed",
+                        stack.get("StackName", change_set.stack_id),
+                        f"its change sets {', '.join(others)}" if others else "whoever else made it")
+    if change_set.id:
+        client.delete_change_set(ChangeSetName=change_set.id)
+
+
+def _pending_review(client, stack: Mapping[str, Any], name: str) -> RunOutcome:
+    """A plan's report on a REVIEW_IN_PROGRESS stack it did not make: left alone."""
+    pending = [c["ChangeSetName"] for c in _change_sets(client, stack["StackId"])]
+    left_by = " (left by an interrupted 'envpipe plan')" if PLAN_TAG in _stack_tags(stack) else ""
+    summary = (f"stack {name} is REVIEW_IN_PROGRESS{left_by} with change sets this plan did not make "
+               f"({', '.join(pending) or 'none'}): left alone; it holds no resources yet, and apply would "
+               "replace it with a stack created from this version")
+    log.warning("%s", summary)
+    return RunOutcome(changed=True, summary=summary, causes=["template changes"],
+                      details={"stack_name": name, "status": stack["StackStatus"], "pending_change_sets": pending})
+
+
+def _detectable(stack: Optional[Mapping[str, Any]]) -> bool:
+    """Whether CloudFormation runs drift detection on a stack in this state."""
+    if stack is None:
+        return False
+    status = stack["StackStatus"]
+    return stack_state(status) is StackState.COMPLETE or status in UPDATABLE_AFTER_FAILURE
+
+
+def _plan_outcome(name: str, version: str, change_set: ChangeSet, drift: Optional[Drift]) -> RunOutcome:
+    """The plan's result: template changes from the change set, and drift."""
+    causes: List[str] = []
+    parts: List[str] = []
+    if change_set.no_changes:
+        log.info("stack %s matches version %s: no template changes", name, version)
+    else:
+        causes.append("template changes")
+        parts.append(f"{'would be created' if change_set.kind == 'CREATE' else 'would change'}: {change_set.counts}")
+    if drift is not None and drift.unavailable:
+        log.warning("stack %s: drift detection is not available here (%s); reporting template changes only",
+                    name, drift.unavailable)
+    if drift is not None and drift.drifted:
+        causes.append("drift")
+        parts.append(f"{len(drift.resources)} resource(s) drifted "
+                     f"({', '.join(resource['resource'] for resource in drift.resources)})")
+        for resource in drift.resources:
+            log.info("  drifted %s", describe_drift(resource))
+    return RunOutcome(
+        changed=bool(causes), added=change_set.count("Add"), changed_count=change_set.count("Modify"),
+        destroyed=change_set.count("Remove"), summary=f"stack {name}: {'; '.join(parts) or 'no changes'}",
+        causes=causes, drift=drift.as_dict() if drift is not None else None,
+        details={"stack_name": name, "change_set_type": change_set.kind},
+    )
 
 
 # --- the runner -------------------------------------------------------------------
@@ -445,35 +536,33 @@ class CloudFormationRunner:
         return tail.events
 
     def plan(self, request: RunRequest) -> RunOutcome:
+        """What apply would change, changing nothing this run did not make: the change
+        set it creates is deleted, and so is the placeholder stack of a first creation
+        (see ``_discard``); then drift detection on an existing stack."""
         prepared = prepare(request)
         name = prepared.stack_name
         client = cloudformation_client(request)
-        with _masked(request.redactor.with_values(prepared.secret_values)), _aws("plan", name, client):
-            stack = self._existing_stack(client, request, prepared, replace=True, dry_run=True)
-            if stack is not None and stack["StackStatus"] in NEEDS_REPLACEMENT:
-                summary = (f"stack {name} is {stack['StackStatus']}: apply --replace-failed would delete it and "
-                           "create it again")
+        redact = request.redactor.with_values(prepared.secret_values)
+        with _masked(redact), _aws("plan", name, client):
+            stack = describe_stack(client, name)
+            status = stack["StackStatus"] if stack else None
+            if stack is not None and stack_state(status) is StackState.PENDING:
+                return _pending_review(client, stack, name)
+            if status in NEEDS_REPLACEMENT:
+                summary = f"stack {name} is {status}: apply --replace-failed would delete it and create it again"
                 log.info("%s", summary)
-                return RunOutcome(changed=True, summary=summary, details={"stack_name": name, "replace": True})
-            change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE")
-            if change_set.no_changes:
-                log.info("stack %s matches version %s: no changes", name, request.version)
-                return RunOutcome(changed=False, summary=f"stack {name}: no changes",
-                                  details={"stack_name": name})
-            client.delete_change_set(ChangeSetName=change_set.id)
-            if change_set.kind == "CREATE":
-                # A CREATE change set makes an empty stack (REVIEW_IN_PROGRESS); a plan leaves nothing behind.
-                placeholder = describe_stack(client, change_set.stack_id)
-                if placeholder is not None and stack_state(placeholder["StackStatus"]) is StackState.PENDING:
-                    client.delete_stack(StackName=change_set.stack_id)
-        return RunOutcome(
-            changed=True, added=change_set.count("Add"), changed_count=change_set.count("Modify"),
-            destroyed=change_set.count("Remove"),
-            summary=f"stack {name}: {'would be created' if change_set.kind == 'CREATE' else 'would change'}: "
-                    f"{change_set.counts}",
-            details={"stack_name": name, "change_set_type": change_set.kind},
-        )
-
+                return RunOutcome(changed=True, summary=summary, causes=["template changes"],
+                                  details={"stack_name": name, "replace": True})
+            problem = blocking_reason(status) if status else None
+            if problem:
+                raise Refused(f"stack {name} is {status}: {problem}")
+            token = uuid.uuid4().hex
+            change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE",
+                                            plan_token=token)
+            if not change_set.no_changes:
+                _discard(client, change_set, token)
+            drift = detect_drift(client, stack["StackId"], redact, WAITER_DELAY) if _detectable(stack) else None
+        return _plan_outcome(name, request.version, change_set, drift)
     def apply(self, request: RunRequest) -> RunOutcome:
         prepared = prepare(request)
         redact = request.redactor.with_values(prepared.secret_values)
