@@ -492,7 +492,7 @@ class CloudFormationRunner:
     name = "cloudformation"
 
     def _existing_stack(self, client, request: RunRequest, prepared: Prepared, replace: bool,
-                        dry_run: bool = False, redact: Callable[[str], str] = str) -> Optional[Dict[str, Any]]:
+                        redact: Callable[[str], str] = str) -> Optional[Dict[str, Any]]:
         """The stack a change set can be based on, or None for a CREATE; clears away an
         empty placeholder, and a failed first creation when ``replace`` is allowed."""
         name = prepared.stack_name
@@ -501,8 +501,11 @@ class CloudFormationRunner:
             return None
         status = stack["StackStatus"]
         if stack_state(status) is StackState.PENDING:
-            # Left by a change set that was never executed: it holds no resources.
-            log.info("stack %s is %s (an unexecuted change set); removing the empty stack first", name, status)
+            # Left by change sets never executed: it holds no resources. apply runs under
+            # the environment's lock, so no envpipe run is between creating and executing.
+            pending = ", ".join(c["ChangeSetName"] for c in _change_sets(client, stack["StackId"])) or "none"
+            log.info("stack %s is %s (unexecuted change sets: %s); removing the empty stack first",
+                     name, status, pending)
             self._delete(client, stack, name, redact)
             return None
         if status in NEEDS_REPLACEMENT:
@@ -511,8 +514,6 @@ class CloudFormationRunner:
             if not replace:
                 raise Refused(f"stack {name} is {status}: its first creation failed and CloudFormation cannot "
                               f"update it{cause}; run again with --replace-failed to delete and re-create it")
-            if dry_run:
-                return stack
             log.info("stack %s is %s%s; deleting it to create it again (--replace-failed)", name, status,
                      redact(cause))
             self._delete(client, stack, name, redact)
