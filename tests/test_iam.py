@@ -123,3 +123,20 @@ def test_cli_prints_deterministic_json_and_refuses_a_folder_repository(tmp_path)
     refused = run_envpipe(["iam", "publish", "--repo", str(tmp_path / "repository")], cwd=tmp_path, check=2)
     assert refused.stderr.count("\n") == 1 and "s3://" in refused.stderr
     assert "needs an environment" in run_envpipe(["iam", "apply"], cwd=tmp_path, check=2).stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("rendered, binding", [
+    ("Jenkinsfile.example", "usernamePassword(credentialsId: "),
+    ("examples/gocd/our-project.gocd.yaml", "AWS_ACCESS_KEY_ID: "),
+    ("examples/gocd/pipelines.xml", '<variable name="AWS_ACCESS_KEY_ID"'),
+])
+def test_each_credential_binding_names_the_policy_it_should_carry(rendered, binding):
+    lines = (ROOT / rendered).read_text().splitlines()
+    bound = [i for i, line in enumerate(lines) if binding in line]
+    assert bound
+    for index in bound:
+        comment = " ".join(lines[index - 2:index])
+        assert "envpipe iam" in comment and "role-per-environment" in comment, lines[index]
