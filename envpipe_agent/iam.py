@@ -49,13 +49,18 @@ TERRAFORM_WORKSPACES = "env:/*"
 # IAM's limit for a managed policy, counted without white space.
 MANAGED_POLICY_LIMIT = 6144
 
-# What envpipe's CloudFormation runner calls on its stack: change sets, waiters
-# (DescribeStacks), events while waiting, the resources counted before a delete;
-# TagResource because the stack is created with tags.
+# What envpipe's CloudFormation runner calls on its stack: change sets (and those a
+# stack left in review), waiters (DescribeStacks), events while waiting, drift detection
+# for plan, the resources counted before a delete; TagResource because the stack is
+# created with tags.
 STACK_ACTIONS = ("cloudformation:CreateChangeSet", "cloudformation:DeleteChangeSet", "cloudformation:DeleteStack",
                  "cloudformation:DescribeChangeSet", "cloudformation:DescribeStackEvents",
-                 "cloudformation:DescribeStacks", "cloudformation:ExecuteChangeSet",
-                 "cloudformation:ListStackResources", "cloudformation:TagResource")
+                 "cloudformation:DescribeStackResourceDrifts", "cloudformation:DescribeStacks",
+                 "cloudformation:DetectStackDrift", "cloudformation:ExecuteChangeSet",
+                 "cloudformation:ListChangeSets", "cloudformation:ListStackResources",
+                 "cloudformation:TagResource")
+# Authorized on no resource (Resource "*" in the Service Authorization Reference).
+UNSCOPED_STACK_ACTIONS = ("cloudformation:DescribeStackDriftDetectionStatus",)
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,7 @@ def _tool(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
         stack = ctx.config.cloudformation.stack_name.format(project=ctx.config.project, environment=env.name)
         builder.allow("Stack", STACK_ACTIONS,
                       [f"arn:{ctx.partition}:cloudformation:{ctx.region}:{env.account_id or '*'}:stack/{stack}/*"])
+        builder.allow("StackDriftStatus", UNSCOPED_STACK_ACTIONS, ["*"])
         # CloudFormation fetches a large template from its TemplateURL with the caller's rights.
         builder.objects("Templates", ["s3:GetObject"], ctx.repository, [f"{TEMPLATE_PREFIX}/{env.name}/*"])
         _kms(builder, ctx, write=False)

@@ -166,7 +166,9 @@ def policy(root: Path, *args: str) -> Dict[str, Any]:
 
 
 def envpipe_as(keys: Mapping[str, str], root: Path, *args: str, check=None, build: str = "7"):
-    return run_envpipe(args, cwd=root, env={**keys, "BUILD_NUMBER": build, "JOB_NAME": "our-project"},
+    # ENVPIPE_APPROVER: production is approval: manual, as generated pipelines set it
+    return run_envpipe(args, cwd=root, env={**keys, "BUILD_NUMBER": build, "JOB_NAME": "our-project",
+                                            "ENVPIPE_APPROVER": "alice"},
                        check=check, timeout=300)
 
 
