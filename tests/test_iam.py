@@ -140,3 +140,10 @@ def test_each_credential_binding_names_the_policy_it_should_carry(rendered, bind
     for index in bound:
         comment = " ".join(lines[index - 2:index])
         assert "envpipe iam" in comment and "role-per-environment" in comment, lines[index]
+
+
+def test_the_readme_shows_the_examples_production_policy_as_printed():
+    printed = run_envpipe(["--config", "examples/envpipe.yml", "iam", "--role-per-environment"], cwd=ROOT, check=0)
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("<details><summary>production</summary>\n\n```json\n", 1)[1].split("```", 1)[0]
+    assert json.loads(shown) == json.loads(printed.stdout)["production"]
