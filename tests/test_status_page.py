@@ -121,7 +121,7 @@ def test_status_page_escapes_record_text_and_links_only_http_urls(working_copy: 
     assert not [href for href in tree.xpath("//a/@href") if not href.startswith("http")]
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; hotfix" in html
     assert "&lt;b&gt;mallory&lt;/b&gt;" in html
-    assert "Gate of test overridden" in tree.text_content()
+    assert "Forced in by <b>mallory</b> past the gate of test" in tree.text_content()
 
 
 class CountingRepository:

@@ -95,7 +95,7 @@ def _cut_short(record: Optional[Dict[str, Any]]) -> str:
 
 
 def status_table(entries: List[Dict[str, Any]]) -> str:
-    rows = [("ENVIRONMENT", "VERSION", "PROMOTED", "APPLIED", "TESTED", "BY")]
+    rows = [("ENVIRONMENT", "VERSION", "PROMOTED", "APPLIED", "TESTED", "BY", "NOTE")]
     for entry in entries:
         last = entry["last"]
         promoted = entry["promoted"] or {}
@@ -107,8 +107,23 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
             _when(_latest(last.get("apply"), last.get("destroy")), entry["version"]),
             _when(last.get("test"), entry["version"]),
             by,
+            status_note(entry),
         ))
     return table(rows)
+
+
+def status_note(entry: Mapping[str, Any]) -> str:
+    """An environment's audit marks: its version forced past the gate (who, why), and
+    drift found by its last plan (when, by which build) that no apply has cleared."""
+    notes = []
+    forced = entry.get("forced")
+    if forced:
+        notes.append(f"FORCED by {forced.get('by') or '?'}: {forced.get('reason') or '(no reason)'}")
+    drift = entry.get("drift")
+    if drift:
+        notes.append(f"DRIFT found by plan at {drift.get('at') or '?'} "
+                     f"({drift.get('build_url') or drift.get('user') or '?'}): apply to clear it")
+    return "; ".join(notes)
 
 
 def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -289,6 +289,10 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
         result.drift = redact_data(outcome.drift, redactor) if outcome.drift is not None else None
         applied = last_applied(ctx.repository, environment)
         result.last_applied_version = applied.get("version") if applied else None
+        if outcome.changed and not outcome.causes and result.last_applied_version == version:
+            # The tool does not say why (Terraform): changes between the version last
+            # applied and the real infrastructure are drift (status shows it until an apply).
+            result.causes = ["drift"]
         if result.last_applied_version != version and not result.changed:
             # The resources match, but the promoted version was never applied here:
             # applying it is still pending (SPEC §4: "a newer promoted version").

@@ -5,14 +5,14 @@ does not grow with the number of versions or records.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.locking import read_lock
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import history as environment_history
-from envpipe_agent.records import read_summary
+from envpipe_agent.records import read_summary, record_order
 from envpipe_agent.registrations import list_instances
 
 
@@ -28,9 +28,33 @@ def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
         "version": manifest.version if manifest else None,
         "digest": manifest.digest if manifest else None,
         "promoted": promoted or None,
+        "forced": forced(promoted),
+        "drift": drift(summary),
         "last": summary,
         "locked_by": lock,
     }
+
+
+def forced(promoted: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """Who let the environment's current version in past its gate, and why; None if nobody did."""
+    if not promoted.get("forced"):
+        return None
+    return {"by": promoted.get("forced_by") or promoted.get("user"), "reason": promoted.get("reason"),
+            "gate": promoted.get("gate"), "at": promoted.get("at"), "build_url": promoted.get("build_url")}
+
+
+def drift(summary: Mapping[str, Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The environment's last plan, when it found drift and no apply or destroy has run since."""
+    plan = summary.get("plan")
+    if not plan or "drift" not in (plan.get("causes") or ()):
+        return None
+    cleared = [r for r in (summary.get("apply"), summary.get("destroy"))
+               if r and r.get("result") == "done" and record_order(r) > record_order(plan)]
+    if cleared:
+        return None
+    ci = plan.get("ci") or {}
+    return {"at": plan.get("at"), "version": plan.get("version"), "summary": plan.get("summary"),
+            "build_url": ci.get("build_url"), "user": ci.get("user"), "ci": ci}
 
 
 def status(ctx: StageContext) -> List[Dict[str, Any]]:
