@@ -27,6 +27,7 @@ from markupsafe import Markup, escape
 
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
+from envpipe_agent.timespec import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ TARGETS: Dict[str, str] = {
     "gocd-xml": "gocd.xml.j2",
     "gocd-yaml": "gocd.yaml.j2",
 }
+# The jobs beside the path (SPEC §9): `--job reap` (on a timer) and `--job environments`
+# (testers' create/extend/destroy), each a Jenkinsfile or a GoCD pipeline of its own.
+JOBS = ("path", "reap", "environments")
+ON_DEMAND_TARGETS: Dict[str, str] = {
+    "jenkins": "Jenkinsfile-on-demand.j2",
+    "gocd-xml": "gocd-on-demand.xml.j2",
+    "gocd-yaml": "gocd-on-demand.yaml.j2",
+}
+# When the reap job runs: Jenkins cron (H spreads jobs over the hour) and GoCD's
+# Quartz cron (seconds first), both hourly.
+REAP_CRON = {"jenkins": "H * * * *", "gocd": "0 0 * * * ?"}
 # GoCD's current schema (validators/gocd/SOURCE.txt): every server since 23.4 expects it.
 GOCD_SCHEMA_VERSION = 139
 GOCD_MATERIAL = "source"
@@ -216,6 +228,75 @@ def pipeline_model(config: Config) -> Pipeline:
     )
     variables = tuple(sorted(config.ci.variables.items()))
     return Pipeline(config, publish, tuple(paths), executable, install, variables)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A value a person gives when starting the environments job."""
+
+    name: str
+    default: str
+    description: str
+    choices: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OnDemandJob:
+    """The reap job or the environments job: one stage with ``like``'s credentials."""
+
+    kind: str  # "reap" or "environments"
+    pipeline: str  # GoCD pipeline name, and the name suggested for the Jenkins job
+    stage: Stage
+    script: str  # a POSIX sh script; parameters reach it as environment variables, never as text
+    parameters: Tuple[Parameter, ...] = ()
+
+    @property
+    def variables(self) -> Tuple[Tuple[str, str], ...]:
+        """The parameters as GoCD environment variables with their defaults."""
+        return tuple((parameter.name, parameter.default) for parameter in self.parameters)
+
+
+ENVIRONMENT_ACTIONS = ("list", "create", "extend", "destroy")
+
+
+def environments_script(executable: str, like: str) -> str:
+    """The environments job's script. ACTION, NAME, VERSION and TTL are only ever
+    expanded inside double quotes, so nobody starting the job can inject a command;
+    envpipe itself validates the name, the version and the TTL (exit 2)."""
+    envpipe = shlex.quote(executable)
+    return "\n".join((
+        "set -eu",
+        'case "$ACTION" in',
+        "  create)",
+        f'    if [ -n "$VERSION" ]; then set -- --version "$VERSION"; else set -- --from {shlex.quote(like)}; fi',
+        f'    {envpipe} env create "$NAME" "$@" ${{TTL:+--ttl "$TTL"}} ;;',
+        f'  extend) {envpipe} env extend "$NAME" --ttl "$TTL" ;;',
+        f'  destroy) {envpipe} env destroy "$NAME" ;;',
+        "  list) ;;",
+        f'  *) echo "ACTION must be one of {", ".join(ENVIRONMENT_ACTIONS)}, not \'$ACTION\'" >&2; exit 2 ;;',
+        "esac",
+        f"{envpipe} env list",
+    ))
+
+
+def on_demand_job(config: Config, kind: str, pipeline: Pipeline) -> OnDemandJob:
+    """The reap or environments job; it works with the credentials of ``on_demand.like``."""
+    jenkins, gocd = config.ci.jenkins, config.ci.gocd
+    like = config.on_demand_settings.like
+    stage = Stage(kind, kind, (), environment=config.environment(like),
+                  aws_credential=jenkins.aws_credentials.get(like), gocd_aws=like in gocd.aws_credentials,
+                  credentials_of=like, secrets=_secrets(config, like))
+    name = f"{config.project}-{kind}"
+    if kind == "reap":
+        return OnDemandJob(kind, name, stage, shlex.quote(pipeline.executable) + " env reap")
+    settings = config.on_demand_settings
+    return OnDemandJob(kind, name, stage, environments_script(pipeline.executable, like), (
+        Parameter("ACTION", "list", "list, create, extend or destroy", ENVIRONMENT_ACTIONS),
+        Parameter("NAME", "", "the on-demand environment (lower-case letters, digits and '-')"),
+        Parameter("VERSION", "", f"create: the published version (empty: the version {like} holds)"),
+        Parameter("TTL", "", "create, extend: its lifetime from now, e.g. 8h or 2d (create's default: "
+                             f"{format_duration(settings.ttl)}; at most {format_duration(settings.max_ttl)})"),
+    ))
 
 
 _PIP_PREFIXES = (("pip", "install"), ("pip3", "install"), ("python", "-m", "pip", "install"),
@@ -457,21 +538,31 @@ def _secret_reference(secret_config: str, key: str) -> str:
     return "{{SECRET:[%s][%s]}}" % (secret_config, key)
 
 
-def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False) -> str:
-    """The pipeline config for ``target`` (jenkins, gocd-xml, gocd-yaml); same input, same text."""
+def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False,
+           job: str = "path") -> str:
+    """The pipeline config for ``target`` (jenkins, gocd-xml, gocd-yaml); same input, same text.
+
+    ``job``: the path (publish and the environments), or the on-demand ``reap`` or
+    ``environments`` job."""
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    if job not in JOBS:
+        raise UsageError(f"unknown job {job!r}: choose one of {', '.join(JOBS)}")
     if full and target != "gocd-xml":
         raise UsageError("--full applies to gocd-xml only (a complete <cruise> document)")
     pipeline = pipeline_model(config)
     values = _check(config, target, pipeline)
+    if job != "path":
+        values.update(job=on_demand_job(config, job, pipeline),
+                      cron=REAP_CRON["jenkins" if target == "jenkins" else "gocd"])
     env = _environment(target, templates)
+    name = TARGETS[target] if job == "path" else ON_DEMAND_TARGETS[target]
     try:
-        template = env.get_template(TARGETS[target])
+        template = env.get_template(name)
         return template.render(pipeline=pipeline, config=config, ci=config.ci, full=full, **values)
     except jinja2.TemplateNotFound as exc:
         raise UsageError(f"template {exc.name} not found: the package is incomplete; reinstall envpipe-agent") from None
     except jinja2.UndefinedError as exc:
-        raise UsageError(f"template {TARGETS[target]}: {exc}: fix the template (see --templates)") from None
+        raise UsageError(f"template {name}: {exc}: fix the template (see --templates)") from None
     except jinja2.TemplateSyntaxError as exc:
         raise UsageError(f"template {exc.filename or exc.name}: line {exc.lineno}: {exc.message}") from None

@@ -12,7 +12,7 @@ from typing import Dict
 import pytest
 
 from envpipe_agent.config import load_config
-from envpipe_agent.generate import render
+from envpipe_agent.generate import JOBS, render
 from test_generate import CONFIG, FIRST_WITH_CREDENTIALS, config_from, hostile_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,16 +47,17 @@ def jenkins_lint(tmp_path_factory) -> subprocess.CompletedProcess:
     folder = tmp_path_factory.mktemp("jenkinsfiles")
     files = []
     for name, config in configs(folder).items():
-        path = folder / f"{name}.Jenkinsfile"
-        path.write_text(render(config, "jenkins"))
-        files.append(str(path))
+        for job in JOBS:
+            path = folder / f"{name}-{job}.Jenkinsfile"
+            path.write_text(render(config, "jenkins", job=job))
+            files.append(str(path))
     return subprocess.run([str(VALIDATORS / "validate-jenkinsfile"), *files], capture_output=True, text=True,
                           timeout=600)
 
 
 def test_generated_jenkinsfiles_pass_npm_groovy_lint(jenkins_lint):
     assert jenkins_lint.returncode == 0, jenkins_lint.stdout + jenkins_lint.stderr
-    assert "4 linted files" in jenkins_lint.stdout.replace("\n", " ")
+    assert f"{4 * len(JOBS)} linted files" in jenkins_lint.stdout.replace("\n", " ")
 
 
 @needs_validators
@@ -64,9 +65,10 @@ def test_generated_jenkinsfiles_pass_npm_groovy_lint(jenkins_lint):
 def test_generated_gocd_xml_is_valid_against_gocds_schema(tmp_path, full):
     files = []
     for name, config in configs(tmp_path).items():
-        path = tmp_path / f"{name}.xml"
-        path.write_text(render(config, "gocd-xml", full=full))
-        files.append(str(path))
+        for job in JOBS:
+            path = tmp_path / f"{name}-{job}.xml"
+            path.write_text(render(config, "gocd-xml", full=full, job=job))
+            files.append(str(path))
     result = subprocess.run([sys.executable, str(VALIDATORS / "validate-gocd-xml"), "--semantic", *files],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
