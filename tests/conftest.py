@@ -45,6 +45,8 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     (home / "terraformrc").write_text("")
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(home / "terraformrc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))  # envpipe's Terraform plugin cache
+    monkeypatch.delenv("TF_PLUGIN_CACHE_DIR", raising=False)
     monkeypatch.setenv("CHECKPOINT_DISABLE", "1")
     monkeypatch.setenv("USER", "tester")
 

@@ -139,6 +139,12 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
         files = read_definition(Path(source) if source else ctx.config.source)
         existing = listing.result()
     digest = content_digest({f.path: f.entry for f in files})
+    if ctx.config.tool == "terraform":
+        from envpipe_agent.tools.terraform_providers import missing_lock_file
+
+        warning = missing_lock_file({f.path: f.local for f in files})
+        if warning:
+            log.warning("warning: %s", warning)
     # None also when the manifest was deleted between the listing and the read:
     # then the version does not exist, and this run publishes it.
     published = read_manifest(repository, version) if existing.pop(MANIFEST_KEY, None) else None

@@ -32,6 +32,7 @@ from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from envpipe_agent import aws_credentials, children
 from envpipe_agent.errors import Refused, StageFailed, UsageError
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
+from envpipe_agent.tools.terraform_providers import cache_locked, init_arguments, plugin_cache
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def tool_environment(request: RunRequest) -> Dict[str, str]:
     environ.update(TF_IN_AUTOMATION="1", TF_INPUT="0",
                    TF_VAR_envpipe_environment=request.environment.name,
                    TF_VAR_envpipe_version=request.version)
+    environ.update(plugin_cache(environ))
     return environ
 
 
@@ -318,7 +320,8 @@ class TerraformRunner:
     def _init(self, request: RunRequest) -> Dict[str, str]:
         environ = tool_environment(request)
         write_work_files(request, environ)
-        self._checked(request, ["init", "-input=false", "-no-color"], environ)
+        with cache_locked(environ):
+            self._checked(request, ["init", "-input=false", "-no-color", *init_arguments(request.workdir)], environ)
         return environ
 
     def _outputs(self, request: RunRequest, environ: Mapping[str, str]) -> Dict[str, Output]:
