@@ -28,6 +28,11 @@ examples: $(STAMP)
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml -o examples/gocd/pipelines.xml
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml --full -o examples/gocd/cruise-config.xml
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml -o examples/gocd/our-project.gocd.yaml
+	mkdir -p examples/on-demand
+	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins --job reap -o examples/on-demand/Jenkinsfile.reap
+	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins --job environments -o examples/on-demand/Jenkinsfile.environments
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml --job reap -o examples/on-demand/our-project-reap.gocd.yaml
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml --job environments -o examples/on-demand/our-project-environments.gocd.yaml
 
 # envpipe against `aws s3 sync` on a local moto S3 (about 12 minutes on 2 cores);
 # awscli is installed for the benchmark only. `make bench BENCH_ARGS=--quick`: 2 minutes.

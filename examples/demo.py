@@ -8,6 +8,7 @@ and leaves nothing elsewhere.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -46,6 +47,28 @@ def envpipe(args: Sequence[str], environ: Dict[str, str]) -> None:
         raise SystemExit(f"demo: 'envpipe {' '.join(args)}' exited {code}; see its output above")
 
 
+def expire(name: str) -> None:
+    """Move an on-demand environment's expiry into the past, as if its time were up
+    (the demo's own folder repository; nobody edits registrations otherwise)."""
+    path = WORK / "repository" / ".envpipe" / "on-demand" / f"{name}.json"
+    registration = json.loads(path.read_text())
+    registration["expires"] = "2000-01-01T00:00:00Z"
+    path.write_text(json.dumps(registration, indent=1))
+    print(f"\ndemo: ... time passes: {name} has expired", flush=True)
+
+
+def on_demand(environ: Dict[str, str]) -> None:
+    """A tester's environment from staging's version, reaped once expired; a developer's
+    sandbox from the working copy (examples/infra), nothing published."""
+    envpipe(["env", "create", "review-42", "--from", "staging", "--ttl", "1h"], environ)
+    envpipe(["env", "list"], environ)
+    expire("review-42")
+    envpipe(["env", "reap"], environ)
+    envpipe(["sandbox", "up", "--test"], environ)
+    envpipe(["status", "--html", str(WORK / "status.html")], environ)  # the sandbox has a section of its own
+    envpipe(["sandbox", "destroy"], environ)
+
+
 def main() -> int:
     started = time.monotonic()
     # Only what the demo itself made is removed, whatever WORK points at.
@@ -58,6 +81,7 @@ def main() -> int:
     envpipe(["run", "--version", VERSION, "--approve", "production", "--junit-dir", str(WORK / "reports")], environ)
     envpipe(["status", "--html", str(WORK / "status.html")], environ)
     envpipe(["history", "production", "--limit", "5"], environ)
+    on_demand(environ)
     print(f"\ndemo: done in {time.monotonic() - started:.1f}s")
     print(f"demo: status page   {WORK / 'status.html'}")
     print(f"demo: JUnit reports {WORK / 'reports'}")

@@ -32,6 +32,12 @@ def test_demo_takes_the_example_to_production_writes_the_page_and_runs_again_afr
     assert sorted(p.name for p in (work / "reports").iterdir()) == ["production.xml", "staging.xml", "test.xml"]
     assert not (work / "repository" / "stale").exists()
     assert "production (manual)  1.0.1" in result.stdout  # the status table
+    # a tester's environment, reaped once expired; a developer's sandbox, up and destroyed
+    assert "review-42: destroyed (env of" in result.stdout
+    assert "ON-DEMAND" in result.stdout and "sandbox-tester  sandbox  wc-" in result.stdout
+    assert tree.xpath("//table[@id='on-demand']//td[starts-with(text(), 'wc-')]")
+    assert "registration removed, records kept" in result.stdout.split("$ envpipe sandbox destroy", 1)[1]
+    assert not list((work / "repository" / ".envpipe" / "on-demand").glob("*.json"))
 
     second = run_demo(work)
     history = second.stdout.split("$ envpipe history production", 1)[1]

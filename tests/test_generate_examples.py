@@ -37,3 +37,22 @@ def test_makefile_regenerates_every_golden_file():
     makefile = (ROOT / "Makefile").read_text()
     for name, (target, full) in GOLDEN.items():
         assert f"generate {target}{' --full' if full else ''} -o {name}" in makefile
+
+
+# The on-demand jobs beside the path (SPEC §9): file → (target, job).
+ON_DEMAND_GOLDEN = {
+    "examples/on-demand/Jenkinsfile.reap": ("jenkins", "reap"),
+    "examples/on-demand/Jenkinsfile.environments": ("jenkins", "environments"),
+    "examples/on-demand/our-project-reap.gocd.yaml": ("gocd-yaml", "reap"),
+    "examples/on-demand/our-project-environments.gocd.yaml": ("gocd-yaml", "environments"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ON_DEMAND_GOLDEN))
+def test_on_demand_example_is_what_the_example_config_renders(name):
+    target, job = ON_DEMAND_GOLDEN[name]
+    path = ROOT / name
+    assert path.is_file(), f"{name} is missing: run 'make examples'"
+    assert path.read_text(encoding="utf-8") == render(load_config(EXAMPLE_CONFIG), target, job=job), \
+        f"{name} is out of date: run 'make examples'"
+    assert f"generate {target} --job {job} -o {name}" in (ROOT / "Makefile").read_text()
