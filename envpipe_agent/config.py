@@ -17,6 +17,7 @@ import yaml
 
 from envpipe_agent.errors import ConfigError, UnsafePath, UsageError
 from envpipe_agent.paths import check_relative_path
+from envpipe_agent.written_yaml import construct_as_written
 from envpipe_agent.timespec import TimeSpecError, Window, parse_duration, parse_window
 
 PROJECT_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
@@ -63,6 +64,10 @@ class Environment:
     name: str
     description: str = ""
     vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # The same vars with every scalar as written in envpipe.yml (``Yes`` stays ``Yes``,
+    # ``010`` stays ``010``): CloudFormation parameters are strings. None when the vars
+    # did not come from YAML text (a Python caller's): then ``vars`` is all there is.
+    vars_written: Optional[Mapping[str, Any]] = None
     approval: str = "auto"
     approvers: Tuple[str, ...] = ()
     role_arn: Optional[str] = None
@@ -94,6 +99,7 @@ class OnDemandSettings:
 
     like: str
     vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    vars_written: Optional[Mapping[str, Any]] = None  # as Environment.vars_written
     ttl: dt.timedelta = dt.timedelta(hours=8)
     max_ttl: dt.timedelta = dt.timedelta(days=7)
     max: int = 10
@@ -456,7 +462,7 @@ def _deep_freeze(value: Any) -> Any:
     return value
 
 
-def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
+def _environments(reader: _Reader, raw: Any, written: Any = None) -> Tuple[Environment, ...]:
     if not isinstance(raw, list) or not raw:
         raise reader.fail("environments", f"expected a non-empty list of environments, got {_kind(raw)}")
     seen = set()
@@ -489,6 +495,7 @@ def _environments(reader: _Reader, raw: Any) -> Tuple[Environment, ...]:
             name=name,
             description=reader.optional_string(item.get("description"), f"{where}.description") or "",
             vars=variables,
+            vars_written=_written_variables(written, ("environments", i, "vars"), variables),
             approval=approval,
             approvers=reader.string_list(item.get("approvers"), f"{where}.approvers", CI_NAME_RE, "a user name"),
             role_arn=reader.optional_string(item.get("role_arn"), f"{where}.role_arn", ROLE_ARN_RE, ROLE_ARN_HINT),
@@ -568,6 +575,31 @@ def _variables(reader: _Reader, value: Any, where: str) -> Mapping[str, Any]:
     return _deep_freeze(variables)
 
 
+def _written_variables(written: Any, path: Sequence[Any], variables: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    """The vars at ``path`` in the as-written document (see written_yaml), keyed like
+    ``variables``; None without one."""
+    for step in path:
+        if isinstance(written, dict) and isinstance(step, str):
+            written = written.get(step)
+        elif isinstance(written, list) and isinstance(step, int) and step < len(written):
+            written = written[step]
+        else:
+            return None
+    if not isinstance(written, dict):
+        return MappingProxyType({}) if not variables else None
+    by_name = {str(key): value for key, value in written.items()}
+    if set(by_name) != set(variables):
+        return None  # keys that YAML 1.1 retyped (a var named 'on'): the typed vars are what was validated
+    return _deep_freeze(by_name)
+
+
+def merged_written(base_vars: Mapping[str, Any], base_written: Optional[Mapping[str, Any]],
+                   extra_vars: Mapping[str, Any], extra_written: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """``extra`` vars over ``base`` vars, as written where known."""
+    return MappingProxyType({**(base_vars if base_written is None else base_written),
+                             **(extra_vars if extra_written is None else extra_written)})
+
+
 def _duration(reader: _Reader, value: Any, where: str) -> dt.timedelta:
     try:
         return parse_duration(value)
@@ -575,7 +607,7 @@ def _duration(reader: _Reader, value: Any, where: str) -> dt.timedelta:
         raise reader.fail(where, str(exc)) from None
 
 
-def _on_demand(reader: _Reader, raw: Any, environments: Sequence[Environment]) -> OnDemandSettings:
+def _on_demand(reader: _Reader, raw: Any, environments: Sequence[Environment], written: Any = None) -> OnDemandSettings:
     raw = reader.mapping(raw, "on_demand", ("like", "vars", "ttl", "max_ttl", "max"))
     names = [env.name for env in environments]
     like = reader.string(raw.get("like", names[0]), "on_demand.like")
@@ -586,7 +618,9 @@ def _on_demand(reader: _Reader, raw: Any, environments: Sequence[Environment]) -
     if ttl > max_ttl:
         raise reader.fail("on_demand.ttl", f"{raw.get('ttl')!r} is longer than on_demand.max_ttl "
                                            f"({raw.get('max_ttl', '7d')!r}): shorten it or raise max_ttl")
-    return OnDemandSettings(like=like, vars=_variables(reader, raw.get("vars"), "on_demand.vars"), ttl=ttl,
+    variables = _variables(reader, raw.get("vars"), "on_demand.vars")
+    return OnDemandSettings(like=like, vars=variables,
+                            vars_written=_written_variables(written, ("on_demand", "vars"), variables), ttl=ttl,
                             max_ttl=max_ttl, max=reader.number(raw.get("max", 10), "on_demand.max", 1, integer=True))
 
 
@@ -688,8 +722,11 @@ TOP_LEVEL_KEYS = ("project", "description", "source", "repository", "repository_
                   "tool", "environments", "terraform", "cloudformation", "tests", "secrets", "ci", "on_demand")
 
 
-def parse_config(data: Any, path: Path) -> Config:
-    """Validate parsed YAML ``data`` (from the file at ``path``) into a Config."""
+def parse_config(data: Any, path: Path, written: Any = None) -> Config:
+    """Validate parsed YAML ``data`` (from the file at ``path``) into a Config.
+
+    ``written`` is the same document with scalars as written (written_yaml), where the
+    vars' text is kept for CloudFormation parameters."""
     reader = _Reader(path)
     raw = reader.mapping(data, "", TOP_LEVEL_KEYS, required=("project", "environments"))
     project = reader.string(raw["project"], "project", PROJECT_RE,
@@ -703,7 +740,7 @@ def parse_config(data: Any, path: Path) -> Config:
     if tool not in TOOLS:
         raise reader.fail("tool", f"expected one of {', '.join(TOOLS)}, got {tool!r}")
     version = _check_version_template(reader, reader.string(raw.get("version", "1.0.{build}"), "version"))
-    environments = _environments(reader, raw.get("environments"))
+    environments = _environments(reader, raw.get("environments"), written)
 
     terraform = reader.mapping(raw.get("terraform"), "terraform", ("state",))
     state = None
@@ -747,7 +784,7 @@ def parse_config(data: Any, path: Path) -> Config:
         tests=_tests(reader, raw.get("tests")),
         secrets=reader.string_list(raw.get("secrets"), "secrets", ENV_VAR_RE, "an environment variable name"),
         ci=_ci(reader, raw.get("ci"), [env.name for env in environments]),
-        on_demand=_on_demand(reader, raw.get("on_demand"), environments),
+        on_demand=_on_demand(reader, raw.get("on_demand"), environments, written),
         repository_encryption=encryption,
     )
 
@@ -763,7 +800,7 @@ def load_config(path: Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data, written = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "parse error"
@@ -771,4 +808,17 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: {where}: invalid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply to read; flatten it") from None
-    return parse_config(data, path.resolve())
+    return parse_config(data, path.resolve(), written)
+
+
+def _load_yaml(text: str) -> Tuple[Any, Any]:
+    """The document as data, and as written (written_yaml), from one parse."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()  # checked for duplicate keys and alias expansion
+        if node is None:
+            return None, None
+        data = loader.construct_document(node)
+        return data, construct_as_written(node)
+    finally:
+        loader.dispose()

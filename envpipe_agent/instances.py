@@ -18,7 +18,7 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from envpipe_agent.config import ENVIRONMENT_RE, Config, Environment
+from envpipe_agent.config import ENVIRONMENT_RE, Config, Environment, merged_written
 from envpipe_agent.errors import UsageError
 from envpipe_agent.registrations import read_registration
 from envpipe_agent.repository import Repository
@@ -27,12 +27,14 @@ from envpipe_agent.repository import Repository
 BLUEGREEN_SUFFIXES = ("blue", "green", "router")
 
 
-def instance(config: Config, name: str, like: str, extra_vars: Mapping[str, Any] = MappingProxyType({})) -> Environment:
+def instance(config: Config, name: str, like: str, extra_vars: Mapping[str, Any] = MappingProxyType({}),
+             extra_vars_written: Optional[Mapping[str, Any]] = None) -> Environment:
     """The instance ``name`` of the stack, like the path environment ``like``."""
     base = config.environment(like)
     return Environment(name=name, description=f"instance like {base.name}",
-                       vars=MappingProxyType({**base.vars, **extra_vars}), role_arn=base.role_arn,
-                       account_id=base.account_id, like=base.name)
+                       vars=MappingProxyType({**base.vars, **extra_vars}),
+                       vars_written=merged_written(base.vars, base.vars_written, extra_vars, extra_vars_written),
+                       role_arn=base.role_arn, account_id=base.account_id, like=base.name)
 
 
 def path_owner(config: Config, name: str) -> Optional[str]:
@@ -67,7 +69,7 @@ def on_demand_instance(config: Config, name: str, like: str) -> Environment:
     settings = config.on_demand_settings
     if like not in config.environment_names:
         like = settings.like
-    return instance(config, name, like, settings.vars)
+    return instance(config, name, like, settings.vars, settings.vars_written)
 
 
 def resolve(config: Config, repository: Repository, name: str) -> Environment:

@@ -13,14 +13,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import boto3
 import pytest
-import yaml
 from moto.cloudformation.models import Event, cloudformation_backends
 
 from conftest import REGION, read_repository_file, run_envpipe
 from envpipe_agent import aws_credentials
 from envpipe_agent.aws_credentials import ClientFactory
 from envpipe_agent.ci_context import detect
-from envpipe_agent.config import parse_config
+from envpipe_agent.config import load_config
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import ConfigError, Refused, StageFailed, UsageError
 from envpipe_agent.redact import Redactor
@@ -92,7 +91,7 @@ class Pipeline:
         self.config_path = root / "envpipe.yml"
         self.config_path.write_text(config_text.format(repository=repository))
         environ = dict(os.environ)
-        config = parse_config(yaml.safe_load(self.config_path.read_text()), self.config_path)
+        config = load_config(self.config_path)  # as the command line reads it: vars as written too
         self.ctx = StageContext(config=config, repository=open_repository(repository, environ),
                                 ci=detect(environ), environ=environ, redactor=Redactor.from_environ(environ))
         self.fetches = 0

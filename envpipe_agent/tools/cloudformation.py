@@ -10,21 +10,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-import yaml
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, NoCredentialsError, WaiterError
 
 from envpipe_agent.aws_credentials import describe_failure, failure_types
-from envpipe_agent.errors import ConfigError, EnvpipeError, Refused, StageFailed, UnsafePath, UsageError
-from envpipe_agent.paths import local_path
+from envpipe_agent.errors import ConfigError, EnvpipeError, Refused, StageFailed, UsageError
 from envpipe_agent.tools.base import Output, RunOutcome, RunRequest
+from envpipe_agent.tools.cloudformation_template import Prepared, prepare, stack_name_for
 from envpipe_agent.tools.stack_drift import Drift, detect_drift
 from envpipe_agent.tools.stack_drift import describe as describe_drift
 from envpipe_agent.tools.stack_states import (
@@ -50,163 +48,12 @@ WAITER_DELAY = 1
 MAX_WAIT_SECONDS = 3 * 60 * 60
 # Large templates are uploaded here in the repository, content-addressed per environment.
 TEMPLATE_PREFIX = ".envpipe/templates"
-STACK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}\Z")
-ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion")
 # How "nothing to do" is reported: real CloudFormation fails the change set with the
 # first; moto (and UpdateStack) answer a ValidationError with the second.
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 # Tags what a plan creates with that run's token: its placeholder stack is its own to remove.
 PLAN_TAG = "envpipe:plan"
-MASK = "****"
 AWS_FAILURES = failure_types()
-
-
-# --- the definition: template, parameters, tags ------------------------------------
-
-
-class _TemplateLoader(yaml.SafeLoader):
-    """SafeLoader that accepts CloudFormation's short forms (``!Ref``, ``!Sub`` ...)."""
-
-
-def _short_form(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {suffix if suffix == "Ref" else f"Fn::{suffix}": value}
-
-
-_TemplateLoader.add_multi_constructor("!", _short_form)
-
-
-@dataclass(frozen=True)
-class Parameter:
-    no_echo: bool
-    has_default: bool
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything a change set needs, worked out before any AWS call."""
-
-    stack_name: str
-    template_path: str
-    body: bytes
-    parameters: List[Dict[str, str]]
-    shown_parameters: List[str]  # NAME=value with NoEcho values masked, for the log
-    secret_values: List[str]  # values of NoEcho parameters: never printed
-    tags: List[Dict[str, str]]
-    capabilities: List[str]
-
-
-def _read_template(request: RunRequest) -> Tuple[str, bytes, Dict[str, Parameter]]:
-    config = request.config
-    relative = config.cloudformation.template
-    try:
-        path = local_path(request.workdir, relative)
-    except UnsafePath:
-        raise ConfigError(f"{config.path}: cloudformation.template: {relative!r} must be a relative path "
-                          "inside the definition") from None
-    if not path.is_file():
-        raise ConfigError(f"{config.path}: cloudformation.template: {relative!r} is not in version "
-                          f"{request.version}'s definition; fix the path or publish the template")
-    body = path.read_bytes()
-    document = _parse_template(body, relative)
-    if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
-        raise StageFailed(f"template {relative} has no Resources section; is it a CloudFormation template?")
-    declared = document.get("Parameters") or {}
-    if not isinstance(declared, dict) or not all(isinstance(spec, dict) for spec in declared.values()):
-        raise StageFailed(f"template {relative}: Parameters must map each name to its properties; "
-                          "fix it and publish a new version")
-    parameters = {
-        str(name): Parameter(no_echo=str(spec.get("NoEcho", False)).lower() == "true", has_default="Default" in spec)
-        for name, spec in declared.items()
-    }
-    return relative, body, parameters
-
-
-def _parse_template(body: bytes, relative: str) -> Any:
-    """The template as data, from YAML (short forms included) or JSON."""
-    try:
-        return yaml.load(body, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        yaml_problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    try:  # JSON that YAML 1.1 trips over (tabs, for one)
-        return json.loads(body)
-    except ValueError:
-        raise StageFailed(f"template {relative} is neither valid YAML nor JSON ({yaml_problem}); "
-                          "fix it and publish a new version") from None
-
-
-def _parameter_value(value: Any) -> str:
-    """A vars value as CloudFormation wants it: a string; lists as CommaDelimitedList."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(_parameter_value(item) for item in value)
-    if value is None:
-        return ""
-    return str(value)
-
-
-def _environment_where(request: RunRequest) -> str:
-    names = request.config.environment_names
-    index = names.index(request.environment.name) if request.environment.name in names else 0
-    return f"{request.config.path}: environments[{index}].vars"
-
-
-def stack_name_for(request: RunRequest) -> str:
-    """``cloudformation.stack_name`` with ``{project}`` and ``{environment}`` filled in."""
-    config = request.config
-    name = config.cloudformation.stack_name.format(project=config.project, environment=request.environment.name)
-    if not STACK_NAME_RE.match(name):
-        raise ConfigError(f"{config.path}: cloudformation.stack_name: {name!r} is not a valid stack "
-                          "name (a letter, then letters, digits and '-', at most 128 characters)")
-    return name
-
-
-def prepare(request: RunRequest) -> Prepared:
-    """Resolve the stack name, template, parameters and tags; raise ConfigError (exit 2)
-    for any configuration mistake, before anything is changed."""
-    environment = request.environment
-    settings = request.config.cloudformation
-    stack_name = stack_name_for(request)
-    relative, body, declared = _read_template(request)
-    where = _environment_where(request)
-    reserved = sorted(set(environment.vars) & set(ENVPIPE_PARAMETERS))
-    if reserved:
-        raise ConfigError(f"{where}: {', '.join(reserved)} is set by envpipe; remove it from vars")
-    undeclared = sorted(set(environment.vars) - set(declared))
-    if undeclared:
-        raise ConfigError(
-            f"{where}: {', '.join(undeclared)} not declared in the Parameters of template {relative} "
-            f"(it declares: {', '.join(sorted(declared)) or 'none'}); declare it or remove it from vars"
-        )
-    for value_name, value in environment.vars.items():
-        if isinstance(value, Mapping):
-            raise ConfigError(f"{where}.{value_name}: a CloudFormation parameter takes a string, number, "
-                              "boolean or list, not a mapping")
-    values = {name: _parameter_value(value) for name, value in environment.vars.items()}
-    envpipe_values = {"EnvpipeEnvironment": environment.name, "EnvpipeVersion": request.version}
-    values.update({name: value for name, value in envpipe_values.items() if name in declared})
-    missing = sorted(name for name, spec in declared.items() if not spec.has_default and name not in values)
-    if missing:
-        raise ConfigError(f"{where}: template {relative} needs {', '.join(missing)} (no Default); "
-                          f"set it in the vars of environment {environment.name!r}")
-    secret_values = [values[name] for name in sorted(values) if declared[name].no_echo and values[name]]
-    return Prepared(
-        stack_name=stack_name,
-        template_path=relative,
-        body=body,
-        parameters=[{"ParameterKey": name, "ParameterValue": values[name]} for name in sorted(values)],
-        shown_parameters=[f"{name}={MASK if declared[name].no_echo else values[name]}" for name in sorted(values)],
-        secret_values=secret_values,
-        tags=[{"Key": "envpipe:version", "Value": request.version},
-              {"Key": "envpipe:environment", "Value": environment.name}],
-        capabilities=list(settings.capabilities),
-    )
 
 
 # --- AWS plumbing ---------------------------------------------------------------
