@@ -79,6 +79,10 @@ class ApprovalRequired(Refused):
     """An ``approval: manual`` environment is changed without an approver."""
 
 
+class PolicyHold(Refused):
+    """A freeze, an unfinished soak or a closed promotion window (SPEC §10)."""
+
+
 class LockHeld(Refused):
     """Another holder has the environment's lock."""
 

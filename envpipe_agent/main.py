@@ -26,6 +26,7 @@ from envpipe_agent.redact import Redactor, RedactingFilter
 # start-up is part of every pipeline stage's time).
 COMMAND_MODULES = (
     "envpipe_agent.commands.repository",
+    "envpipe_agent.commands.policy",
     "envpipe_agent.commands.apply",
     "envpipe_agent.commands.testing",
     "envpipe_agent.commands.run",

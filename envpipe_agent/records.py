@@ -21,7 +21,8 @@ from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 RECORDS_PREFIX = ".envpipe/records/"
 SUMMARY_PREFIX = ".envpipe/summary/"
 RESULTS_PREFIX = ".envpipe/results/"
-ACTIONS = ("promote", "apply", "plan", "test", "destroy", "unlock", "override", "create", "extend")
+ACTIONS = ("promote", "apply", "plan", "test", "destroy", "unlock", "override", "create", "extend", "freeze",
+           "unfreeze")
 log = logging.getLogger(__name__)
 # The fields every reader of a record relies on, and their types: a record without
 # them (written by hand, by another tool, or damaged) is skipped with a warning.
@@ -46,7 +47,18 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _read_json(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
+def parse_iso(text: Any) -> Optional[dt.datetime]:
+    """An ISO 8601 time as written by ``iso`` (a naive one is UTC); None when it is none."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def read_json(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
     """The JSON object stored at ``key``; None when absent or anything but an object."""
     try:
         data = json.loads(repository.read(key))
@@ -73,7 +85,7 @@ def _problem(record: Mapping[str, Any]) -> Optional[str]:
 def _read_record(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
     """The record (or summary, or result) at ``key``; None, with a warning, when it is
     not one envpipe wrote: readers skip it rather than fail on it."""
-    data = _read_json(repository, key)
+    data = read_json(repository, key)
     if data is None:
         return None
     problem = _problem(data)
@@ -112,6 +124,8 @@ def write_record(
         "ci": context.as_record(),
     }
     record.update(details or {})
+    if action == "test" and version and result == "passed":
+        record["passing_since"] = _passing_since(repository, environment, version, record["at"])
     body = (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
     for _ in range(5):
         key = f"{RECORDS_PREFIX}{environment}/{stamp(moment)}-{action}-{version or 'none'}.json"
@@ -128,6 +142,15 @@ def write_record(
     if action == "test" and version:
         repository.write(f"{RESULTS_PREFIX}{environment}/{version}.json", body)
     return record
+
+
+def _passing_since(repository: Repository, environment: str, version: str, now: str) -> str:
+    """Since when ``version`` has passed in ``environment`` with no failure between: the
+    start of a soak (SPEC §10), which a re-run that passes again does not restart."""
+    previous = latest_test(repository, environment, version)
+    if previous and previous.get("result") == "passed":
+        return str(previous.get("passing_since") or previous.get("at") or now)
+    return now
 
 
 def _update_summary(repository: Repository, environment: str, action: str, record: Dict[str, Any]) -> None:
@@ -150,7 +173,7 @@ def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str
 
 def latest_record(repository: Repository, environment: str, action: str) -> Optional[Dict[str, Any]]:
     """The latest record of ``action`` in ``environment`` (one read of its summary), or None."""
-    return _read_json(repository, f"{SUMMARY_PREFIX}{environment}/{action}.json")
+    return read_json(repository, f"{SUMMARY_PREFIX}{environment}/{action}.json")
 
 
 def latest_test(repository: Repository, environment: str, version: str) -> Optional[Dict[str, Any]]:

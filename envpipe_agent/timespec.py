@@ -129,6 +129,8 @@ class Window:
         """``Mon 2026-11-30 09:00 Europe/London (09:00 UTC)``."""
         local = opening.astimezone(self.zone)
         utc = opening.astimezone(dt.timezone.utc)
+        if local.utcoffset() == dt.timedelta(0) and self.zone is dt.timezone.utc:
+            return f"{DAY_NAMES[utc.weekday()]} {utc:%Y-%m-%d %H:%M} UTC"
         same_day = utc.date() == local.date()
         return (f"{DAY_NAMES[local.weekday()]} {local:%Y-%m-%d %H:%M} {self.zone_name} "
                 f"({utc:%H:%M} UTC{'' if same_day else utc.strftime(' %Y-%m-%d')})")

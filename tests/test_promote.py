@@ -275,14 +275,15 @@ def test_s3_request_counts_stay_close_to_what_a_sync_needs(s3_bucket, tmp_path):
     # list, the claim, 20 puts, the manifest: the claim is the one PUT added to a fresh publish
     assert sum(count(lambda: publish(ctx, version="1.0.1")).values()) == 20 + 3
     assert sum(count(lambda: publish(ctx, version="1.0.1")).values()) == 2  # list, read manifest
+    # each promote reads the environment's freeze object: one GET (SPEC §10)
     first = count(lambda: promote(ctx, "test", "1.0.1"))
-    assert first["CopyObject"] == 20 and sum(first.values()) <= 20 + 7
+    assert first["CopyObject"] == 20 and sum(first.values()) <= 20 + 8
     (work / "infra" / "f0.tf").write_text("# changed\n")
     publish(ctx, version="1.0.2")
     one_changed = count(lambda: promote(ctx, "test", "1.0.2"))
-    assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 8
+    assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 9
     no_op = count(lambda: promote(ctx, "test", "1.0.2"))
-    assert no_op["CopyObject"] == 0 and sum(no_op.values()) <= 5
+    assert no_op["CopyObject"] == 0 and sum(no_op.values()) <= 6
 
 
 def test_a_promote_cut_short_before_its_manifest_leaves_a_folder_that_fails_verification(project, two_versions):

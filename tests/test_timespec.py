@@ -13,6 +13,7 @@ from envpipe_agent.timespec import (TimeSpecError, format_duration, next_opening
                                     window_is_open)
 
 UTC = dt.timezone.utc
+SUNDAY = dt.datetime(2026, 11, 29, 20, 6, tzinfo=UTC)
 
 
 def at(text: str) -> dt.datetime:
@@ -65,6 +66,11 @@ def test_other_zones_name_the_utc_date_when_it_differs():
     window = parse_window("Mon 01:00-02:00 Asia/Tokyo")
     opening = window.next_opening(at("2026-11-29T00:00:00Z"))
     assert window.describe_opening(opening) == "Mon 2026-11-30 01:00 Asia/Tokyo (16:00 UTC 2026-11-29)"
+
+
+def test_a_utc_window_names_its_opening_once():
+    window = parse_window("Mon 09:00-10:00 UTC")
+    assert window.describe_opening(window.next_opening(SUNDAY)) == "Mon 2026-11-30 09:00 UTC"
 
 
 def test_day_lists_stars_and_ranges_over_the_weekend():

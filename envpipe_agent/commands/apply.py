@@ -31,11 +31,12 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # --version alone means this CI build's version (SPEC §5), as for plan.
     expected = None if args.version is None else ctx.resolve_version(args.version or None)
     result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed,
-                   version=expected, approved_by=args.approved_by)
+                   version=expected, approved_by=args.approved_by, force=args.force, reason=args.reason)
     state = _counts(result) if result.changed else "no changes"
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s"
-         + _approved(result) + ")" + _outputs_text(result))
+         + ("; policy overridden, recorded" if result.forced else "") + _approved(result) + ")"
+         + _outputs_text(result))
     return 0
 
 
@@ -90,13 +91,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--replace-failed", action="store_true",
                         help="CloudFormation: delete and recreate a stack left in a failed state")
+    parser.add_argument("--force", action="store_true",
+                        help="apply despite a freeze, an unfinished soak or a closed window (needs --reason)")
+    parser.add_argument("--reason", metavar="TEXT", help="why the promotion policy is overridden (recorded; needs --force)")
     add_approved_by(parser)
     parser.set_defaults(handler=run_apply)
 
     parser = subparsers.add_parser("destroy", parents=[common, keep],
                                    help="destroy ENV's infrastructure and empty its folder")
     parser.add_argument("environment", metavar="ENV", help="environment to destroy")
-    parser.add_argument("--force", action="store_true", help="override a guard that refuses it (needs --reason)")
+    parser.add_argument("--force", action="store_true", help="override a guard that refuses it, such as a freeze (needs --reason)")
     parser.add_argument("--reason", metavar="TEXT", help="why the guard is overridden (recorded; needs --force)")
     add_approved_by(parser)
     parser.set_defaults(handler=run_destroy)

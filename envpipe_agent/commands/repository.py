@@ -30,6 +30,8 @@ def promoted_version(args: argparse.Namespace) -> Optional[str]:
 
 
 def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.check:
+        return run_promote_check(args, environ)
     from envpipe_agent.stages.promote import promote
 
     version = promoted_version(args)
@@ -38,6 +40,25 @@ def run_promote(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                      approved_by=args.approved_by)
     text = f"{result.environment}: version {result.version} promoted ({result.describe()})"
     emit(args, ctx, result.as_dict(), text)
+    return 0
+
+
+def run_promote_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """--check: exit 0 when the promotion would be allowed now, 3 with every reason when not."""
+    from envpipe_agent.errors import PolicyHold
+    from envpipe_agent.stages.promote import check_promotion
+
+    if args.force or args.reason:
+        raise UsageError("--check asks whether the promotion is allowed as it stands: drop --force and --reason")
+    version = promoted_version(args)
+    ctx = load_context(args, environ)
+    result = check_promotion(ctx, args.to, version=version)
+    reasons = "; ".join(hold.reason for hold in result.holds)
+    text = f"{result.environment}: promoting version {result.version} is allowed now"
+    emit(args, ctx, result.as_dict(), "" if result.holds else text)
+    if result.holds:
+        raise PolicyHold(f"promoting version {result.version} into {result.environment} would be refused now: "
+                         f"{reasons}")
     return 0
 
 
@@ -216,8 +237,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="version to promote (default: this CI build's); an older one rolls ENV back")
     parser.add_argument("--version", dest="version_option", metavar="V", help="the same as the positional V")
     parser.add_argument("--to", required=True, metavar="ENV", help="environment to promote into")
-    parser.add_argument("--force", action="store_true", help="override the test gate (needs --reason)")
-    parser.add_argument("--reason", metavar="TEXT", help="why the gate is overridden (recorded; needs --force)")
+    parser.add_argument("--force", action="store_true",
+                        help="override the test gate, a freeze, the soak time and the window (needs --reason)")
+    parser.add_argument("--reason", metavar="TEXT", help="why the gate or policy is overridden (recorded; needs --force)")
+    parser.add_argument("--check", action="store_true",
+                        help="change nothing: exit 0 if the promotion would be allowed now, 3 with the reason if not")
     add_approved_by(parser)
     parser.set_defaults(handler=run_promote)
 

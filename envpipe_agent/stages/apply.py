@@ -8,6 +8,7 @@ Destroy also empties the environment's folder once the infrastructure is gone.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib
 import logging
 import time
@@ -20,7 +21,8 @@ from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, Rep
                                   Terminated, UsageError)
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, check_holds, read_manifest
-from envpipe_agent.records import history, read_summary, write_record
+from envpipe_agent.policy import enforce_policy, override_details
+from envpipe_agent.records import history, read_summary, utc_now, write_record
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
@@ -128,7 +130,9 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
                candidate: Optional[str] = None, override: Optional[str] = None,
                expected: Optional[str] = None, held: Optional[Lease] = None,
-               approved_by: Optional[str] = None) -> StageResult:
+               approved_by: Optional[str] = None, now: Optional[dt.datetime] = None) -> StageResult:
+    """Run ``action`` on ``environment``; ``override``, the reason given with --force,
+    overrides the promotion policy (SPEC §10) and is recorded with what it overrode."""
     started = time.monotonic()
     env = ctx.environment(environment)
     tool = ctx.config.tool
@@ -145,6 +149,11 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote one "
                        f"first ('envpipe promote VERSION --to {env.name}')")
     version = promoted.version
+    # The promotion policy of a path environment, after the gate; plan changes nothing,
+    # and an on-demand instance has no policy.
+    held_by = (enforce_policy(ctx.config, ctx.repository, env.name, version, now or utc_now(), action,
+                              force=override is not None)
+               if action in LOCKED_ACTIONS and env.on_path else [])
     if candidate:
         details_candidate = {"candidate": True}
     else:
@@ -155,7 +164,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     record_redactor = ctx.record_redactor
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
     if override:
-        details.update(forced=True, reason=override)
+        details.update(forced=True, reason=override, **override_details(held_by))
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
         body = {**details, **extra, "seconds": round(time.monotonic() - started, 3)}
@@ -195,7 +204,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 if override:
                     # Recorded before anything is run: the override stands whatever follows.
                     write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                                 {"reason": override, "overrides": action, "approval": env.approval},
+                                 {"reason": override, "overrides": action, "approval": env.approval,
+                                  **override_details(held_by)},
                                  redactor=record_redactor)
                 with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                     version = work.manifest.version
@@ -308,16 +318,20 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
 
 def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
           runner: Optional[ToolRunner] = None, version: Optional[str] = None,
-          approved_by: Optional[str] = None) -> StageResult:
+          approved_by: Optional[str] = None, force: bool = False, reason: Optional[str] = None,
+          now: Optional[dt.datetime] = None) -> StageResult:
     """Fetch, verify and apply ``environment``'s definition; record its outputs.
 
     With ``version``, refuse (exit 3) unless the environment holds that version: a
     pipeline applies what its own build promoted, never what another build did since.
     An ``approval: manual`` environment needs an approver (``approved_by`` or
-    ENVPIPE_APPROVER), recorded.
+    ENVPIPE_APPROVER), recorded. A freeze, an unfinished soak or a closed window
+    refuses it unless ``force`` with a ``reason``, recorded as an override.
     """
+    _need_reason(force, reason)
     return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner,
-                      expected=version, approved_by=approved_by)
+                      override=reason.strip() if force and reason else None, expected=version,
+                      approved_by=approved_by, now=now)
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
@@ -330,23 +344,28 @@ def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
     return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner, candidate=version)
 
 
+def _need_reason(force: bool, reason: Optional[str]) -> None:
+    if force and not (reason and reason.strip()):
+        raise UsageError("--force needs --reason TEXT saying why the guard is overridden")
+
+
 def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
             runner: Optional[ToolRunner] = None, force: bool = False, reason: Optional[str] = None,
-            approved_by: Optional[str] = None) -> StageResult:
+            approved_by: Optional[str] = None, now: Optional[dt.datetime] = None) -> StageResult:
     """Destroy ``environment``'s infrastructure, then empty its folder.
 
     An ``approval: manual`` environment (production) is destroyed only with an approver
     (``approved_by`` or ENVPIPE_APPROVER), recorded, as for promote and apply: nobody
-    takes it down by a slip. ``force`` with a ``reason`` is recorded as an override.
+    takes it down by a slip. A frozen one is destroyed only with ``force``; ``force``
+    with a ``reason`` is recorded as an override.
     """
-    if force and not (reason and reason.strip()):
-        raise UsageError("--force needs --reason TEXT saying why the guard is overridden")
+    _need_reason(force, reason)
     env = ctx.environment(environment)
     if not env.on_path:
         raise UsageError(f"{env.name} is an on-demand environment: 'envpipe env destroy {env.name}' destroys it "
                          "and removes its registration; nothing was done")
     return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner,
-                      override=reason.strip() if force and reason else None, approved_by=approved_by)
+                      override=reason.strip() if force and reason else None, approved_by=approved_by, now=now)
 
 
 def destroy_instance(ctx: StageContext, name: str, lease: Lease, keep_workdir: bool = False,

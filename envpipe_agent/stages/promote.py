@@ -9,11 +9,12 @@ ends with exactly the chosen version's bytes.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
@@ -22,13 +23,14 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
+from envpipe_agent.policy import Hold, enforce_policy, override_details, policy_holds
 from envpipe_agent.records import iso, last_done, latest_record, record_order, test_passed, utc_now, write_record
 from envpipe_agent.repository import KeyNotFound
 
 log = logging.getLogger(__name__)
 
 # What a promotion's data says about a gate overridden to let its version in.
-FORCED_KEYS = ("forced", "reason", "gate", "forced_by")
+FORCED_KEYS = ("forced", "reason", "gate", "forced_by", "overridden", "holds")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class PromoteResult:
     seconds: float
     repair: bool = False  # the version the environment already held, promoted again without the gate
     approved_by: Optional[str] = None  # who approved it, for an approval: manual environment
+    overridden: Tuple[str, ...] = ()  # with forced: "gate", "freeze", "soak", "window"
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -50,7 +53,8 @@ class PromoteResult:
     def describe(self) -> str:
         """``was 1.0.1; 2 copied, 0 deleted, 3 unchanged``: what the promote did."""
         return (f"was {self.previous_version or 'empty'}; {self.copied} copied, {self.deleted} deleted, "
-                f"{self.unchanged} unchanged" + ("; gate overridden, recorded" if self.forced else "")
+                f"{self.unchanged} unchanged"
+                + (f"; {' and '.join(self.overridden or ('gate',))} overridden, recorded" if self.forced else "")
                 + ("; a repair, recorded" if self.repair else "")
                 + (f"; approved by {self.approved_by}" if self.approved_by else ""))
 
@@ -81,24 +85,30 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
 
     Returns the environment whose gate was overridden with ``force``, if any.
     """
+    hold = gate_hold(ctx, environment, version)
+    if hold is None:
+        return None
+    previous = ctx.config.previous_environment(environment)
+    if force:
+        return previous.name if previous else None
+    raise GateNotPassed(f"{hold.reason}; or override with "
+                        f"'envpipe promote {version} --to {environment} --force --reason \"...\"'")
+
+
+def gate_hold(ctx: StageContext, environment: str, version: str) -> Optional[Hold]:
+    """The gate (SPEC §6) as a hold: None when ``version`` passed its tests in the
+    environment before this one (or there is none before)."""
     previous = ctx.config.previous_environment(environment)
     if previous is None or test_passed(ctx.repository, previous.name, version):
         return None
-    if force:
-        return previous.name
-    override = f"'envpipe promote {version} --to {environment} --force --reason \"...\"'"
     tests = ctx.config.tests
     if not tests.path and not tests.http:
         # 'envpipe test' would only say there is nothing to test: point at the config.
-        raise GateNotPassed(
-            f"version {version} has not passed its tests in {previous.name}, and {ctx.config.path.name} "
-            f"configures none: set tests.path or tests.http, publish, then run 'envpipe test {previous.name}'; "
-            f"or override with {override}"
-        )
-    raise GateNotPassed(
-        f"version {version} has not passed its tests in {previous.name}: promote it there and run "
-        f"'envpipe test {previous.name}' first, or override with {override}"
-    )
+        return Hold("gate", f"version {version} has not passed its tests in {previous.name}, and "
+                            f"{ctx.config.path.name} configures none: set tests.path or tests.http, publish, "
+                            f"then run 'envpipe test {previous.name}'")
+    return Hold("gate", f"version {version} has not passed its tests in {previous.name}: promote it there and "
+                        f"run 'envpipe test {previous.name}' first")
 
 
 def _repaired(ctx: StageContext, environment: str, version: str) -> Optional[Dict[str, Any]]:
@@ -211,23 +221,60 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
     return {**counts, "noop": False}
 
 
+@dataclass(frozen=True)
+class PromotionCheck:
+    """What promoting ``version`` into ``environment`` would meet now (``--check``)."""
+
+    environment: str
+    version: str
+    holds: Tuple[Hold, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return not self.holds
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"environment": self.environment, "version": self.version, "allowed": self.allowed,
+                "holds": [hold.as_dict() for hold in self.holds]}
+
+
+def check_promotion(ctx: StageContext, environment: str, version: Optional[str] = None,
+                    now: Optional[dt.datetime] = None) -> PromotionCheck:
+    """The gate and the policy for promoting ``version`` into ``environment`` now; changes
+    nothing and takes no lock, so a pipeline can ask before it asks a person."""
+    env = ctx.environment(environment)
+    version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name} --check")
+    load_version(ctx, version)
+    if not env.on_path:
+        return PromotionCheck(env.name, version, ())  # an on-demand instance has no gate and no policy
+    gate = gate_hold(ctx, env.name, version)
+    if gate is not None and _repaired(ctx, env.name, version) is not None:
+        gate = None  # a repair of what the environment holds is not asked the gate again
+    holds = policy_holds(ctx.config, ctx.repository, env.name, version, now or utc_now(), "promote")
+    return PromotionCheck(env.name, version, tuple(([gate] if gate else []) + holds))
+
+
 def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
-            force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None) -> PromoteResult:
+            force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None,
+            now: Optional[dt.datetime] = None) -> PromoteResult:
     """Promote ``version`` (default: this build's) into ``environment``.
 
     An ``approval: manual`` environment needs an approver (``approved_by`` or
     ENVPIPE_APPROVER), recorded with the promotion."""
     started = time.monotonic()
     if force and not (reason and reason.strip()):
-        raise UsageError("--force needs --reason TEXT saying why the gate is overridden")
+        raise UsageError("--force needs --reason TEXT saying why the gate or policy is overridden")
     env = ctx.environment(environment)
     who = approver(env, "promote", ctx.environ, approved_by)
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        # The gate's test result is read alongside the version's manifest (one round
-        # trip, not two); a missing version is still the error reported first. An
-        # instance off the path (on-demand, sandbox) has no gate.
+    with ThreadPoolExecutor(max_workers=2) as reader:
+        # The gate's test result and the policy's freeze are read alongside the version's
+        # manifest (one round trip, not three); a missing version is still the error
+        # reported first, then the gate, then the policy (SPEC §10: after the gate). An
+        # instance off the path (on-demand, sandbox) has neither gate nor policy.
         gate = reader.submit(check_gate, ctx, env.name, version, force) if env.on_path else None
+        policy = reader.submit(enforce_policy, ctx.config, ctx.repository, env.name, version, now or utc_now(),
+                               "promote", force) if env.on_path else None
         manifest = load_version(ctx, version)
         try:
             overridden = gate.result() if gate else None
@@ -240,12 +287,18 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
             overridden = None
             if force:
                 log.warning("%s already holds version %s: promoting it again is a repair and needs no "
-                            "override; --force is ignored", env.name, version)
+                            "gate override", env.name, version)
+        held_by = policy.result() if policy else []
+    # What a forced promotion overrode: on the manifest, the promote record and the override record.
+    forced: Dict[str, Any] = {}
+    if overridden or held_by:
+        forced = {"forced": True, "reason": reason, **({"gate": overridden} if overridden else {}),
+                  "forced_by": ctx.ci.user, **override_details(held_by, *(["gate"] if overridden else []))}
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
         promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v},
                     **({"approved_by": who} if who else {})}
-        if overridden:
-            promoted.update(forced=True, reason=reason, gate=overridden, forced_by=ctx.ci.user)
+        if forced:
+            promoted.update(forced)
         elif held:
             # Still the version a person forced in, if one did: status keeps saying so.
             promoted.update({key: held[key] for key in FORCED_KEYS if key in held})
@@ -261,7 +314,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
                     "digest": manifest.digest, "signal": how,
                     "error": f"interrupted ({how}) while copying: {env.name}'s folder may hold part of version "
                              f"{version}; promote it again to complete it",
-                    **({"forced": True, "reason": reason, "gate": overridden} if overridden else {}),
+                    **forced,
                 }, redactor=ctx.record_redactor)
             raise
         if outcome["noop"]:  # nothing changed, so nothing to record
@@ -272,10 +325,11 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         repair = held is not None or outcome["previous_version"] == version
         details = {"digest": manifest.digest, **outcome, **({"repair": True} if repair else {}),
                    **({"approved_by": who} if who else {})}
-        if overridden:
-            details.update(forced=True, reason=reason, gate=overridden)
+        if forced:
+            details.update(forced)
             write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                         {"reason": reason, "gate": overridden, "overrides": "promote"}, redactor=ctx.record_redactor)
+                         {**forced, "overrides": "promote"}, redactor=ctx.record_redactor)
         write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details, redactor=ctx.record_redactor)
     return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
-                         outcome["unchanged"], bool(overridden), time.monotonic() - started, repair, who)
+                         outcome["unchanged"], bool(forced), time.monotonic() - started, repair, who,
+                         tuple(forced.get("overridden", ())))
