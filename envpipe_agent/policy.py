@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from envpipe_agent.config import Config
 from envpipe_agent.errors import PolicyHold
-from envpipe_agent.records import iso, latest_test, parse_iso, read_json
+from envpipe_agent.records import iso, latest_test, parse_iso, read_json, test_passed
 from envpipe_agent.repository import Repository
 from envpipe_agent.timespec import format_duration, next_opening, window_is_open
 
@@ -31,9 +31,10 @@ _OVERRIDE = {"promote": "envpipe promote {version} --to {environment}", "apply":
 class Hold:
     """One thing that stops a change now: its rule, one sentence, and when it ends by itself."""
 
-    rule: str  # "gate", "freeze", "soak" or "window"
+    rule: str  # "gate", "freeze", "soak", "window" (or, in status, "approval")
     reason: str
     until: Optional[str] = None  # ISO 8601 UTC; None: until someone acts
+    summary: str = ""  # a few words for status: "12m more", "opens Mon 09:00 Europe/London"
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -63,6 +64,22 @@ def describe_freeze(environment: str, freeze: Dict[str, Any]) -> str:
             f"{freeze.get('reason') or '(no reason given)'}")
 
 
+def gate_hold(config: Config, repository: Repository, environment: str, version: str) -> Optional[Hold]:
+    """The gate (SPEC §6) as a hold: None when ``version`` passed its tests in the
+    environment before this one (or there is none before)."""
+    previous = config.previous_environment(environment)
+    if previous is None or test_passed(repository, previous.name, version):
+        return None
+    summary = f"not passed in {previous.name}"
+    if not config.tests.path and not config.tests.http:
+        # 'envpipe test' would only say there is nothing to test: point at the config.
+        return Hold("gate", f"version {version} has not passed its tests in {previous.name}, and "
+                            f"{config.path.name} configures none: set tests.path or tests.http, publish, "
+                            f"then run 'envpipe test {previous.name}'", summary=summary)
+    return Hold("gate", f"version {version} has not passed its tests in {previous.name}: promote it there and "
+                        f"run 'envpipe test {previous.name}' first", summary=summary)
+
+
 def _soak_hold(config: Config, repository: Repository, environment: str, version: str,
                now: dt.datetime) -> Optional[Hold]:
     env = config.environment(environment)
@@ -74,13 +91,15 @@ def _soak_hold(config: Config, repository: Repository, environment: str, version
     passed = parse_iso((record or {}).get("passing_since") or (record or {}).get("at")) \
         if record and record.get("result") == "passed" else None
     if passed is None:
-        return Hold("soak", f"the {soak} soak of version {version} has not started: it has no passing test "
-                            f"in {previous.name} since its last failure")
+        since = " since its last failure" if record else " yet"
+        return Hold("soak", f"the {soak} soak of version {version} has not started: it has not passed its tests "
+                            f"in {previous.name}{since}", summary=f"{soak}, not started")
     ready = passed + env.soak
     if ready <= now:
         return None
     return Hold("soak", f"version {version} passed its tests in {previous.name} at {iso(passed)}; the {soak} soak "
-                        f"needs {format_duration(ready - now)} more (until {iso(ready)})", until=iso(ready))
+                        f"needs {format_duration(ready - now)} more (until {iso(ready)})", until=iso(ready),
+                summary=f"{format_duration(ready - now)} more")
 
 
 def _window_hold(config: Config, environment: str, now: dt.datetime) -> Optional[Hold]:
@@ -89,8 +108,9 @@ def _window_hold(config: Config, environment: str, now: dt.datetime) -> Optional
         return None
     window, opening = next_opening(windows, now)
     texts = "; ".join(w.text for w in windows)
-    return Hold("window", f"{environment} is outside its promotion window ({texts}): it next opens "
-                          f"{window.describe_opening(opening)}", until=iso(opening))
+    opens = window.describe_opening(opening)
+    return Hold("window", f"{environment} is outside its promotion window ({texts}): it next opens {opens}",
+                until=iso(opening), summary=f"opens {opens}")
 
 
 def policy_holds(config: Config, repository: Repository, environment: str, version: Optional[str],
@@ -100,12 +120,25 @@ def policy_holds(config: Config, repository: Repository, environment: str, versi
     holds: List[Optional[Hold]] = []
     if "freeze" in rules:
         freeze = read_freeze(repository, environment, now)
-        holds.append(Hold("freeze", describe_freeze(environment, freeze), freeze.get("until")) if freeze else None)
+        holds.append(Hold("freeze", describe_freeze(environment, freeze), freeze.get("until"),
+                          f"by {freeze.get('by') or 'unknown'}: {freeze.get('reason') or '?'}") if freeze else None)
     if "soak" in rules and version:
         holds.append(_soak_hold(config, repository, environment, version, now))
     if "window" in rules:
         holds.append(_window_hold(config, environment, now))
     return [hold for hold in holds if hold is not None]
+
+
+def waits_for(config: Config, repository: Repository, environment: str, version: str,
+              now: dt.datetime) -> List[Hold]:
+    """What ``version``, waiting to enter ``environment``, waits for at ``now`` (for
+    status): the gate, the policy's holds, and a person where approval is manual."""
+    gate = gate_hold(config, repository, environment, version)
+    holds = ([gate] if gate else []) + policy_holds(config, repository, environment, version, now, "promote")
+    if config.environment(environment).manual:
+        holds.append(Hold("approval", f"{environment} has approval: manual: a person approves each promotion",
+                          summary="a person's approval"))
+    return holds
 
 
 def refusal(action: str, environment: str, version: Optional[str], holds: List[Hold]) -> str:

@@ -328,7 +328,8 @@ def test_status_shows_on_demand_instances_apart_from_the_path_with_expired_marke
     assert [entry["environment"] for entry in shown["environments"]] == ["test", "staging", "production"]
     assert [(i["name"], i["kind"], i["version"][:3], i["owner"], i["expired"]) for i in shown["on_demand"]] == [
         ("review-1", "env", "1.0", "tester", True), ("sandbox-x", "sandbox", "wc-", "tester", False)]
-    rows = project.envpipe("status", check=0).stdout.split("\n\n")[1].splitlines()
+    blocks = project.envpipe("status", check=0).stdout.split("\n\n")
+    rows = next(block for block in blocks if block.startswith("ON-DEMAND")).splitlines()
     assert rows[0].split() == ["ON-DEMAND", "KIND", "VERSION", "OWNER", "EXPIRES"]
     assert rows[1].split()[:3] == ["review-1", "env", "1.0.1"] and rows[1].endswith("EXPIRED")
     assert rows[2].startswith("sandbox-x") and not rows[2].endswith("EXPIRED")

@@ -22,6 +22,7 @@ from envpipe_agent.stages.apply import apply, destroy
 from envpipe_agent.stages.freeze import freeze, unfreeze
 from envpipe_agent.stages.promote import check_promotion, promote
 from envpipe_agent.stages.publish import publish
+from envpipe_agent.stages.status import status
 
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 JENKINS = {"JENKINS_URL": "https://jenkins.example.com/", "BUILD_NUMBER": "7", "JOB_NAME": "our-project",
@@ -277,3 +278,48 @@ def test_end_to_end_bad_freezes_exit_2_and_change_nothing(project):
                                             "2020-01-01T00:00:00Z", check=2).stderr
     assert "not in envpipe.yml" in project.envpipe("freeze", "prod", "--reason", "x", check=2).stderr
     assert list_repository(project.repository, ".envpipe/") == {}
+
+
+# --- status: freezes and what waits at each gate --------------------------------------
+
+
+@FOLDER_ONLY
+def test_status_shows_the_freeze_and_what_the_version_waits_for_at_each_gate(staged):
+    with_policy(staged, production="    soak: 30m\n    window: 'Mon-Fri 09:00-16:00 Europe/London'\n")
+    ctx = context(staged, JENKINS)
+    freeze(ctx, "production", "year-end freeze", until="2027-01-04T09:00:00Z", now=SUNDAY_EVENING)
+    test, staging, production = status(ctx, now=SUNDAY_EVENING + dt.timedelta(minutes=10))
+    assert test["waiting"] is None and staging["waiting"] is None  # staging holds what test holds
+    assert production["frozen"]["by"] == "alice" and production["frozen"]["reason"] == "year-end freeze"
+    assert production["policy"] == {"soak": "30m", "window": ["Mon-Fri 09:00-16:00 Europe/London"]}
+    waiting = production["waiting"]
+    assert waiting["version"] == "1.0.1"
+    assert [(h["rule"], h["summary"]) for h in waiting["waits_for"]] == [
+        ("freeze", "by alice: year-end freeze"), ("soak", "20m more"),
+        ("window", "opens Mon 2026-11-30 09:00 Europe/London (09:00 UTC)"), ("approval", "a person's approval")]
+    # Monday noon: soak done, window open, still frozen and waiting for a person.
+    production = status(ctx, now=MONDAY_NOON)[2]
+    assert [h["rule"] for h in production["waiting"]["waits_for"]] == ["freeze", "approval"]
+    unfreeze(ctx, "production", now=MONDAY_NOON)
+    promote(ctx, "production", "1.0.1", now=MONDAY_NOON)
+    production = status(ctx, now=MONDAY_NOON)[2]
+    assert production["waiting"] is None and production["frozen"] is None
+
+
+@FOLDER_ONLY
+def test_end_to_end_status_table_json_and_page_show_freezes_and_waiting_versions(staged):
+    _, closed_window = windows_from_now()
+    with_policy(staged, production=f"    window: '{closed_window}'\n")
+    staged.envpipe("freeze", "production", "--reason", "audit week", env=JENKINS, check=0)
+    page = staged.root / "status.html"
+    shown = staged.envpipe("status", "--html", str(page), check=0).stdout
+    assert "FROZEN by alice until unfrozen: audit week" in shown
+    [waiting_line] = [line for line in shown.splitlines() if line.startswith("production  1.0.1")]
+    assert "freeze: by alice: audit week" in waiting_line and "window: opens" in waiting_line
+    assert "approval" in waiting_line
+    production = json.loads(staged.envpipe("status", "--json", check=0).stdout)["environments"][2]
+    assert production["frozen"]["reason"] == "audit week"
+    assert [h["rule"] for h in production["waiting"]["waits_for"]] == ["freeze", "window", "approval"]
+    html = page.read_text()
+    assert '<p class="banner frozen" role="status">Frozen by alice until unfrozen: audit week</p>' in html
+    assert 'data-waiting="1.0.1"' in html and '<li data-rule="window"' in html

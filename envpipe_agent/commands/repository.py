@@ -137,6 +137,10 @@ def status_note(entry: Mapping[str, Any]) -> str:
     """An environment's audit marks: its version forced past the gate (who, why), and
     drift found by its last plan (when, by which build) that no apply has cleared."""
     notes = []
+    frozen = entry.get("frozen")
+    if frozen:
+        notes.append(f"FROZEN by {frozen.get('by') or '?'} until {frozen.get('until') or 'unfrozen'}: "
+                     f"{frozen.get('reason') or '(no reason)'}")
     forced = entry.get("forced")
     if forced:
         notes.append(f"FORCED by {forced.get('by') or '?'}: {forced.get('reason') or '(no reason)'}")
@@ -157,10 +161,25 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         from envpipe_agent.status_page import write_status_page
 
         log.info("status page written to %s", write_status_page(ctx, Path(args.html), entries, instances))
-    text = status_table(entries) + (f"\n\n{on_demand_table(instances)}" if instances else "")
+    gates = waiting_table(entries)
+    text = (status_table(entries) + (f"\n\n{gates}" if gates else "")
+            + (f"\n\n{on_demand_table(instances)}" if instances else ""))
     emit(args, ctx, {"project": ctx.config.project, "repository": ctx.repository.location(),
                      "environments": entries, "on_demand": instances}, text)
     return 0
+
+
+def waiting_table(entries: List[Dict[str, Any]]) -> str:
+    """Per environment, the version waiting at its gate and what it waits for (SPEC §10)."""
+    rows = [("GATE", "WAITING", "WAITS FOR")]
+    for entry in entries:
+        waiting = entry.get("waiting")
+        if waiting:
+            holds = waiting["waits_for"]
+            rows.append((entry["environment"], waiting["version"],
+                         "; ".join(f"{h['rule']}: {h['summary']}" if h.get("summary") else h["rule"] for h in holds)
+                         or "nothing: the pipeline promotes it next"))
+    return table(rows) if len(rows) > 1 else ""
 
 
 def on_demand_table(instances: List[Dict[str, Any]]) -> str:

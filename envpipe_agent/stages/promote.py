@@ -23,8 +23,8 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
-from envpipe_agent.policy import Hold, enforce_policy, override_details, policy_holds
-from envpipe_agent.records import iso, last_done, latest_record, record_order, test_passed, utc_now, write_record
+from envpipe_agent.policy import Hold, enforce_policy, gate_hold, override_details, policy_holds
+from envpipe_agent.records import iso, last_done, latest_record, record_order, utc_now, write_record
 from envpipe_agent.repository import KeyNotFound
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
 
     Returns the environment whose gate was overridden with ``force``, if any.
     """
-    hold = gate_hold(ctx, environment, version)
+    hold = gate_hold(ctx.config, ctx.repository, environment, version)
     if hold is None:
         return None
     previous = ctx.config.previous_environment(environment)
@@ -93,22 +93,6 @@ def check_gate(ctx: StageContext, environment: str, version: str, force: bool) -
         return previous.name if previous else None
     raise GateNotPassed(f"{hold.reason}; or override with "
                         f"'envpipe promote {version} --to {environment} --force --reason \"...\"'")
-
-
-def gate_hold(ctx: StageContext, environment: str, version: str) -> Optional[Hold]:
-    """The gate (SPEC §6) as a hold: None when ``version`` passed its tests in the
-    environment before this one (or there is none before)."""
-    previous = ctx.config.previous_environment(environment)
-    if previous is None or test_passed(ctx.repository, previous.name, version):
-        return None
-    tests = ctx.config.tests
-    if not tests.path and not tests.http:
-        # 'envpipe test' would only say there is nothing to test: point at the config.
-        return Hold("gate", f"version {version} has not passed its tests in {previous.name}, and "
-                            f"{ctx.config.path.name} configures none: set tests.path or tests.http, publish, "
-                            f"then run 'envpipe test {previous.name}'")
-    return Hold("gate", f"version {version} has not passed its tests in {previous.name}: promote it there and "
-                        f"run 'envpipe test {previous.name}' first")
 
 
 def _repaired(ctx: StageContext, environment: str, version: str) -> Optional[Dict[str, Any]]:
@@ -247,7 +231,7 @@ def check_promotion(ctx: StageContext, environment: str, version: Optional[str] 
     load_version(ctx, version)
     if not env.on_path:
         return PromotionCheck(env.name, version, ())  # an on-demand instance has no gate and no policy
-    gate = gate_hold(ctx, env.name, version)
+    gate = gate_hold(ctx.config, ctx.repository, env.name, version)
     if gate is not None and _repaired(ctx, env.name, version) is not None:
         gate = None  # a repair of what the environment holds is not asked the gate again
     holds = policy_holds(ctx.config, ctx.repository, env.name, version, now or utc_now(), "promote")

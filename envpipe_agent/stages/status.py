@@ -5,18 +5,21 @@ does not grow with the number of versions or records.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.locking import read_lock
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
+from envpipe_agent.policy import read_freeze, waits_for
 from envpipe_agent.records import history as environment_history
-from envpipe_agent.records import read_summary, record_order
+from envpipe_agent.records import read_summary, record_order, utc_now
 from envpipe_agent.registrations import list_instances
+from envpipe_agent.timespec import format_duration
 
 
-def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
+def _environment_status(ctx: StageContext, name: str, now: dt.datetime) -> Dict[str, Any]:
     manifest = read_manifest(ctx.repository, name)
     summary = read_summary(ctx.repository, name)
     lock = read_lock(ctx.repository, name)
@@ -32,7 +35,24 @@ def _environment_status(ctx: StageContext, name: str) -> Dict[str, Any]:
         "drift": drift(summary),
         "last": summary,
         "locked_by": lock,
+        "frozen": read_freeze(ctx.repository, name, now),
+        "policy": {"soak": format_duration(env.soak) if env.soak else None, "window": [w.text for w in env.windows]},
+        "waiting": None,
     }
+
+
+def _waiting(ctx: StageContext, previous: Mapping[str, Any], entry: Mapping[str, Any],
+             now: dt.datetime) -> Optional[Dict[str, Any]]:
+    """The version waiting to enter ``entry``'s environment, and what it waits for: the
+    one the environment before it holds, when that came in after this one's."""
+    candidate = previous.get("version")
+    if not candidate or candidate == entry.get("version"):
+        return None
+    before, here = (previous.get("promoted") or {}).get("at"), (entry.get("promoted") or {}).get("at")
+    if before and here and str(before) < str(here):
+        return None  # promoted here since (a rollback before, a forced hotfix here): nothing waits
+    holds = waits_for(ctx.config, ctx.repository, entry["environment"], candidate, now)
+    return {"version": candidate, "waits_for": [hold.as_dict() for hold in holds]}
 
 
 def forced(promoted: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -57,9 +77,17 @@ def drift(summary: Mapping[str, Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
             "build_url": ci.get("build_url"), "user": ci.get("user"), "ci": ci}
 
 
-def status(ctx: StageContext) -> List[Dict[str, Any]]:
-    """One entry per environment, in path order."""
-    return parallel_map(lambda name: _environment_status(ctx, name), ctx.config.environment_names, threads=8)
+def status(ctx: StageContext, now: Optional[dt.datetime] = None) -> List[Dict[str, Any]]:
+    """One entry per environment, in path order: what it holds, its freeze, and the
+    version waiting at its gate with what that waits for (SPEC §10)."""
+    now = now or utc_now()
+    entries = parallel_map(lambda name: _environment_status(ctx, name, now), ctx.config.environment_names,
+                           threads=8)
+    waiting = parallel_map(lambda i: _waiting(ctx, entries[i - 1], entries[i], now), range(1, len(entries)),
+                           threads=8)
+    for entry, waits in zip(entries[1:], waiting):
+        entry["waiting"] = waits
+    return entries
 
 
 def on_demand_status(ctx: StageContext) -> List[Dict[str, Any]]:
