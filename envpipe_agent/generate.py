@@ -18,7 +18,7 @@ import shlex
 import string
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -192,20 +192,24 @@ def pipeline_model(config: Config) -> Pipeline:
                            branch_only=index > 0 or env.manual)
         junit = f"{REPORTS}/{env.name}.xml"
         stages = []
+        apply_args = ("apply", env.name, "--version", BUILD_VERSION)
+        plan_file = None
         if env.manual:
             # The approver sees what promoting this build's version would change before
-            # being asked (SPEC §8): plan it against the environment.
+            # being asked (SPEC §8): planned against the environment and saved, and the
+            # deploy applies exactly that plan.
+            plan_file = f"{REPORTS}/{env.name}.plan"
             stages.append(Stage(f"plan-{env.name}", "plan",
-                                (Command(("plan", env.name, "--version", BUILD_VERSION)),),
-                                environment=env, **credentials))
+                                (Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file)),),
+                                environment=env, plan_file=plan_file, **credentials))
             stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
                                 branch_only=credentials["branch_only"]))
+            apply_args += ("--plan", plan_file)
         stages.append(Stage(
             f"deploy-{env.name}", "deploy",
-            (Command(("promote", BUILD_VERSION, "--to", env.name)),
-             Command(("apply", env.name, "--version", BUILD_VERSION)),
+            (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
              Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit))),
-            environment=env, approvers=env.approvers, junit=junit,
+            environment=env, approvers=env.approvers, junit=junit, plan_file=plan_file,
             # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
             # failed apply or a refused test would report an earlier build's results.
             before=(("rm", "-f", junit),), **credentials,
@@ -483,6 +487,8 @@ def _environment(target: str, templates: Optional[Path]) -> jinja2.Environment:
     env.filters["comment"] = xml_comment if target == "gocd-xml" else lambda value: Literal(one_line(value))
     env.filters["shell"] = lambda argv: Literal(groovy_string(shell_words(argv)))
     env.filters["gocd_argv"] = gocd_argv
+    env.filters["basename"] = lambda path: PurePosixPath(path).name
+    env.filters["dirname"] = lambda path: str(PurePosixPath(path).parent)
     return env
 
 

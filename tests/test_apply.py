@@ -320,3 +320,79 @@ def test_recorded_outputs_come_from_the_last_successful_apply_until_a_destroy(tm
     write_record(repo, "test", "destroy", "1.0.1", "done", ci)
     assert recorded_outputs(repo, "test") == {}
     assert recorded_outputs(repo, "staging") == {}
+
+
+def show_saved_plan(plan_file: Path, tmp_path: Path) -> dict:
+    """`terraform show -json` of the Terraform plan inside a file 'envpipe plan --out' saved."""
+    import subprocess
+    import zipfile
+
+    from envpipe_agent.tools.terraform import find_terraform
+
+    folder = tmp_path / "shown"
+    folder.mkdir()
+    with zipfile.ZipFile(plan_file) as archive:
+        (folder / "plan.tfplan").write_bytes(archive.read("plan.tfplan"))
+    shown = subprocess.run([*find_terraform(dict(os.environ)), "show", "-json", "plan.tfplan"], cwd=folder,
+                           capture_output=True, text=True, check=True)
+    return json.loads(shown.stdout)
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_a_saved_plan_is_applied_exactly_as_planned_and_recorded(project, tmp_path):
+    published(project, "1.0.1")
+    plan_file = tmp_path / "approved" / "test.plan"
+    plan_file.parent.mkdir()
+    planned = project.envpipe("--json", "plan", "test", "--version", "1.0.1", "--out", str(plan_file),
+                              env={"TF_VAR_instance_count": "5"}, check=0)
+    assert json.loads(planned.stdout)["plan_file"] == str(plan_file)
+    assert stat.S_IMODE(plan_file.stat().st_mode) == 0o600  # it holds the values it would set
+
+    # Applied with another value in the environment: a new plan would differ, the saved one is applied
+    applied = project.envpipe("--json", "apply", "test", "--version", "1.0.1", "--plan", str(plan_file),
+                              env={"TF_VAR_instance_count": "7"}, check=0)
+
+    shown = show_saved_plan(plan_file, tmp_path)
+    after = {change["address"]: change["change"]["after"] for change in shown["resource_changes"]}
+    result = json.loads(applied.stdout)
+    assert result["outputs"]["name"] == after["terraform_data.example"]["input"] == "test-5"
+    assert result["added"] == len(shown["resource_changes"]) == 2
+    (plan_record,) = records(project, "test", "plan")
+    (apply_record,) = records(project, "test", "apply")
+    # the record says which approved plan was applied
+    assert apply_record["plan"]["sha256"] == plan_record["saved_plan"]["sha256"] == result["plan_sha256"]
+    assert apply_record["result"] == "done"
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_a_saved_plan_of_another_version_another_environment_or_a_changed_state_is_refused(project, tmp_path):
+    published(project, "1.0.1")
+    plan_file = tmp_path / "test.plan"
+    project.envpipe("plan", "test", "--version", "1.0.1", "--out", str(plan_file), check=0)
+
+    # another build promoted a newer version since the plan was approved
+    published(project, "1.0.2", content=DEFINITION.replace("default = 1", "default = 2"))
+    refused = project.envpipe("apply", "test", "--plan", str(plan_file), check=3)
+    assert "is a plan of version 1.0.1, but test holds version 1.0.2" in refused.stderr
+    refused = project.envpipe("apply", "staging", "--plan", str(plan_file), check=3)
+    assert "was made for environment test, not staging" in refused.stderr
+    assert [r["result"] for r in records(project, "test", "apply")] == ["refused"]
+    assert recorded_outputs(repository(project), "test") == {}  # nothing applied
+
+    # the same version again, but the state changed after the plan was made: Terraform refuses it
+    published(project, "1.0.1")
+    project.envpipe("plan", "test", "--version", "1.0.1", "--out", str(plan_file), check=0)
+    project.envpipe("apply", "test", check=0)
+    refused = project.envpipe("apply", "test", "--plan", str(plan_file), check=3)
+    assert "the saved plan is stale" in refused.stderr and "nothing was changed" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()[-1:]) == 1
+
+
+def test_a_file_that_is_no_saved_plan_is_a_usage_error(project, tmp_path):
+    published(project, "1.0.1")
+    bogus = tmp_path / "bogus.plan"
+    bogus.write_text("not a zip")
+    result = project.envpipe("apply", "test", "--plan", str(bogus), check=2)
+    assert "not a plan saved by 'envpipe plan --out'" in result.stderr
+    result = project.envpipe("apply", "test", "--plan", str(tmp_path / "missing.plan"), check=2)
+    assert "no such file" in result.stderr

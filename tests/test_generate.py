@@ -164,6 +164,9 @@ def _gocd_xml_stage(stage: ET.Element) -> Dict:
             "timeout": int(job.get("timeout")),
             "commands": [[e.get("command")] + [a.text for a in e.findall("arg")] for e in job.findall("tasks/exec")],
             "test_artifacts": [a.get("src") for a in job.findall("artifacts/artifact[@type='test']")],
+            "build_artifacts": [(a.get("src"), a.get("dest")) for a in job.findall("artifacts/artifact[@type='build']")],
+            "fetches": [(f.get("stage"), f.get("job"), f.get("srcfile"), f.get("dest"))
+                        for f in job.findall("tasks/fetchartifact")],
             "resources": [r.text for r in job.findall("resources/resource")],
         } for job in stage.findall("jobs/job")],
     }
@@ -211,8 +214,13 @@ def gocd_yaml_pipelines(text: str) -> Dict[str, Dict]:
                 "jobs": [{
                     "name": job_name,
                     "timeout": job["timeout"],
-                    "commands": [[t["exec"]["command"]] + t["exec"].get("arguments", []) for t in job["tasks"]],
+                    "commands": [[t["exec"]["command"]] + t["exec"].get("arguments", []) for t in job["tasks"]
+                                 if "exec" in t],
                     "test_artifacts": [a["test"]["source"] for a in job.get("artifacts", []) if "test" in a],
+                    "build_artifacts": [(a["build"]["source"], a["build"]["destination"])
+                                        for a in job.get("artifacts", []) if "build" in a],
+                    "fetches": [(t["fetch"]["stage"], t["fetch"]["job"], t["fetch"]["source"], t["fetch"]["destination"])
+                                for t in job["tasks"] if "fetch" in t and t["fetch"]["is_file"] is True],
                     "resources": job.get("resources", []),
                 } for job_name, job in stage["jobs"].items()],
             })
@@ -395,8 +403,9 @@ def test_jenkins_passes_the_published_version_to_every_later_command_and_keeps_i
         ["test", "test", "--version", VERSION, "--junit", ".envpipe-reports/test.xml"],
         ["promote", VERSION, "--to", "staging"], ["apply", "staging", "--version", VERSION],
         ["test", "staging", "--version", VERSION, "--junit", ".envpipe-reports/staging.xml"],
-        ["plan", "production", "--version", VERSION],
-        ["promote", VERSION, "--to", "production"], ["apply", "production", "--version", VERSION],
+        ["plan", "production", "--version", VERSION, "--out", ".envpipe-reports/production.plan"],
+        ["promote", VERSION, "--to", "production"],
+        ["apply", "production", "--version", VERSION, "--plan", ".envpipe-reports/production.plan"],
         ["test", "production", "--version", VERSION, "--junit", ".envpipe-reports/production.xml"],
     ]
     # the shell expands it, quoted: never a Groovy interpolation
@@ -497,12 +506,17 @@ def test_gocd_has_one_pipeline_per_environment_chained_by_upstream_material_and_
         # the plan runs by itself when staging passes; the approval sits on the deploy after it
         plan, deploy = production["stages"]
         assert (plan["name"], plan["manual"]) == ("plan", False)
-        assert plan["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version"]
+        assert plan["jobs"][0]["commands"][-1] == [".envpipe-venv/bin/envpipe", "plan", "production", "--version",
+                                                   "--out", ".envpipe-reports/production.plan"]
+        # the plan is kept with the pipeline run, and the deploy fetches it and applies exactly it
+        assert plan["jobs"][0]["build_artifacts"] == [(".envpipe-reports/production.plan", "plan")]
+        assert deploy["jobs"][0]["fetches"] == [("plan", "plan", "plan/production.plan", ".envpipe-reports")]
         assert (deploy["name"], deploy["manual"], deploy["only_on_success"], deploy["users"]) == (
             "deploy", True, True, ["alice", "bob"])
         assert deploy["jobs"][0]["commands"][-3:] == [
             [".envpipe-venv/bin/envpipe", "promote", "--to", "production"],
-            [".envpipe-venv/bin/envpipe", "apply", "production", "--version"],
+            [".envpipe-venv/bin/envpipe", "apply", "production", "--version", "--plan",
+             ".envpipe-reports/production.plan"],
             [".envpipe-venv/bin/envpipe", "test", "production", "--version", "--junit",
              ".envpipe-reports/production.xml"]]
         assert [s["manual"] for p in list(pipelines.values())[:3] for s in p["stages"]] == [False] * 3
@@ -878,3 +892,15 @@ def test_cli_warns_about_an_unpinned_envpipe_in_ci_install(tmp_path):
     assert f"pin it ('{PINNED}')" in result.stderr
     (tmp_path / "envpipe.yml").write_text(CONFIG)
     assert envpipe("generate", "jenkins", cwd=tmp_path).stderr == ""
+
+
+def test_jenkins_applies_the_plan_the_approvers_were_shown(tmp_path):
+    blocks = jenkins_stages(render(config_from(CONFIG, tmp_path), "jenkins"))
+    plan, deploy = blocks["plan-production"], blocks["deploy-production"]
+    saved = ".envpipe-reports/production.plan"
+    assert plan.index(f"--out {saved}'") < plan.index(f"stash(name: 'plan-production', includes: '{saved}')") \
+        < plan.index("milestone(")
+    assert "archiveArtifacts" not in plan  # a Terraform plan holds secrets
+    assert deploy.index("unstash 'plan-production'") < deploy.index(f"--plan {saved}'")
+    # a non-manual environment plans and applies in one go, as before
+    assert "--plan" not in blocks["deploy-staging"] and "stash(" not in blocks["deploy-staging"]

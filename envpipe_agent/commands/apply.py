@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from envpipe_agent.commands import add_approved_by, emit, load_context
@@ -31,11 +32,13 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # --version alone means this CI build's version (SPEC §5), as for plan.
     expected = None if args.version is None else ctx.resolve_version(args.version or None)
     result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed,
-                   version=expected, approved_by=args.approved_by, force=args.force, reason=args.reason)
+                   version=expected, approved_by=args.approved_by, force=args.force, reason=args.reason,
+                   plan_file=Path(args.plan) if args.plan else None)
     state = _counts(result) if result.changed else "no changes"
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s"
          + ("; policy overridden, recorded" if result.forced else "") + _approved(result) + ")"
+         + (f" from the saved plan {result.plan_file}" if result.plan_file else "")
          + _outputs_text(result))
     return 0
 
@@ -47,7 +50,8 @@ def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         ctx = load_context(args, environ)
         # --version alone means this CI build's version (SPEC §5), as for promote.
         candidate = None if args.version is None else ctx.resolve_version(args.version or None)
-        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate)
+        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate,
+                      out=Path(args.out) if args.out else None)
     except UsageError as exc:
         if args.detailed_exitcode:
             # With the flag, 2 means "changes" (Terraform's convention); a pipeline
@@ -55,6 +59,8 @@ def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise StageFailed(str(exc)) from None
         raise
     text = f"{result.environment}: {result.summary} (version {result.version})"
+    if result.plan_file:
+        text += f"; plan saved to {result.plan_file}"
     emit(args, ctx, result.as_dict(), text)
     return 2 if args.detailed_exitcode and result.changed else 0
 
@@ -83,12 +89,17 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="exit 0 for no changes, 2 for changes, 1 for an error")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="plan published version V (alone: this CI build's) instead of the one ENV holds")
+    parser.add_argument("--out", metavar="FILE",
+                        help="save the plan to FILE for 'apply ENV --plan FILE' (Terraform; FILE holds secrets)")
     parser.set_defaults(handler=run_plan)
 
     parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")
     parser.add_argument("environment", metavar="ENV", help="environment to apply")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
+    parser.add_argument("--plan", metavar="FILE",
+                        help="apply exactly the plan 'envpipe plan ENV --out FILE' saved (refused if made for "
+                             "another version or stale)")
     parser.add_argument("--replace-failed", action="store_true",
                         help="CloudFormation: delete and recreate a stack left in a failed state")
     parser.add_argument("--force", action="store_true",

@@ -13,14 +13,16 @@ import importlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from envpipe_agent import saved_plan
 from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
                                   Terminated, UsageError)
 from envpipe_agent.locking import Lease, environment_lock
-from envpipe_agent.manifest import MANIFEST_KEY, check_holds, read_manifest
+from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.policy import enforce_policy, override_details
 from envpipe_agent.records import history, read_summary, utc_now, write_record
 from envpipe_agent.redact import Redactor, redact_data
@@ -37,6 +39,8 @@ RUNNERS: Dict[str, str] = {
     "cloudformation": "envpipe_agent.tools.cloudformation:CloudFormationRunner",
 }
 LOCKED_ACTIONS = ("apply", "destroy")
+# Tools whose plans can be saved and applied later (plan --out, apply --plan).
+SAVED_PLAN_TOOLS = ("terraform",)
 # How far back recorded_outputs looks for a successful apply when the latest failed.
 _OUTPUT_HISTORY = 200
 
@@ -79,6 +83,8 @@ class StageResult:
     # "changes" where the tool does not say), and the drift found (None: not checked)
     causes: List[str] = field(default_factory=list)
     drift: Optional[Dict[str, Any]] = None
+    plan_file: Optional[str] = None  # plan --out: the saved plan; apply --plan: the plan applied
+    plan_sha256: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -130,13 +136,26 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
                candidate: Optional[str] = None, override: Optional[str] = None,
                expected: Optional[str] = None, held: Optional[Lease] = None,
-               approved_by: Optional[str] = None, now: Optional[dt.datetime] = None) -> StageResult:
+               approved_by: Optional[str] = None, now: Optional[dt.datetime] = None,
+               save_to: Optional[Path] = None, saved: Optional[Path] = None) -> StageResult:
     """Run ``action`` on ``environment``; ``override``, the reason given with --force,
     overrides the promotion policy (SPEC §10) and is recorded with what it overrode."""
     started = time.monotonic()
     env = ctx.environment(environment)
     tool = ctx.config.tool
     runner = runner or get_runner(tool)
+    options = dict(options or {})
+    if (save_to or saved) and tool not in SAVED_PLAN_TOOLS:
+        raise UsageError(f"saved plans (plan --out, apply --plan) are made for Terraform only; {tool} applies "
+                         "the change set it creates at apply time")
+    approved: Optional[saved_plan.SavedPlan] = None
+    if saved is not None:
+        # Read and checked before anything is locked or run: a plan for another
+        # environment, project or tool is refused before its content is looked at.
+        approved, options["saved_plan"] = saved_plan.read(saved)
+        saved_plan.check(approved, saved, ctx.config.project, env.name, tool)
+        options["plan_sha256"] = saved_plan.sha256(saved)
+    options["save_plan"] = save_to is not None
     # The definition comes from the environment's folder, or for a plan of a
     # candidate version (what an approver looks at before promoting) from that
     # version's own folder, verified against its manifest all the same.
@@ -210,16 +229,22 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                     version = work.manifest.version
                     check_holds(env.name, version, expected, action)  # promoted again while we waited?
+                    if approved is not None and saved is not None:
+                        saved_plan.check_holds(approved, saved, env.name, version, work.manifest.digest)
+                        details["plan"] = {"sha256": options["plan_sha256"], "planned": approved.created,
+                                           "by": approved.build}
                     details["digest"] = work.manifest.digest
                     fetch_seconds = work.verified.seconds
                     request = RunRequest(config=ctx.config, environment=env, version=version,
                                          manifest=work.manifest, workdir=work.path, environ=credentials.environ,
                                          redactor=redactor, repository=ctx.repository_as(credentials),
-                                         ci=ctx.ci, options=dict(options or {}), client_factory=ctx.client_factory)
+                                         ci=ctx.ci, options=options, client_factory=ctx.client_factory)
                     log.info("%s: %s of version %s with %s", env.name, action, version, tool)
                     if lease is not None:
                         lease.check()  # the fetch can be long: the lock must still be ours
                     outcome: RunOutcome = getattr(runner, action)(request)
+                    if save_to is not None:
+                        details["saved_plan"] = _save_plan(ctx, save_to, env.name, work.manifest, outcome)
                     kept = str(work.path) if keep_workdir else None
                 if lease is not None:
                     lease.check()
@@ -228,6 +253,10 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
                 result.forced = bool(override)
                 result.approved_by = details.get("approved_by")
+                if save_to is not None:
+                    result.plan_file, result.plan_sha256 = str(save_to), details["saved_plan"]["sha256"]
+                if saved is not None:
+                    result.plan_file, result.plan_sha256 = str(saved), options["plan_sha256"]
                 written = record(result.result, _record_of(action, result, outcome))
                 recorded = True
             except BaseException as exc:
@@ -244,6 +273,19 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     result.record = written["key"]
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _save_plan(ctx: StageContext, path: Path, environment: str, manifest: Manifest,
+               outcome: RunOutcome) -> Dict[str, str]:
+    """Write the plan the tool just made to ``path`` (see saved_plan); what the record keeps of it."""
+    build = ctx.ci.build_url or (f"{ctx.ci.server} build {ctx.ci.build}" if ctx.ci.build else None)
+    plan = saved_plan.SavedPlan(project=ctx.config.project, environment=environment, version=manifest.version,
+                                digest=manifest.digest, tool=ctx.config.tool, changed=outcome.changed,
+                                created=utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), build=build)
+    tool_plan = outcome.details.get("plan_file")
+    digest = saved_plan.write(path, plan, Path(tool_plan) if tool_plan else None)
+    log.info("%s: plan of version %s saved to %s (%s)", environment, manifest.version, path, digest)
+    return {"file": path.name, "sha256": digest}
 
 
 def _record_of(action: str, result: StageResult, outcome: RunOutcome) -> Dict[str, Any]:
@@ -319,29 +361,33 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
 def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
           runner: Optional[ToolRunner] = None, version: Optional[str] = None,
           approved_by: Optional[str] = None, force: bool = False, reason: Optional[str] = None,
-          now: Optional[dt.datetime] = None) -> StageResult:
+          now: Optional[dt.datetime] = None, plan_file: Optional[Path] = None) -> StageResult:
     """Fetch, verify and apply ``environment``'s definition; record its outputs.
 
     With ``version``, refuse (exit 3) unless the environment holds that version: a
     pipeline applies what its own build promoted, never what another build did since.
     An ``approval: manual`` environment needs an approver (``approved_by`` or
     ENVPIPE_APPROVER), recorded. A freeze, an unfinished soak or a closed window
-    refuses it unless ``force`` with a ``reason``, recorded as an override.
+    refuses it unless ``force`` with a ``reason``, recorded as an override. With
+    ``plan_file`` (saved by ``plan(..., out=)``), apply exactly that plan, refusing one
+    made for anything but the version and content the environment holds.
     """
     _need_reason(force, reason)
     return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner,
                       override=reason.strip() if force and reason else None, expected=version,
-                      approved_by=approved_by, now=now)
+                      approved_by=approved_by, now=now, saved=plan_file)
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
-         runner: Optional[ToolRunner] = None, version: Optional[str] = None) -> StageResult:
+         runner: Optional[ToolRunner] = None, version: Optional[str] = None,
+         out: Optional[Path] = None) -> StageResult:
     """What apply would change in ``environment`` (``changed`` says whether anything would).
 
     With ``version``, plan that published version against the environment instead of
-    the version its folder holds: what promoting and applying it would change.
+    the version its folder holds: what promoting and applying it would change. With
+    ``out``, save the plan there for ``apply(..., plan_file=out)``.
     """
-    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner, candidate=version)
+    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner, candidate=version, save_to=out)
 
 
 def _need_reason(force: bool, reason: Optional[str]) -> None:

@@ -345,21 +345,43 @@ class TerraformRunner:
 
     def plan(self, request: RunRequest) -> RunOutcome:
         environ = self._init(request)
-        return self._plan(request, environ, out=None)
+        if not request.options.get("save_plan"):
+            return self._plan(request, environ, out=None)
+        outcome = self._plan(request, environ, out=PLAN_FILE)
+        outcome.details["plan_file"] = str(request.workdir / PLAN_FILE)  # the stage saves it (saved_plan)
+        return outcome
 
     def apply(self, request: RunRequest) -> RunOutcome:
         environ = self._init(request)
+        saved = request.options.get("saved_plan")
+        if saved is not None:
+            # A plan saved earlier (and approved): applied as it is, never planned again.
+            (request.workdir / PLAN_FILE).write_bytes(saved)
+            return self._apply_plan_file(request, environ, None)
         planned = self._plan(request, environ, out=PLAN_FILE)
         if not planned.changed:
             planned.outputs = self._outputs(request, environ)
             return planned
-        # Apply exactly what was planned (and shown in the log), nothing newer. Its
-        # machine-readable UI carries the outputs, which saves a Terraform run.
-        completed = self._checked(request, ["apply", "-json", "-input=false", PLAN_FILE], environ)
-        counts = completed.changes or {}
-        outcome = RunOutcome(changed=True, added=int(counts.get("add", 0)),
-                             changed_count=int(counts.get("change", 0)),
-                             destroyed=int(counts.get("remove", 0)), summary=completed.summary or planned.summary)
+        # Apply exactly what was planned (and shown in the log), nothing newer.
+        return self._apply_plan_file(request, environ, planned)
+
+    def _apply_plan_file(self, request: RunRequest, environ: Mapping[str, str],
+                         planned: Optional[RunOutcome]) -> RunOutcome:
+        # Terraform's machine-readable UI carries the outputs, which saves a Terraform run.
+        completed = self.run(request, ["apply", "-json", "-input=false", PLAN_FILE], environ)
+        if completed.returncode != 0 and (completed.first_error or "").startswith("Error: Saved plan is stale"):
+            raise Refused(f"the saved plan is stale: {request.environment.name}'s state changed after it was made "
+                          "(another apply ran since), and Terraform refuses to apply it; nothing was changed. Plan "
+                          "again, have that plan approved, and apply it")
+        if completed.returncode != 0:
+            reason = completed.first_error or f"exit code {completed.returncode}"
+            raise StageFailed(f"terraform apply failed in {request.environment.name}: {reason} "
+                              "(Terraform's output is above)")
+        counts = {key: int(completed.changes.get(key) or 0) if completed.changes else 0
+                  for key in ("add", "change", "remove")}
+        outcome = RunOutcome(changed=planned is not None or any(counts.values()), added=counts["add"],
+                             changed_count=counts["change"], destroyed=counts["remove"],
+                             summary=completed.summary or (planned.summary if planned else "No changes."))
         outcome.outputs = (_as_outputs(completed.outputs) if completed.outputs is not None
                            else self._outputs(request, environ))
         return outcome

@@ -1,0 +1,110 @@
+"""Saved plans: what an approver saw is what apply applies (SPEC §4 `plan --out`, `apply --plan`).
+
+``envpipe plan ENV --out FILE`` writes FILE, a zip holding ``envpipe-plan.json`` (the
+project, environment, version and content digest planned, the tool, when and by which
+build) and the tool's own plan: Terraform's binary plan file (``plan.tfplan``).
+``envpipe apply ENV --plan FILE`` applies exactly that plan, and refuses (exit 3) a plan
+made for another project, environment, tool, version or content. Terraform refuses a
+plan whose state changed since it was made (another apply ran) by itself; envpipe says
+so in words.
+
+A Terraform plan holds the values it would set, secrets included, in clear text: FILE
+is written readable by its owner only, and belongs in a CI server's build storage
+(a Jenkins stash, a GoCD artifact), never in the artefact repository.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from envpipe_agent.errors import Refused, UsageError
+
+FORMAT = 1
+METADATA = "envpipe-plan.json"
+TOOL_PLAN = "plan.tfplan"
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    project: str
+    environment: str
+    version: str
+    digest: str  # the content digest of the definition planned
+    tool: str
+    created: str  # ISO 8601 UTC
+    build: Optional[str] = None  # the CI build that made it (URL, else server and number)
+    changed: bool = True
+
+    def describe(self) -> str:
+        return f"version {self.version} of {self.project} for {self.environment}, planned {self.created}" + (
+            f" by {self.build}" if self.build else "")
+
+
+def write(path: Path, plan: SavedPlan, tool_plan: Optional[Path]) -> str:
+    """Write the saved plan to ``path`` in one step (owner-only); return its SHA-256."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"--out {path}: folder {directory} does not exist; create it first")
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(METADATA, json.dumps({"format": FORMAT, **asdict(plan)}, indent=1, sort_keys=True))
+            if tool_plan is not None:
+                archive.write(tool_plan, TOOL_PLAN)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return sha256(path)
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read(path: Path) -> Tuple[SavedPlan, Optional[bytes]]:
+    """The saved plan at ``path`` and the tool's plan in it (None when the tool keeps none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            raw: Dict[str, Any] = json.loads(archive.read(METADATA))
+            tool_plan = archive.read(TOOL_PLAN) if TOOL_PLAN in names else None
+    except FileNotFoundError:
+        raise UsageError(f"--plan {path}: no such file; pass the file 'envpipe plan ENV --out FILE' wrote") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
+    if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT:
+        raise UsageError(f"--plan {path}: saved by another envpipe (plan format {raw.get('format')!r}, expected "
+                         f"{FORMAT}); plan again with this one")
+    try:
+        return SavedPlan(**raw), tool_plan
+    except TypeError as exc:
+        raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
+
+
+def check(plan: SavedPlan, path: Path, project: str, environment: str, tool: str) -> None:
+    """Refuse a plan made for another project, environment or tool (before anything runs)."""
+    for what, saved, wanted in (("project", plan.project, project), ("environment", plan.environment, environment),
+                                ("tool", plan.tool, tool)):
+        if saved != wanted:
+            raise Refused(f"--plan {path} was made for {what} {saved}, not {wanted}: apply it where it was planned, "
+                          f"or plan {environment} again")
+
+
+def check_holds(plan: SavedPlan, path: Path, environment: str, version: str, digest: str) -> None:
+    """Refuse a plan of another version, or of other content under the same version,
+    than ``environment`` holds now: what was approved is what is applied."""
+    if plan.version != version:
+        raise Refused(f"--plan {path} is a plan of version {plan.version}, but {environment} holds version {version}: "
+                      f"it was not what was approved; plan {version} ('envpipe plan {environment} --version {version} "
+                      f"--out FILE'), have it approved, and apply that")
+    if plan.digest != digest:
+        raise Refused(f"--plan {path} was made from other content than version {version} in {environment} now "
+                      f"({plan.digest} vs {digest}): plan it again and have it approved")
