@@ -14,6 +14,12 @@ from envpipe_agent.config import Environment
 from envpipe_agent.errors import ApprovalRequired
 
 APPROVER_VARIABLE = "ENVPIPE_APPROVER"
+# GoCD's approval is a manual stage, and whoever triggered it approved it (GO_TRIGGER_USER).
+# A GoCD pipeline cannot copy one variable's value into another, so its generated
+# manual stages name the variable that holds the approver here instead.
+APPROVER_FROM_VARIABLE = "ENVPIPE_APPROVER_FROM"
+# What GoCD puts in GO_TRIGGER_USER when no person triggered the stage.
+_NOT_A_PERSON = ("changes", "timer", "anonymous")
 
 
 def approver(env: Environment, action: str, environ: Mapping[str, str],
@@ -24,6 +30,9 @@ def approver(env: Environment, action: str, environ: Mapping[str, str],
     one. Elsewhere an approver given is returned, to be recorded, and none is needed.
     """
     who = (approved_by or environ.get(APPROVER_VARIABLE) or "").strip() or None
+    if who is None and environ.get(APPROVER_FROM_VARIABLE):
+        named = (environ.get(environ[APPROVER_FROM_VARIABLE]) or "").strip()
+        who = named if named and named not in _NOT_A_PERSON else None
     if env.manual and who is None:
         raise ApprovalRequired(
             f"{env.name} has approval: manual: {action} needs an approver: pass --approved-by WHO, or set "

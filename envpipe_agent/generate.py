@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import jinja2
 from markupsafe import Markup, escape
 
+from envpipe_agent.approval import APPROVER_FROM_VARIABLE
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
 from envpipe_agent.timespec import format_duration
@@ -533,6 +534,7 @@ def _check(config: Config, target: str, pipeline: Pipeline) -> Dict[str, Any]:
         "upstream_material": GOCD_UPSTREAM,
         "upstream_label": "${%s}" % GOCD_UPSTREAM,
         "version_template": GOCD_VERSION_TEMPLATE,
+        "approver_from": (APPROVER_FROM_VARIABLE, "GO_TRIGGER_USER"),
         "schema_version": GOCD_SCHEMA_VERSION,
         "secret_ref": lambda key: Literal(yaml_string(_secret_reference(gocd.secret_config, key))),
         "secret_value": lambda key: _secret_reference(gocd.secret_config, key),

@@ -46,12 +46,21 @@ class SavedPlan:
             f" by {self.build}" if self.build else "")
 
 
+def prepare(path: Path) -> None:
+    """Make ``path``'s folder (as --junit does), before the tool runs: a plan that cannot
+    be saved is refused before anything is planned."""
+    if path.is_dir():
+        raise UsageError(f"--out {path}: a folder; give the file to save the plan in")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot create its folder: {exc}") from None
+
+
 def write(path: Path, plan: SavedPlan, tool_plan: Optional[Path]) -> str:
     """Write the saved plan to ``path`` in one step (owner-only); return its SHA-256."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"--out {path}: folder {directory} does not exist; create it first")
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    prepare(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:

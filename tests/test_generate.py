@@ -159,6 +159,7 @@ def _gocd_xml_stage(stage: ET.Element) -> Dict:
         "manual": approval is not None and approval.get("type") == "manual",
         "only_on_success": approval is not None and approval.get("allowOnlyOnSuccess") == "true",
         "users": [u.text for u in stage.findall("approval/authorization/user")],
+        "variables": {v.get("name"): v.findtext("value") for v in stage.findall("environmentvariables/variable")},
         "jobs": [{
             "name": job.get("name"),
             "timeout": int(job.get("timeout")),
@@ -211,6 +212,7 @@ def gocd_yaml_pipelines(text: str) -> Dict[str, Dict]:
                 "manual": approval.get("type") == "manual",
                 "only_on_success": approval.get("allow_only_on_success") is True,
                 "users": approval.get("users", []),
+                "variables": stage.get("environment_variables") or {},
                 "jobs": [{
                     "name": job_name,
                     "timeout": job["timeout"],
@@ -513,6 +515,10 @@ def test_gocd_has_one_pipeline_per_environment_chained_by_upstream_material_and_
         assert deploy["jobs"][0]["fetches"] == [("plan", "plan", "plan/production.plan", ".envpipe-reports")]
         assert (deploy["name"], deploy["manual"], deploy["only_on_success"], deploy["users"]) == (
             "deploy", True, True, ["alice", "bob"])
+        # whoever triggers the manual stage approved it: envpipe reads the approver from there
+        assert deploy["variables"] == {"ENVPIPE_APPROVER_FROM": "GO_TRIGGER_USER"}
+        assert all(s["variables"] == {} for p in list(pipelines.values())[:3] for s in p["stages"]) and \
+            plan["variables"] == {}
         assert deploy["jobs"][0]["commands"][-3:] == [
             [".envpipe-venv/bin/envpipe", "promote", "--to", "production"],
             [".envpipe-venv/bin/envpipe", "apply", "production", "--version", "--plan",

@@ -156,6 +156,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         saved_plan.check(approved, saved, ctx.config.project, env.name, tool)
         options["plan_sha256"] = saved_plan.sha256(saved)
     options["save_plan"] = save_to is not None
+    if save_to is not None:
+        saved_plan.prepare(save_to)
     # The definition comes from the environment's folder, or for a plan of a
     # candidate version (what an approver looks at before promoting) from that
     # version's own folder, verified against its manifest all the same.
