@@ -86,11 +86,14 @@ def delete_registration(repository: Repository, name: str) -> None:
     repository.delete([registration_key(name)])
 
 
+def _names(repository: Repository) -> List[str]:
+    return [info.key[len(REGISTRATIONS_PREFIX):-len(".json")] for info in repository.list(REGISTRATIONS_PREFIX)
+            if info.key.endswith(".json") and "/" not in info.key[len(REGISTRATIONS_PREFIX):]]
+
+
 def list_registrations(repository: Repository) -> List[Registration]:
     """Every registration, by name: one listing, then the objects read in parallel."""
-    names = [info.key[len(REGISTRATIONS_PREFIX):-len(".json")] for info in repository.list(REGISTRATIONS_PREFIX)
-             if info.key.endswith(".json") and "/" not in info.key[len(REGISTRATIONS_PREFIX):]]
-    found = parallel_map(lambda name: read_registration(repository, name), names)
+    found = parallel_map(lambda name: read_registration(repository, name), _names(repository))
     return [registration for registration in found if registration is not None]
 
 
@@ -119,17 +122,19 @@ class InstanceInfo:
 
 def list_instances(repository: Repository, now: Optional[dt.datetime] = None) -> List[InstanceInfo]:
     """Every on-demand environment and sandbox with the version it holds, by name:
-    one listing, then the registrations and the manifests read in parallel."""
+    one listing, then each registration and its folder's manifest read in parallel."""
     now = now or utc_now()
-    registrations = list_registrations(repository)
 
-    def held(registration: Registration) -> Optional[str]:
-        try:
-            manifest = read_manifest(repository, registration.name)
-        except Refused:  # a damaged folder is still listed, without a version
+    def read(name: str) -> Optional[InstanceInfo]:
+        registration = read_registration(repository, name)
+        if registration is None:  # destroyed since the listing
             return None
-        return manifest.version if manifest else None
+        try:
+            manifest = read_manifest(repository, name)
+        except Refused:  # a damaged folder is still listed, without a version
+            manifest = None
+        return InstanceInfo(name=name, kind=registration.kind, version=manifest.version if manifest else None,
+                            owner=registration.owner, created=registration.created, expires=registration.expires,
+                            expired=registration.expired(now), like=registration.like)
 
-    versions = parallel_map(held, registrations)
-    return [InstanceInfo(name=r.name, kind=r.kind, version=v, owner=r.owner, created=r.created, expires=r.expires,
-                         expired=r.expired(now), like=r.like) for r, v in zip(registrations, versions)]
+    return [info for info in parallel_map(read, _names(repository)) if info is not None]
