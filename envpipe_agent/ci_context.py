@@ -30,6 +30,11 @@ class CIContext:
     def as_record(self) -> Dict[str, Optional[str]]:
         return asdict(self)
 
+    def known(self) -> Dict[str, str]:
+        """The fields this build set (unset ones left out): who published, promoted or
+        claimed a version, in its manifest or claim."""
+        return {name: value for name, value in asdict(self).items() if value}
+
     @property
     def session_name(self) -> str:
         """An STS role session name (2-64 chars of [\\w+=,.@-]) naming this build."""

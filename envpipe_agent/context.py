@@ -11,7 +11,7 @@ from envpipe_agent.ci_context import CIContext, detect, render_version
 from envpipe_agent.config import Config, Environment, check_version_template, load_config, validate_version
 from envpipe_agent.errors import ConfigError, UsageError
 from envpipe_agent.instances import resolve
-from envpipe_agent.records import ACTIONS
+from envpipe_agent.records import ACTIONS, RecordWriter
 from envpipe_agent.redact import MIN_SECRET_LENGTH, Redactor
 from envpipe_agent.repository import Repository, open_repository
 
@@ -70,6 +70,11 @@ class StageContext:
             record_redactor=Redactor.for_records(environ, config.secrets),
             client_factory=client_factory,
         )
+
+    @property
+    def records(self) -> RecordWriter:
+        """Writes this context's records, redacted with ``record_redactor``."""
+        return RecordWriter(self.repository, self.ci, self.record_redactor)
 
     def environment(self, name: str) -> Environment:
         """The path environment or the on-demand instance called ``name`` (SPEC §9):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.errors import RepositoryError
-from envpipe_agent.redact import redact_data
+from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
 RECORDS_PREFIX = ".envpipe/records/"
@@ -95,26 +96,43 @@ def _read_record(repository: Repository, key: str) -> Optional[Dict[str, Any]]:
     return data
 
 
-def write_record(
+@dataclass(frozen=True)
+class RecordWriter:
+    """Writes the records of one repository and CI context (``StageContext.records``).
+
+    Its redactor (a StageContext's ``record_redactor``: secret values and AWS
+    credentials) masks every string of a record's details, at any depth. It has no
+    default: a writer cannot be made without one, so no stage can forget to redact
+    (SPEC §6).
+    """
+
+    repository: Repository
+    ci: CIContext
+    redactor: Redactor
+
+    def with_secrets(self, values: Iterable[str]) -> "RecordWriter":
+        """This writer, masking ``values`` too (an assumed role's credentials)."""
+        return replace(self, redactor=self.redactor.with_values(values))
+
+    def write(self, environment: str, action: str, version: Optional[str], result: str,
+              details: Optional[Mapping[str, Any]] = None, moment: Optional[dt.datetime] = None) -> Dict[str, Any]:
+        """Write one record (never replacing another) and update the summaries."""
+        return _write_record(self.repository, environment, action, version, result, self.ci,
+                             redact_data(dict(details or {}), self.redactor), moment)
+
+
+def _write_record(
     repository: Repository,
     environment: str,
     action: str,
     version: Optional[str],
     result: str,
     context: CIContext,
-    details: Optional[Mapping[str, Any]] = None,
+    details: Mapping[str, Any],
     moment: Optional[dt.datetime] = None,
-    redactor: Optional[Callable[[str], str]] = None,
 ) -> Dict[str, Any]:
-    """Write one record (never replacing another) and update the summaries.
-
-    ``redactor`` (a StageContext's ``record_redactor``) masks secret values in every
-    string of the details, at any depth: the one place records are redacted, so no
-    stage can forget to (SPEC §6).
-    """
+    """Write one record, its details already redacted (RecordWriter.write)."""
     moment = moment or utc_now()
-    if redactor is not None:
-        details = redact_data(dict(details or {}), redactor)
     record: Dict[str, Any] = {
         "action": action,
         "environment": environment,
@@ -123,7 +141,7 @@ def write_record(
         "at": iso(moment),
         "ci": context.as_record(),
     }
-    record.update(details or {})
+    record.update(details)
     if action == "test" and version and result == "passed":
         record["passing_since"] = _passing_since(repository, environment, version, record["at"])
     body = (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
@@ -212,8 +230,9 @@ def history(repository: Repository, environment: str, limit: int = 20,
 
 
 def record_order(record: Mapping[str, Any]) -> str:
-    """A record's sortable stamp (microseconds, from its key; 'at' is only to the second)."""
-    return str(record.get("key", "")).rsplit("/", 1)[-1] or str(record.get("at", ""))
+    """What records sort by, later ones higher: the stamp in the record's key (to the
+    microsecond), else its 'at' (to the second)."""
+    return str(record.get("key") or "").rsplit("/", 1)[-1] or str(record.get("at") or "")
 
 
 def last_done(repository: Repository, environment: str, action: str, look_back: int = 200) -> Optional[Dict[str, Any]]:

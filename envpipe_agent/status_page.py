@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.records import iso, latest_test, utc_now
+from envpipe_agent.records import iso, latest_test, record_order, utc_now
 from envpipe_agent.stages.status import on_demand_status, status
 
 TEMPLATE = "status.html.j2"
@@ -62,7 +62,7 @@ def _recent(entries: Sequence[Mapping[str, Any]], limit: int) -> List[Dict[str, 
     """The newest records across environments, from the per-environment summaries."""
     records = [dict(record) for entry in entries for record in (entry.get("last") or {}).values()]
     # The key's file name starts with a microsecond stamp: a finer order than "at".
-    records.sort(key=lambda r: (r.get("key") or "").rsplit("/", 1)[-1], reverse=True)
+    records.sort(key=record_order, reverse=True)
     return records[:limit]
 
 

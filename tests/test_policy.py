@@ -16,7 +16,8 @@ from conftest import list_repository, read_repository_file
 from envpipe_agent.ci_context import detect
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import PolicyHold, UsageError
-from envpipe_agent.records import write_record
+from envpipe_agent.records import RecordWriter
+from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.apply import apply, destroy
 from envpipe_agent.stages.freeze import freeze, unfreeze
@@ -51,8 +52,8 @@ def context(project, environ=None) -> StageContext:
 
 
 def record_test(project, environment: str, version: str, result: str, moment: dt.datetime) -> None:
-    write_record(open_repository(project.repository, dict(os.environ)), environment, "test", version, result,
-                 detect({}), moment=moment)
+    records = RecordWriter(open_repository(project.repository, dict(os.environ)), detect({}), Redactor())
+    records.write(environment, "test", version, result, moment=moment)
 
 
 def records_of(project, environment: str, action: str) -> list:

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import REGION, list_repository, read_repository_file
 from envpipe_agent.ci_context import detect
-from envpipe_agent.records import write_record
 from envpipe_agent.context import StageContext
+from envpipe_agent.records import RecordWriter
+from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
@@ -35,7 +36,7 @@ def files_of(project, folder: str) -> dict:
 
 
 def record_test(project, environment: str, version: str, result: str = "passed") -> None:
-    write_record(repo_of(project), environment, "test", version, result, detect({}))
+    RecordWriter(repo_of(project), detect({}), Redactor()).write(environment, "test", version, result)
 
 
 def records_of(project, environment: str, action: str) -> list:
@@ -340,7 +341,7 @@ def test_an_environment_whose_manifest_was_deleted_is_repaired_from_its_last_com
     # Another version still needs the gate, and so does the held one once a destroy emptied the folder.
     assert "has not passed its tests in test" in project.envpipe("promote", "1.0.2", "--to", "staging",
                                                                  check=3).stderr
-    write_record(repo_of(project), "staging", "destroy", "1.0.1", "done", detect({}))
+    RecordWriter(repo_of(project), detect({}), Redactor()).write("staging", "destroy", "1.0.1", "done")
     repo_of(project).delete([f"staging/{MANIFEST}"])
     assert "has not passed its tests in test" in project.envpipe("promote", "1.0.1", "--to", "staging",
                                                                  check=3).stderr

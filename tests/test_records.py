@@ -12,7 +12,8 @@ from conftest import list_repository
 from envpipe_agent.ci_context import CIContext, detect
 from envpipe_agent.context import StageContext
 from envpipe_agent import records
-from envpipe_agent.records import history, latest_test, read_summary, write_record
+from envpipe_agent.records import RecordWriter, history, latest_test, read_summary
+from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
@@ -24,13 +25,17 @@ MOMENT = dt.datetime(2026, 11, 29, 5, 43, 12, 123456, tzinfo=dt.timezone.utc)
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 
 
+def writer(repository, ci=GOCD) -> RecordWriter:
+    return RecordWriter(repository, ci, Redactor())
+
+
 @pytest.fixture
 def repo(repository_url):
     return open_repository(repository_url, dict(os.environ))
 
 
 def test_a_record_is_written_under_its_stamp_action_and_version_with_ci_context(repo, repository_url):
-    record = write_record(repo, "staging", "apply", "1.0.3", "done", GOCD, {"outputs": {"url": "x"}}, moment=MOMENT)
+    record = writer(repo).write("staging", "apply", "1.0.3", "done", {"outputs": {"url": "x"}}, moment=MOMENT)
     assert record["key"] == ".envpipe/records/staging/20261129T054312.123456Z-apply-1.0.3.json"
     stored = json.loads(repo.read(record["key"]))
     assert stored["ci"]["build_url"] == GOCD.build_url and stored["ci"]["user"] == "bob"
@@ -40,18 +45,18 @@ def test_a_record_is_written_under_its_stamp_action_and_version_with_ci_context(
 
 
 def test_records_at_the_same_moment_never_replace_each_other(repo):
-    first = write_record(repo, "test", "test", "1.0.1", "failed", GOCD, moment=MOMENT)
-    second = write_record(repo, "test", "test", "1.0.1", "passed", GOCD, moment=MOMENT)
+    first = writer(repo).write("test", "test", "1.0.1", "failed", moment=MOMENT)
+    second = writer(repo).write("test", "test", "1.0.1", "passed", moment=MOMENT)
     assert first["key"] != second["key"]
     assert json.loads(repo.read(first["key"]))["result"] == "failed"
     assert json.loads(repo.read(second["key"]))["result"] == "passed"
 
 
 def test_summary_and_test_result_follow_the_latest_record(repo):
-    write_record(repo, "test", "test", "1.0.1", "failed", GOCD)
+    writer(repo).write("test", "test", "1.0.1", "failed")
     assert latest_test(repo, "test", "1.0.1")["result"] == "failed" and not records.test_passed(repo, "test", "1.0.1")
-    write_record(repo, "test", "test", "1.0.1", "passed", GOCD)
-    write_record(repo, "test", "apply", "1.0.1", "done", GOCD)
+    writer(repo).write("test", "test", "1.0.1", "passed")
+    writer(repo).write("test", "apply", "1.0.1", "done")
     assert records.test_passed(repo, "test", "1.0.1") and not records.test_passed(repo, "test", "1.0.2")
     summary = read_summary(repo, "test")
     assert set(summary) == {"test", "apply"} and summary["test"]["result"] == "passed"
@@ -60,7 +65,7 @@ def test_summary_and_test_result_follow_the_latest_record(repo):
 def test_history_is_newest_first_and_reaches_back_past_the_first_window(repo):
     now = dt.datetime.now(dt.timezone.utc)
     for days, version in ((40, "1.0.1"), (3, "1.0.2"), (0, "1.0.3")):
-        write_record(repo, "test", "promote", version, "done", GOCD, moment=now - dt.timedelta(days=days))
+        writer(repo).write("test", "promote", version, "done", moment=now - dt.timedelta(days=days))
     assert [r["version"] for r in history(repo, "test", limit=20, now=now)] == ["1.0.3", "1.0.2", "1.0.1"]
     assert [r["version"] for r in history(repo, "test", limit=2, now=now)] == ["1.0.3", "1.0.2"]
 
@@ -108,7 +113,7 @@ def test_status_of_an_empty_repository_shows_every_environment_empty(project):
 def test_ci_context_of_a_gocd_agent_reaches_the_record(repo):
     ci = detect({"GO_SERVER_URL": "https://g/go", "GO_PIPELINE_NAME": "p", "GO_PIPELINE_COUNTER": "4",
                  "GO_STAGE_NAME": "s", "GO_STAGE_COUNTER": "1", "GO_JOB_NAME": "j", "GO_TRIGGER_USER": "erin"})
-    record = write_record(repo, "test", "destroy", None, "done", ci)
+    record = RecordWriter(repo, ci, Redactor()).write("test", "destroy", None, "done")
     stored = json.loads(repo.read(record["key"]))
     assert stored["ci"]["build_url"] == "https://g/go/tab/build/detail/p/4/s/1/j" and stored["ci"]["user"] == "erin"
     assert record["key"].endswith("-destroy-none.json")

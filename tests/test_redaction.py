@@ -12,7 +12,7 @@ from conftest import run_envpipe
 
 from envpipe_agent.ci_context import detect
 from envpipe_agent.junit import Case, redact_case
-from envpipe_agent.records import history, latest_test, read_summary, write_record
+from envpipe_agent.records import RecordWriter, history, latest_test, read_summary
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 
@@ -97,12 +97,12 @@ def test_tf_var_equal_to_an_environment_name_leaves_status_json_intact(working: 
     assert [entry["environment"] for entry in environments] == ["test", "production"]
 
 
-def test_write_record_masks_secrets_at_any_depth_keys_included(tmp_path: Path) -> None:
+def test_a_record_masks_secrets_at_any_depth_keys_included(tmp_path: Path) -> None:
     repository = open_repository(str(tmp_path / "repository"), {})
     redactor = Redactor.for_records({"DB_PASSWORD": SECRET, "TF_VAR_x": "plain-value"}, ["DB_PASSWORD"])
 
-    record = write_record(repository, "test", "apply", "1.0.1", "done", detect({}),
-                          {"outputs": {"a": [f"x{SECRET}y", "plain-value"], SECRET: 1}}, redactor=redactor)
+    record = RecordWriter(repository, detect({}), redactor).write(
+        "test", "apply", "1.0.1", "done", {"outputs": {"a": [f"x{SECRET}y", "plain-value"], SECRET: 1}})
 
     stored = repository.read(record["key"]).decode()
     assert SECRET not in stored

@@ -12,7 +12,7 @@ from conftest import run_envpipe
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.context import StageContext
-from envpipe_agent.records import write_record
+from envpipe_agent.records import RecordWriter
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.status import status
@@ -51,10 +51,11 @@ def passed_through(ctx: StageContext, environment: str, version: str, result: st
     """Promote ``version`` into ``environment`` and record an apply and a test of it there."""
     promote(ctx, environment, version, force=ctx.config.previous_environment(environment) is not None,
             reason="records written directly by this test")
-    write_record(ctx.repository, environment, "apply", version, "applied", JENKINS, {"outputs": {}})
-    write_record(ctx.repository, environment, "test", version, result, JENKINS,
-                 {"tests": 4, "failures": 0 if result == "passed" else 1, "errors": 0, "skipped": 0,
-                  "failed": [] if result == "passed" else ["test.tests.test_outputs.test_endpoint"]})
+    records = RecordWriter(ctx.repository, JENKINS, ctx.record_redactor)
+    records.write(environment, "apply", version, "applied", {"outputs": {}})
+    records.write(environment, "test", version, result,
+                  {"tests": 4, "failures": 0 if result == "passed" else 1, "errors": 0, "skipped": 0,
+                   "failed": [] if result == "passed" else ["test.tests.test_outputs.test_endpoint"]})
 
 
 def page_environments(html: str) -> dict:
@@ -166,8 +167,9 @@ def test_status_and_page_make_the_same_requests_with_1000_more_records(working_c
     passed_through(ctx, "staging", "1.0.1")
     before = requests_for_status(ctx)
 
+    records = RecordWriter(ctx.repository, JENKINS, ctx.record_redactor)
     for number in range(1000):  # a thousand test runs of a thousand other versions
-        write_record(ctx.repository, "test", "test", f"2.0.{number}", "passed", JENKINS, {"tests": 1})
+        records.write("test", "test", f"2.0.{number}", "passed", {"tests": 1})
     passed_through(ctx, "test", "1.0.1")  # the current version's state is the newest again
 
     after = requests_for_status(ctx)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.commands import add_approved_by, emit, load_context, table
 from envpipe_agent.errors import UsageError
+from envpipe_agent.records import record_order
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _when(record: Optional[Dict[str, Any]], version: Optional[str]) -> str:
 def _latest(*records: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The newest of several records (their keys sort by time)."""
     present = [r for r in records if r]
-    return max(present, key=lambda r: str(r.get("key", "")).rsplit("/", 1)[-1], default=None)
+    return max(present, key=record_order, default=None)
 
 
 def _cut_short(record: Optional[Dict[str, Any]]) -> str:

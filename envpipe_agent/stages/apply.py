@@ -24,7 +24,7 @@ from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, Rep
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.policy import enforce_policy, override_details
-from envpipe_agent.records import history, read_summary, utc_now, write_record
+from envpipe_agent.records import history, read_summary, record_order, utc_now
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
@@ -100,14 +100,9 @@ def last_applied(repository: Repository, environment: str) -> Optional[Dict[str,
     if apply_record is None:
         return None
     destroyed = summary.get("destroy")
-    if destroyed and destroyed.get("result") == "done" and _moment(destroyed) > _moment(apply_record):
+    if destroyed and destroyed.get("result") == "done" and record_order(destroyed) > record_order(apply_record):
         return None
     return apply_record
-
-
-def _moment(record: Mapping[str, Any]) -> str:
-    """A record's sortable stamp (microseconds, from its key; 'at' is only to the second)."""
-    return str(record.get("key", "")).rsplit("/", 1)[-1] or str(record.get("at", ""))
 
 
 def recorded_outputs(repository: Repository, environment: str) -> Dict[str, Any]:
@@ -180,17 +175,16 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     else:
         details_candidate = {}
     redactor = ctx.redactor
-    # Records are masked by write_record with secrets and credentials only: a
+    # Records are masked with secrets and credentials only (ctx.record_redactor): a
     # TF_VAR_* value masked there would corrupt an output that merely equals it.
-    record_redactor = ctx.record_redactor
+    records = ctx.records
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
     if override:
         details.update(forced=True, reason=override, **override_details(held_by))
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
         body = {**details, **extra, "seconds": round(time.monotonic() - started, 3)}
-        return write_record(ctx.repository, env.name, action, version, result, ctx.ci, body,
-                            redactor=record_redactor)
+        return records.write(env.name, action, version, result, body)
 
     recorded = False
 
@@ -215,7 +209,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         # Credentials first: a wrong account is refused before anything is locked or run.
         credentials = ctx.credentials(env)
         redactor = redactor.with_values(credentials.secrets)
-        record_redactor = record_redactor.with_values(credentials.secrets)
+        records = records.with_secrets(credentials.secrets)
         if credentials.account:
             details["aws"] = credentials.as_record()
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
@@ -224,10 +218,9 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
             try:
                 if override:
                     # Recorded before anything is run: the override stands whatever follows.
-                    write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                                 {"reason": override, "overrides": action, "approval": env.approval,
-                                  **override_details(held_by)},
-                                 redactor=record_redactor)
+                    records.write(env.name, "override", version, "forced",
+                                  {"reason": override, "overrides": action, "approval": env.approval,
+                                   **override_details(held_by)})
                 with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
                     version = work.manifest.version
                     check_holds(env.name, version, expected, action)  # promoted again while we waited?
@@ -251,7 +244,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                 if lease is not None:
                     lease.check()
                 emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
-                result = _finish(ctx, action, env.name, version, tool, outcome, redactor, record_redactor)
+                result = _finish(ctx, action, env.name, version, tool, outcome, redactor, records.redactor)
                 result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
                 result.forced = bool(override)
                 result.approved_by = details.get("approved_by")

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
 from envpipe_agent.policy import freeze_body, freeze_expired, freeze_key
-from envpipe_agent.records import iso, parse_iso, read_json, utc_now, write_record
+from envpipe_agent.records import iso, parse_iso, read_json, utc_now
 from envpipe_agent.timespec import TimeSpecError, parse_duration
 
 
@@ -48,8 +48,8 @@ def freeze(ctx: StageContext, environment: str, reason: str, until: Optional[str
     body = {"environment": env.name, "by": _who(ctx), "at": iso(now), "reason": reason.strip(),
             "until": iso(ends) if ends else None, "ci": ctx.ci.as_record()}
     ctx.repository.write(freeze_key(env.name), freeze_body(body))
-    write_record(ctx.repository, env.name, "freeze", None, "done", ctx.ci,
-                 {"reason": body["reason"], "until": body["until"]}, moment=now, redactor=ctx.record_redactor)
+    ctx.records.write(env.name, "freeze", None, "done", {"reason": body["reason"], "until": body["until"]},
+                      moment=now)
     return body
 
 
@@ -63,6 +63,5 @@ def unfreeze(ctx: StageContext, environment: str, now: Optional[dt.datetime] = N
     ctx.repository.delete([freeze_key(env.name)])
     if freeze_expired(previous, now):
         return None  # it had ended by itself: removing it is tidying, not a change of policy
-    write_record(ctx.repository, env.name, "unfreeze", None, "done", ctx.ci, {"freeze": previous},
-                 moment=now, redactor=ctx.record_redactor)
+    ctx.records.write(env.name, "unfreeze", None, "done", {"freeze": previous}, moment=now)
     return previous

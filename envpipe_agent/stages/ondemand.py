@@ -23,7 +23,7 @@ from envpipe_agent.instances import check_instance_name, path_owner
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
-from envpipe_agent.records import iso, utc_now, write_record
+from envpipe_agent.records import iso, utc_now
 from envpipe_agent import registrations
 from envpipe_agent.registrations import (InstanceInfo, Registration, delete_registration, list_registrations,
                                          new_registration, read_registration, write_registration)
@@ -150,9 +150,9 @@ def register(ctx: StageContext, name: str, kind: str, ttl: Optional[dt.timedelta
             write_registration(ctx.repository, registration, new=True)
         except AlreadyExists:
             continue
-        write_record(ctx.repository, name, "create", None, "registered", ctx.ci,
-                     {"kind": kind, "owner": registration.owner, "expires": registration.expires,
-                      "like": registration.like}, redactor=ctx.record_redactor)
+        ctx.records.write(name, "create", None, "registered",
+                          {"kind": kind, "owner": registration.owner, "expires": registration.expires,
+                           "like": registration.like})
         log.info("%s: registered (%s of %s, like %s, expires %s)", name, kind, registration.owner,
                  registration.like, registration.expires)
         return registration, True
@@ -201,8 +201,7 @@ def extend(ctx: StageContext, name: str, ttl: str, now: Optional[dt.datetime] = 
             raise _unknown(name)
         registration = replace(registration, expires=iso((now or utc_now()) + lifetime))
         write_registration(ctx.repository, registration)
-        write_record(ctx.repository, name, "extend", None, "done", ctx.ci, {"expires": registration.expires},
-                     redactor=ctx.record_redactor)
+        ctx.records.write(name, "extend", None, "done", {"expires": registration.expires})
     log.info("%s: expires %s", name, registration.expires)
     return registration
 
@@ -243,8 +242,7 @@ def destroy(ctx: StageContext, name: str, keep_workdir: bool = False, runner: Op
             # Registered but never completely promoted, so never applied: only
             # files of a cut-short promote or upload may be there.
             removed = _delete_prefix(ctx, f"{name}/")
-            write_record(ctx.repository, name, "destroy", None, "done", ctx.ci,
-                         {"note": "nothing was applied", "emptied": removed}, redactor=ctx.record_redactor)
+            ctx.records.write(name, "destroy", None, "done", {"note": "nothing was applied", "emptied": removed})
         lease.check()
         removed += sum(_delete_prefix(ctx, f"{prefix}{name}/") for prefix in INSTANCE_DATA_PREFIXES)
         delete_registration(ctx.repository, name)

@@ -24,7 +24,7 @@ from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_k
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
 from envpipe_agent.policy import Hold, enforce_policy, gate_hold, override_details, policy_holds
-from envpipe_agent.records import iso, last_done, latest_record, record_order, utc_now, write_record
+from envpipe_agent.records import iso, last_done, latest_record, record_order, utc_now
 from envpipe_agent.repository import KeyNotFound
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
         forced = {"forced": True, "reason": reason, **({"gate": overridden} if overridden else {}),
                   "forced_by": ctx.ci.user, **override_details(held_by, *(["gate"] if overridden else []))}
     with environment_lock(ctx.repository, env.name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
-        promoted = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v},
-                    **({"approved_by": who} if who else {})}
+        promoted = {"at": iso(utc_now()), **ctx.ci.known(), **({"approved_by": who} if who else {})}
         if forced:
             promoted.update(forced)
         elif held:
@@ -294,12 +293,12 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
             # until a promote completes. Leave a trace for status while the lock is held.
             how = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             with contextlib.suppress(Exception):
-                write_record(ctx.repository, env.name, "promote", version, "interrupted", ctx.ci, {
+                ctx.records.write(env.name, "promote", version, "interrupted", {
                     "digest": manifest.digest, "signal": how,
                     "error": f"interrupted ({how}) while copying: {env.name}'s folder may hold part of version "
                              f"{version}; promote it again to complete it",
                     **forced,
-                }, redactor=ctx.record_redactor)
+                })
             raise
         if outcome["noop"]:  # nothing changed, so nothing to record
             return PromoteResult(env.name, version, outcome["previous_version"], 0, 0, outcome["unchanged"],
@@ -311,9 +310,8 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
                    **({"approved_by": who} if who else {})}
         if forced:
             details.update(forced)
-            write_record(ctx.repository, env.name, "override", version, "forced", ctx.ci,
-                         {**forced, "overrides": "promote"}, redactor=ctx.record_redactor)
-        write_record(ctx.repository, env.name, "promote", version, "done", ctx.ci, details, redactor=ctx.record_redactor)
+            ctx.records.write(env.name, "override", version, "forced", {**forced, "overrides": "promote"})
+        ctx.records.write(env.name, "promote", version, "done", details)
     return PromoteResult(env.name, version, outcome["previous_version"], outcome["copied"], outcome["deleted"],
                          outcome["unchanged"], bool(forced), time.monotonic() - started, repair, who,
                          tuple(forced.get("overridden", ())))

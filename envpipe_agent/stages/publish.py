@@ -102,7 +102,7 @@ def claim_version(ctx: StageContext, version: str, digest: str, listed: bool) ->
     for _ in range(3):  # a claim deleted between our create and our read is tried again
         if not listed:
             claim = {"digest": digest, "project": ctx.config.project, "version": version, "at": iso(utc_now()),
-                     **{k: v for k, v in ctx.ci.as_record().items() if v}}
+                     **ctx.ci.known()}
             try:
                 repository.write(key, (json.dumps(claim, indent=1, sort_keys=True) + "\n").encode("utf-8"),
                                  if_absent=True)
@@ -180,7 +180,7 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
         repository.delete([prefix + path for path in leftovers])
 
     entries = {f.path: FileEntry(size=f.entry.size, sha256=f.entry.sha256, etag=etags[f.path]) for f in files}
-    published_by = {"at": iso(utc_now()), **{k: v for k, v in ctx.ci.as_record().items() if v}}
+    published_by = {"at": iso(utc_now()), **ctx.ci.known()}
     manifest = Manifest.build(ctx.config.project, version, entries, published_by)
     try:
         repository.write(manifest_key(version), manifest.to_json(), if_absent=True)

@@ -24,7 +24,7 @@ from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, content_digest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
-from envpipe_agent.records import iso, utc_now, write_record
+from envpipe_agent.records import iso, utc_now
 from envpipe_agent.registrations import read_registration
 from envpipe_agent.source import SourceFile, read_definition
 from envpipe_agent.stages.apply import StageResult, apply
@@ -115,14 +115,14 @@ def upload_working_copy(ctx: StageContext, name: str, files: List[SourceFile], s
         if stale:
             repository.delete([prefix + path for path in stale])
         at = iso(utc_now())
-        by = {k: v for k, v in ctx.ci.as_record().items() if v}
+        by = ctx.ci.known()
         entries = {f.path: FileEntry(size=f.entry.size, sha256=f.entry.sha256, etag=tags[f.path]) for f in files}
         manifest = Manifest.build(ctx.config.project, version, entries,
                                   {"at": at, "working_copy": str(source), **by})
         lease.check()
         repository.write(manifest_key(name), manifest.for_environment(name, entries, {"at": at, **by}).to_json())
-        write_record(repository, name, "promote", version, "done", ctx.ci,
-                     {"digest": digest, "working_copy": str(source), **counts}, redactor=ctx.record_redactor)
+        ctx.records.write(name, "promote", version, "done",
+                          {"digest": digest, "working_copy": str(source), **counts})
     return counts
 
 

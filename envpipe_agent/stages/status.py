@@ -101,5 +101,5 @@ def history(ctx: StageContext, environment: Optional[str] = None, limit: int = 2
     records: List[Dict[str, Any]] = []
     for name in names:
         records.extend(environment_history(ctx.repository, name, limit))
-    records.sort(key=lambda r: r.get("key", "").rsplit("/", 1)[-1], reverse=True)
+    records.sort(key=record_order, reverse=True)
     return records[:limit]

@@ -33,7 +33,6 @@ from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, redact_
 from envpipe_agent.manifest import Manifest, check_holds, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
-from envpipe_agent.records import write_record
 from envpipe_agent.stages.apply import last_applied, recorded_outputs
 from envpipe_agent.stages.verify import check_folder
 from envpipe_agent.workdir import work_folder
@@ -325,12 +324,12 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
     result = TestResult(environment=env.name, version=manifest.version,
                         passed=not counts["failures"] and not counts["errors"], seconds=seconds,
                         failed=failed, junit=report, **counts)
-    write_record(ctx.repository, env.name, "test", manifest.version, result.result, ctx.ci, {
+    ctx.records.write(env.name, "test", manifest.version, result.result, {
         **counts,
         "seconds": round(seconds, 3),
         "digest": manifest.digest,
         "suites": {suite.name.rsplit(".", 1)[-1]: suite.counts() for suite in suites},
         "failed": failed[:20],
-    }, redactor=ctx.record_redactor)
+    })
     log.info("%s", result.summary())
     return result

@@ -9,7 +9,6 @@ from typing import Any, Dict, Optional
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
 from envpipe_agent.locking import break_lock, environment_lock
-from envpipe_agent.records import write_record
 from envpipe_agent.repository import KeyNotFound
 
 STATE_PREFIX = ".envpipe/state/"
@@ -37,7 +36,7 @@ def unlock(ctx: StageContext, environment: str, reason: Optional[str] = None) ->
         details: Dict[str, Any] = {"lock": previous}
         if reason:
             details["reason"] = reason
-        write_record(ctx.repository, name, "unlock", None, "done", ctx.ci, details, redactor=ctx.record_redactor)
+        ctx.records.write(name, "unlock", None, "done", details)
     return previous
 
 
@@ -71,8 +70,7 @@ def unlock_state(ctx: StageContext, environment: str, reason: str) -> StateUnloc
         result = StateUnlock(env.name, info if isinstance(info, dict) else None, keys)
         if keys:
             ctx.repository.delete(list(keys))
-            written = write_record(ctx.repository, env.name, "unlock", None, "done", ctx.ci,
-                                   {"state_lock": result.removed or {}, "keys": list(keys), "reason": reason.strip()},
-                                   redactor=ctx.record_redactor)
+            written = ctx.records.write(env.name, "unlock", None, "done",
+                                        {"state_lock": result.removed or {}, "keys": list(keys), "reason": reason.strip()})
             result.record = written["key"]
     return result

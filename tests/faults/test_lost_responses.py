@@ -11,7 +11,8 @@ import pytest
 from conftest import list_repository
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.locking import environment_lock, lock_key, read_lock
-from envpipe_agent.records import history, write_record
+from envpipe_agent.records import RecordWriter, history
+from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import AlreadyExists, open_repository
 from fault_proxy import FaultProxy
 
@@ -50,7 +51,7 @@ def test_someone_elses_lock_is_still_refused_after_a_lost_answer(proxy):
 def test_a_record_whose_answer_was_lost_is_written_once(proxy):
     proxy.add("PUT", r"/\.envpipe/records/test/", "lose")
     repo = repository()
-    written = write_record(repo, "test", "apply", "1.0.1", "done", AGENT, {"changed": True})
+    written = RecordWriter(repo, AGENT, Redactor()).write("test", "apply", "1.0.1", "done", {"changed": True})
     records = list(history(repo, "test"))
     assert [r["key"] for r in records] == [written["key"]]
     assert len(list_repository(REPO, ".envpipe/records/test/")) == 1
