@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Iterator, Mapping, NoReturn, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, NoReturn, Optional, Sequence
 
 from envpipe_agent import __version__
 from envpipe_agent.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError,
@@ -188,6 +188,12 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
     environ = dict(os.environ) if environ is None else dict(environ)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    # Arguments after '--' are the tool's (apply ENV -- -target=ADDR): set apart before
+    # parsing, so they may follow any option, and checked by the command that takes them.
+    tool_args: List[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, tool_args = argv[:split], argv[split + 1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -197,6 +203,10 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
             return EXIT_FAILED
         raise
     check_reason_needs_force(parser, args)
+    if tool_args and not getattr(args, "takes_tool_args", False):
+        parser.exit(EXIT_USAGE, f"envpipe: error: {args.command} takes no arguments after '--' (only apply, plan and "
+                                f"terraform do) (see 'envpipe {args.command} --help')\n")
+    args.tool_args = tool_args
     for name, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)

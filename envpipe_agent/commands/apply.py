@@ -33,7 +33,7 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     expected = None if args.version is None else ctx.resolve_version(args.version or None)
     result = apply(ctx, args.environment, keep_workdir=args.keep_workdir, replace_failed=args.replace_failed,
                    version=expected, approved_by=args.approved_by, force=args.force, reason=args.reason,
-                   plan_file=Path(args.plan) if args.plan else None)
+                   plan_file=Path(args.plan) if args.plan else None, tool_args=args.tool_args)
     state = _counts(result) if result.changed else "no changes"
     emit(args, ctx, result.as_dict(),
          f"{result.environment}: version {result.version} applied ({state}, {result.seconds:.1f}s"
@@ -51,7 +51,7 @@ def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         # --version alone means this CI build's version (SPEC §5), as for promote.
         candidate = None if args.version is None else ctx.resolve_version(args.version or None)
         result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate,
-                      out=Path(args.out) if args.out else None)
+                      out=Path(args.out) if args.out else None, tool_args=args.tool_args)
     except UsageError as exc:
         if args.detailed_exitcode:
             # With the flag, 2 means "changes" (Terraform's convention); a pipeline
@@ -78,12 +78,29 @@ def run_destroy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+TARGETS = ("After '--', Terraform's -target=ADDRESS and -replace=ADDRESS are passed on (repeatable; nothing "
+           "else): envpipe apply ENV -- -target=aws_instance.web.")
+
+
+def run_terraform(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from envpipe_agent.stages.terraform_command import terraform_command
+
+    ctx = load_context(args, environ)
+    if not args.tool_args:
+        raise UsageError("give the Terraform command after '--': envpipe terraform ENV -- state list")
+    result = terraform_command(ctx, args.environment, args.tool_args, keep_workdir=args.keep_workdir,
+                               approved_by=args.approved_by)
+    emit(args, ctx, result.as_dict(), result.output.rstrip("\n"))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     keep = argparse.ArgumentParser(add_help=False)
     keep.add_argument("--keep-workdir", action="store_true",
                       help="keep the private work folder afterwards (to debug; it may hold secrets)")
 
-    parser = subparsers.add_parser("plan", parents=[common, keep], help="what apply would change in ENV (drift check)")
+    parser = subparsers.add_parser("plan", parents=[common, keep], help="what apply would change in ENV (drift check)",
+                                   epilog=TARGETS)
     parser.add_argument("environment", metavar="ENV", help="environment to plan against")
     parser.add_argument("--detailed-exitcode", action="store_true",
                         help="exit 0 for no changes, 2 for changes, 1 for an error")
@@ -91,9 +108,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="plan published version V (alone: this CI build's) instead of the one ENV holds")
     parser.add_argument("--out", metavar="FILE",
                         help="save the plan to FILE for 'apply ENV --plan FILE' (Terraform; FILE holds secrets)")
-    parser.set_defaults(handler=run_plan)
+    parser.set_defaults(handler=run_plan, takes_tool_args=True)
 
-    parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition")
+    parser = subparsers.add_parser("apply", parents=[common, keep], help="fetch, verify and apply ENV's definition",
+                                   epilog=TARGETS + " The arguments are recorded.")
     parser.add_argument("environment", metavar="ENV", help="environment to apply")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
@@ -106,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="apply despite a freeze, an unfinished soak or a closed window (needs --reason)")
     parser.add_argument("--reason", metavar="TEXT", help="why the promotion policy is overridden (recorded; needs --force)")
     add_approved_by(parser)
-    parser.set_defaults(handler=run_apply)
+    parser.set_defaults(handler=run_apply, takes_tool_args=True)
 
     parser = subparsers.add_parser("destroy", parents=[common, keep],
                                    help="destroy ENV's infrastructure and empty its folder")
@@ -115,3 +133,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--reason", metavar="TEXT", help="why the guard is overridden (recorded; needs --force)")
     add_approved_by(parser)
     parser.set_defaults(handler=run_destroy)
+
+    parser = subparsers.add_parser(
+        "terraform", parents=[common, keep], usage="envpipe terraform ENV [options] -- COMMAND [ARGS]",
+        help="run 'state list|show', 'output' or 'import' on ENV's verified definition with envpipe's backend",
+        epilog="COMMAND, after '--': 'state list', 'state show ADDRESS', 'output [NAME]', or 'import ADDRESS ID' "
+               "(under ENV's lock, recorded; an approval: manual environment needs an approver).")
+    parser.add_argument("environment", metavar="ENV", help="environment whose definition and state are used")
+    add_approved_by(parser)
+    parser.set_defaults(handler=run_terraform, takes_tool_args=True)

@@ -228,6 +228,9 @@ def record_note(record: Mapping[str, Any]) -> str:
     if record.get("reason"):
         what = _overridden(record) if record.get("action") == "override" else ""
         notes.append(f"reason: {record['reason']}" + (f" ({what} overridden)" if what else ""))
+    terraform_args = record.get("tool_args") or (record.get("args") if record.get("action") == "import" else None)
+    if terraform_args:
+        notes.append(f"terraform {' '.join(map(str, terraform_args))}")
     if record.get("approved_by"):
         notes.append(f"approved by {record['approved_by']}")
     if record.get("result") in ("refused", "failed", "interrupted") and record.get("error"):

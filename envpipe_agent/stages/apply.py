@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from envpipe_agent import saved_plan
 from envpipe_agent.approval import approver
@@ -28,6 +28,7 @@ from envpipe_agent.records import history, read_summary, record_order, utc_now
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
+from envpipe_agent.tools.terraform_args import plan_arguments
 from envpipe_agent.workdir import fetched
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     # TF_VAR_* value masked there would corrupt an output that merely equals it.
     records = ctx.records
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
+    if (options or {}).get("tool_args"):
+        details["tool_args"] = list(options["tool_args"])  # a targeted or forced-replace run, on record
     if override:
         details.update(forced=True, reason=override, **override_details(held_by))
 
@@ -353,36 +356,50 @@ def _finish(ctx: StageContext, action: str, environment: str, version: str, tool
     return result
 
 
+def _tool_args(ctx: StageContext, args: Sequence[str]) -> Dict[str, Any]:
+    """The options carrying Terraform arguments from after '--' (allowlisted), if any."""
+    if not args:
+        return {}
+    if ctx.config.tool != "terraform":
+        raise UsageError(f"arguments after '--' ({' '.join(args)}) are Terraform's; {ctx.config.tool} takes none")
+    return {"tool_args": plan_arguments(args)}
+
+
 def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, replace_failed: bool = False,
           runner: Optional[ToolRunner] = None, version: Optional[str] = None,
           approved_by: Optional[str] = None, force: bool = False, reason: Optional[str] = None,
-          now: Optional[dt.datetime] = None, plan_file: Optional[Path] = None) -> StageResult:
+          now: Optional[dt.datetime] = None, plan_file: Optional[Path] = None,
+          tool_args: Sequence[str] = ()) -> StageResult:
     """Fetch, verify and apply ``environment``'s definition; record its outputs.
 
     With ``version``, refuse (exit 3) unless the environment holds that version: a
     pipeline applies what its own build promoted, never what another build did since.
     An ``approval: manual`` environment needs an approver (``approved_by`` or
     ENVPIPE_APPROVER), recorded. A freeze, an unfinished soak or a closed window
-    refuses it unless ``force`` with a ``reason``, recorded as an override. With
-    ``plan_file`` (saved by ``plan(..., out=)``), apply exactly that plan, refusing one
-    made for anything but the version and content the environment holds.
+    refuses it unless ``force`` with a ``reason``, recorded as an override.
+    ``tool_args``: Terraform's ``-target=`` / ``-replace=`` (nothing else), recorded.
     """
     _need_reason(force, reason)
-    return _run_stage(ctx, "apply", environment, keep_workdir, {"replace_failed": replace_failed}, runner,
+    if plan_file is not None and tool_args:
+        raise UsageError("a saved plan is applied as it was made: give -target/-replace to 'envpipe plan ENV --out "
+                         "FILE -- ...' instead")
+    return _run_stage(ctx, "apply", environment, keep_workdir,
+                      {"replace_failed": replace_failed, **_tool_args(ctx, tool_args)}, runner,
                       override=reason.strip() if force and reason else None, expected=version,
                       approved_by=approved_by, now=now, saved=plan_file)
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
          runner: Optional[ToolRunner] = None, version: Optional[str] = None,
-         out: Optional[Path] = None) -> StageResult:
+         out: Optional[Path] = None, tool_args: Sequence[str] = ()) -> StageResult:
     """What apply would change in ``environment`` (``changed`` says whether anything would).
 
     With ``version``, plan that published version against the environment instead of
     the version its folder holds: what promoting and applying it would change. With
     ``out``, save the plan there for ``apply(..., plan_file=out)``.
     """
-    return _run_stage(ctx, "plan", environment, keep_workdir, {}, runner, candidate=version, save_to=out)
+    return _run_stage(ctx, "plan", environment, keep_workdir, _tool_args(ctx, tool_args), runner, candidate=version,
+                      save_to=out)
 
 
 def _need_reason(force: bool, reason: Optional[str]) -> None:

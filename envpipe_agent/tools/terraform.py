@@ -333,13 +333,19 @@ class TerraformRunner:
         return _as_outputs(raw)
 
     def _plan(self, request: RunRequest, environ: Mapping[str, str], out: Optional[str]) -> RunOutcome:
-        args = ["plan", "-input=false", "-no-color", "-detailed-exitcode"]
+        args = ["plan", "-input=false", "-no-color", "-detailed-exitcode", *request.options.get("tool_args", ())]
         if out:
             args.append(f"-out={out}")
         completed = self._checked(request, args, environ, ok=(0, 2))
         counts = _counts(completed.summary)
         return RunOutcome(changed=completed.returncode == 2, added=counts["add"], changed_count=counts["change"],
                           destroyed=counts["destroy"], summary=completed.summary or "No changes.")
+
+    def passthrough(self, request: RunRequest, args: Sequence[str]) -> Completed:
+        """``terraform ARGS`` (checked by tools.terraform_args) after init, stdout kept for
+        the caller to print; Terraform's stderr goes to the log as usual."""
+        environ = self._init(request)
+        return self.run(request, args, environ, capture_stdout=True)
 
     # -- the ToolRunner interface --
 
