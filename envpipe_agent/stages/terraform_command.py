@@ -18,7 +18,6 @@ from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import StageFailed, UsageError
 from envpipe_agent.locking import environment_lock
-from envpipe_agent.records import write_record
 from envpipe_agent.tools.base import RunRequest
 from envpipe_agent.tools.terraform import TerraformRunner
 from envpipe_agent.tools.terraform_args import command_changes_state
@@ -67,9 +66,8 @@ def terraform_command(ctx: StageContext, environment: str, args: Sequence[str], 
         if changes:
             details = {"args": args, "tool": "terraform", **({"approved_by": who} if who else {}),
                        **({"error": error} if failed else {})}
-            record = write_record(ctx.repository, env.name, args[0], work.manifest.version,
-                                  "failed" if failed else "done", ctx.ci, details,
-                                  redactor=ctx.record_redactor.with_values(credentials.secrets))["key"]
+            record = ctx.records.with_secrets(credentials.secrets).write(
+                env.name, args[0], work.manifest.version, "failed" if failed else "done", details)["key"]
     if failed:
         raise StageFailed(f"terraform {' '.join(args)} failed in {env.name}: {error} (Terraform's output is above)")
     # Not every one of these commands takes -no-color: colour codes go here instead.
