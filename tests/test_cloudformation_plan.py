@@ -23,7 +23,8 @@ from envpipe_agent.redact import Redactor
 from envpipe_agent.tools import cloudformation as cfn_module
 from envpipe_agent.tools.cloudformation import PLAN_TAG, ChangeSet, CloudFormationRunner
 from envpipe_agent.tools.stack_drift import detect_drift
-from fake_cloudformation import FakeCloudFormation, aws_error, aws_response
+from envpipe_agent.errors import StageFailed
+from fake_cloudformation import EMPTY_503, FakeCloudFormation, aws_error, aws_response
 from test_cloudformation import ACCOUNT, CONFIG, STACK, TEMPLATE, Pipeline, pending_change_sets, stack
 
 REPOSITORY = "s3://our-project-repository/pipelines"
@@ -104,6 +105,20 @@ def test_plan_of_a_new_stack_removes_its_own_placeholder(pipeline, cloudformatio
     outcome = CloudFormationRunner().plan(pipeline.request())
 
     assert outcome.causes == ["template changes"] and outcome.drift is None  # nothing to drift yet
+    assert stack(cloudformation) is None and pending_change_sets(cloudformation) == []
+
+
+def test_a_plan_that_fails_after_making_its_placeholder_removes_it(pipeline, cloudformation, endpoint,
+                                                                  monkeypatch):
+    pipeline.release("1.0.1")
+    endpoint.answers["DescribeChangeSet"] = EMPTY_503
+    monkeypatch.setitem(pipeline.ctx.environ, "AWS_ENDPOINT_URL_CLOUDFORMATION", endpoint.url)
+    monkeypatch.setitem(pipeline.ctx.environ, "AWS_MAX_ATTEMPTS", "1")
+
+    with pytest.raises(StageFailed, match="HTTP 503"):
+        CloudFormationRunner().plan(pipeline.request())
+
+    assert "CreateChangeSet" in endpoint.calls
     assert stack(cloudformation) is None and pending_change_sets(cloudformation) == []
 
 

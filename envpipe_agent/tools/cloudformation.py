@@ -149,6 +149,7 @@ class ChangeSet:
     changes: List[Dict[str, Any]] = field(default_factory=list)
     no_changes: bool = False
     template_url: Optional[str] = None  # set when the template went through S3
+    failure: Optional[str] = None  # CloudFormation's reason when the change set FAILED
 
     def count(self, action: str) -> int:
         return sum(1 for change in self.changes if change.get("ResourceChange", {}).get("Action") == action)
@@ -224,21 +225,19 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
                               f"{describe_failure(exc, client.meta.endpoint_url)}") from None
     change_set = ChangeSet(id=response["Id"], stack_id=response["StackId"], kind=kind,
                            template_url=template.get("TemplateURL"))
-    _wait(client, "change_set_create_complete", name, ChangeSetName=change_set.id)
-    described = client.describe_change_set(ChangeSetName=change_set.id)
-    if described["Status"] == "FAILED":
-        reason = described.get("StatusReason", "")
-        if _is_no_change(reason):
-            change_set.no_changes = True
-            client.delete_change_set(ChangeSetName=change_set.id)
-            return change_set
+    try:
+        _read_changes(client, change_set, name)
+    except BaseException:
+        if plan_token:  # a plan leaves nothing of its own behind, as far as it still can
+            with contextlib.suppress(*AWS_FAILURES):
+                _discard(client, change_set, plan_token)
+        raise
+    if change_set.failure is not None:
         _discard(client, change_set, plan_token)
         raise StageFailed(f"stack {name}: CloudFormation could not create the change set: "
-                          f"{reason or 'no reason given'}; fix the template and publish a new version")
-    change_set.changes = list(described.get("Changes", []))
-    while described.get("NextToken"):
-        described = client.describe_change_set(ChangeSetName=change_set.id, NextToken=described["NextToken"])
-        change_set.changes.extend(described.get("Changes", []))
+                          f"{change_set.failure or 'no reason given'}; fix the template and publish a new version")
+    if change_set.no_changes:
+        return change_set
     for change in change_set.changes:
         resource = change.get("ResourceChange", {})
         replacement = resource.get("Replacement")
@@ -247,6 +246,25 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
                  f" replacement: {replacement}" if replacement and replacement != "False" else "")
     log.info("stack %s: %s", name, change_set.counts)
     return change_set
+
+
+def _read_changes(client, change_set: ChangeSet, name: str) -> None:
+    """Wait for the change set, then read its changes, its no-op (the change set is
+    then deleted) or the reason it failed."""
+    _wait(client, "change_set_create_complete", name, ChangeSetName=change_set.id)
+    described = client.describe_change_set(ChangeSetName=change_set.id)
+    if described["Status"] == "FAILED":
+        reason = described.get("StatusReason", "")
+        if _is_no_change(reason):
+            change_set.no_changes = True
+            client.delete_change_set(ChangeSetName=change_set.id)
+        else:
+            change_set.failure = reason
+        return
+    change_set.changes = list(described.get("Changes", []))
+    while described.get("NextToken"):
+        described = client.describe_change_set(ChangeSetName=change_set.id, NextToken=described["NextToken"])
+        change_set.changes.extend(described.get("Changes", []))
 
 
 def _stack_tags(stack: Mapping[str, Any]) -> Dict[str, str]:
@@ -264,9 +282,9 @@ def _discard(client, change_set: ChangeSet, plan_token: Optional[str] = None) ->
     """Remove what this run made for ``change_set``, and nothing else.
 
     A CREATE change set made an empty REVIEW_IN_PROGRESS stack. That stack is deleted
-    too only while it is still just that: holding no
-    other change set, and for a plan tagged with this run's ``plan_token``; a plan takes
-    no lock, and someone may have added a change set of their own meanwhile.
+    too only while it is still just that: holding no other change set and, for a plan,
+    tagged with this run's ``plan_token``. A plan takes no lock: someone may have added
+    a change set of their own meanwhile.
     """
     if change_set.kind == "CREATE" and change_set.stack_id:
         stack = describe_stack(client, change_set.stack_id)
