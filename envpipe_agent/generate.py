@@ -198,10 +198,12 @@ def pipeline_model(config: Config) -> Pipeline:
         if env.manual:
             # The approver sees what promoting this build's version would change before
             # being asked (SPEC §8): planned against the environment and saved, and the
-            # deploy applies exactly that plan.
+            # deploy applies exactly that plan. First the gate and the policy (SPEC §10):
+            # nobody is asked to approve what would be refused.
             plan_file = f"{REPORTS}/{env.name}.plan"
             stages.append(Stage(f"plan-{env.name}", "plan",
-                                (Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file)),),
+                                (Command(("promote", BUILD_VERSION, "--to", env.name, "--check")),
+                                 Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file))),
                                 environment=env, plan_file=plan_file, **credentials))
             stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
                                 branch_only=credentials["branch_only"]))

@@ -405,6 +405,7 @@ def test_jenkins_passes_the_published_version_to_every_later_command_and_keeps_i
         ["test", "test", "--version", VERSION, "--junit", ".envpipe-reports/test.xml"],
         ["promote", VERSION, "--to", "staging"], ["apply", "staging", "--version", VERSION],
         ["test", "staging", "--version", VERSION, "--junit", ".envpipe-reports/staging.xml"],
+        ["promote", VERSION, "--to", "production", "--check"],
         ["plan", "production", "--version", VERSION, "--out", ".envpipe-reports/production.plan"],
         ["promote", VERSION, "--to", "production"],
         ["apply", "production", "--version", VERSION, "--plan", ".envpipe-reports/production.plan"],

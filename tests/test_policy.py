@@ -14,8 +14,10 @@ import pytest
 
 from conftest import list_repository, read_repository_file
 from envpipe_agent.ci_context import detect
+from envpipe_agent.config import load_config
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import PolicyHold, UsageError
+from envpipe_agent.generate import render
 from envpipe_agent.records import RecordWriter
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
@@ -324,3 +326,24 @@ def test_end_to_end_status_table_json_and_page_show_freezes_and_waiting_versions
     html = page.read_text()
     assert '<p class="banner frozen" role="status">Frozen by alice until unfrozen: audit week</p>' in html
     assert 'data-waiting="1.0.1"' in html and '<li data-rule="window"' in html
+
+
+# --- generated pipelines ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, check, plan, approval", [
+    ("jenkins", "envpipe promote \"$ENVPIPE_PUBLISHED_VERSION\" --to production --check'",
+     "envpipe plan production", "input {"),
+    ("gocd-xml", "<arg>--check</arg>", "<arg>plan</arg>", '<approval type="manual"'),
+    ("gocd-yaml", '- "--check"', '- "plan"\n', "type: manual"),
+])
+def test_generated_pipelines_check_the_promotion_before_the_plan_and_the_approval(tmp_path, target, check, plan,
+                                                                                   approval):
+    config = tmp_path / "envpipe.yml"
+    config.write_text("project: our-project\nrepository: s3://bucket\nenvironments:\n  - name: staging\n"
+                      "  - name: production\n    approval: manual\n    soak: 1h\n"
+                      "    window: 'Mon-Fri 09:00-16:00 Europe/London'\n"
+                      "ci:\n  gocd:\n    git_url: https://git.example.com/infra.git\n")
+    text = render(load_config(config), target)
+    assert text.count(check) == 1  # production only: elsewhere promote itself refuses, with the reason
+    assert text.index(check) < text.index(plan) < text.index(approval)
