@@ -2,11 +2,12 @@
 
 ``envpipe plan ENV --out FILE`` writes FILE, a zip holding ``envpipe-plan.json`` (the
 project, environment, version and content digest planned, the tool, when and by which
-build) and the tool's own plan: Terraform's binary plan file (``plan.tfplan``).
+build) and the tool's own plan: Terraform's binary plan file (``plan.tfplan``), or the
+CloudFormation change set the plan created and kept (its id, in the JSON).
 ``envpipe apply ENV --plan FILE`` applies exactly that plan, and refuses (exit 3) a plan
 made for another project, environment, tool, version or content. Terraform refuses a
-plan whose state changed since it was made (another apply ran) by itself; envpipe says
-so in words.
+plan whose state changed since it was made (another apply ran), and CloudFormation a
+change set the stack moved on from, by themselves; envpipe says so in words.
 
 A Terraform plan holds the values it would set, secrets included, in clear text: FILE
 is written readable by its owner only, and belongs in a CI server's build storage
@@ -40,6 +41,8 @@ class SavedPlan:
     created: str  # ISO 8601 UTC
     build: Optional[str] = None  # the CI build that made it (URL, else server and number)
     changed: bool = True
+    # what the tool keeps outside the file: CloudFormation's change set {change_set, stack, kind}
+    tool_plan: Optional[Dict[str, Any]] = None
 
     def describe(self) -> str:
         return f"version {self.version} of {self.project} for {self.environment}, planned {self.created}" + (
@@ -98,8 +101,11 @@ def read(path: Path) -> Tuple[SavedPlan, Optional[bytes]]:
         raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
 
 
-def check(plan: SavedPlan, path: Path, project: str, environment: str, tool: str) -> None:
-    """Refuse a plan made for another project, environment or tool (before anything runs)."""
+def check(plan: SavedPlan, path: Path, project: str, environment: str, tool: str, tool_plan: Optional[bytes]) -> None:
+    """Refuse a plan made for another project, environment or tool (before anything runs),
+    or one that lacks the tool's plan (``tool_plan``, Terraform's)."""
+    if (tool == "terraform" and tool_plan is None) or (tool == "cloudformation" and plan.tool_plan is None):
+        raise UsageError(f"--plan {path}: holds no {tool} plan; pass the file 'envpipe plan ENV --out FILE' wrote")
     for what, saved, wanted in (("project", plan.project, project), ("environment", plan.environment, environment),
                                 ("tool", plan.tool, tool)):
         if saved != wanted:

@@ -659,3 +659,31 @@ def test_envpipe_apply_of_a_failing_template_exits_1(working_copy: Path, cloudfo
     result = run_envpipe(["apply", "test"], cwd=working_copy, check=1)
 
     assert "NotAType" in result.stderr
+
+
+def test_a_saved_plan_keeps_its_change_set_and_apply_executes_exactly_it(working_copy: Path, cloudformation,
+                                                                         tmp_path: Path) -> None:
+    run_envpipe(["publish", "--version", "1.0.7"], cwd=working_copy, check=0)
+    run_envpipe(["promote", "1.0.7", "--to", "test"], cwd=working_copy, check=0)
+    plan_file = tmp_path / "test.plan"
+    run_envpipe(["plan", "test", "--version", "1.0.7", "--out", str(plan_file)], cwd=working_copy, check=0)
+    # the change set the plan made is kept for the apply; nothing is executed yet
+    (kept,) = cloudformation.list_change_sets(StackName=STACK)["Summaries"]
+    assert kept["ExecutionStatus"] == "AVAILABLE" and stack(cloudformation)["StackStatus"] == "REVIEW_IN_PROGRESS"
+
+    applied = run_envpipe(["--json", "apply", "test", "--version", "1.0.7", "--plan", str(plan_file)],
+                          cwd=working_copy, check=0)
+
+    assert json_of(applied)["added"] == 2
+    assert stack(cloudformation)["StackStatus"] == "CREATE_COMPLETE"
+    assert f"executing the saved change set {kept['ChangeSetName']}" in applied.stderr
+    # executed once: the same plan again is refused, and nothing runs
+    refused = run_envpipe(["apply", "test", "--plan", str(plan_file)], cwd=working_copy, check=3)
+    assert "the saved plan's change set is EXECUTE_COMPLETE" in refused.stderr
+    assert "nothing was changed" in refused.stderr
+
+
+def json_of(result) -> Dict[str, Any]:
+    import json
+
+    return json.loads(result.stdout)

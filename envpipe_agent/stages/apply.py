@@ -40,8 +40,6 @@ RUNNERS: Dict[str, str] = {
     "cloudformation": "envpipe_agent.tools.cloudformation:CloudFormationRunner",
 }
 LOCKED_ACTIONS = ("apply", "destroy")
-# Tools whose plans can be saved and applied later (plan --out, apply --plan).
-SAVED_PLAN_TOOLS = ("terraform",)
 # How far back recorded_outputs looks for a successful apply when the latest failed.
 _OUTPUT_HISTORY = 200
 
@@ -141,15 +139,13 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     tool = ctx.config.tool
     runner = runner or get_runner(tool)
     options = dict(options or {})
-    if (save_to or saved) and tool not in SAVED_PLAN_TOOLS:
-        raise UsageError(f"saved plans (plan --out, apply --plan) are made for Terraform only; {tool} applies "
-                         "the change set it creates at apply time")
     approved: Optional[saved_plan.SavedPlan] = None
     if saved is not None:
         # Read and checked before anything is locked or run: a plan for another
         # environment, project or tool is refused before its content is looked at.
         approved, options["saved_plan"] = saved_plan.read(saved)
-        saved_plan.check(approved, saved, ctx.config.project, env.name, tool)
+        saved_plan.check(approved, saved, ctx.config.project, env.name, tool, options["saved_plan"])
+        options["saved_plan_details"] = approved.tool_plan
         options["plan_sha256"] = saved_plan.sha256(saved)
     options["save_plan"] = save_to is not None
     if save_to is not None:
@@ -279,9 +275,12 @@ def _save_plan(ctx: StageContext, path: Path, environment: str, manifest: Manife
     build = ctx.ci.build_url or (f"{ctx.ci.server} build {ctx.ci.build}" if ctx.ci.build else None)
     plan = saved_plan.SavedPlan(project=ctx.config.project, environment=environment, version=manifest.version,
                                 digest=manifest.digest, tool=ctx.config.tool, changed=outcome.changed,
+                                tool_plan=outcome.details.get("tool_plan"),
                                 created=utc_now().strftime("%Y-%m-%dT%H:%M:%SZ"), build=build)
-    tool_plan = outcome.details.get("plan_file")
-    digest = saved_plan.write(path, plan, Path(tool_plan) if tool_plan else None)
+    if ctx.config.tool == "cloudformation" and plan.tool_plan is None:
+        raise UsageError(f"{environment}: this plan cannot be saved ({outcome.summary}); apply without --plan")
+    plan_file = outcome.details.get("plan_file")  # Terraform's binary plan
+    digest = saved_plan.write(path, plan, Path(plan_file) if plan_file else None)
     log.info("%s: plan of version %s saved to %s (%s)", environment, manifest.version, path, digest)
     return {"file": path.name, "sha256": digest}
 

@@ -425,10 +425,16 @@ class CloudFormationRunner:
             token = uuid.uuid4().hex
             change_set = _create_change_set(client, request, prepared, "UPDATE" if stack else "CREATE",
                                             plan_token=token)
-            if not change_set.no_changes:
+            keep = bool(request.options.get("save_plan"))
+            if not change_set.no_changes and not keep:
                 _discard(client, change_set, token)
             drift = detect_drift(client, stack["StackId"], redact, WAITER_DELAY) if _detectable(stack) else None
-        return _plan_outcome(name, request.version, change_set, drift)
+        outcome = _plan_outcome(name, request.version, change_set, drift)
+        if keep:
+            # plan --out: the change set is kept for 'apply --plan', which executes it as it is
+            outcome.details["tool_plan"] = {"change_set": change_set.id or None, "stack": change_set.stack_id or None,
+                                            "kind": change_set.kind}
+        return outcome
     def apply(self, request: RunRequest) -> RunOutcome:
         prepared = prepare(request)
         redact = request.redactor.with_values(prepared.secret_values)
@@ -438,6 +444,9 @@ class CloudFormationRunner:
     def _apply(self, request: RunRequest, prepared: Prepared, redact: Callable[[str], str]) -> RunOutcome:
         name = prepared.stack_name
         client = cloudformation_client(request)
+        saved = request.options.get("saved_plan_details")
+        if saved is not None:
+            return self._apply_saved(client, name, prepared, redact, saved)
         with _aws("apply", name, client):
             stack = self._existing_stack(client, request, prepared, replace=bool(request.options.get("replace_failed")),
                                          redact=redact)
@@ -447,17 +456,48 @@ class CloudFormationRunner:
                 return RunOutcome(changed=False, outputs=_outputs(stack, prepared.secret_values),
                                   summary=f"stack {name}: no changes",
                                   details={"stack_name": name, "status": stack["StackStatus"] if stack else None})
-            tail = EventTail(client, change_set.stack_id, redact)
+            return self._execute(client, name, change_set, prepared, redact)
+
+    def _apply_saved(self, client, name: str, prepared: Prepared, redact: Callable[[str], str],
+                     saved: Mapping[str, Any]) -> RunOutcome:
+        """Execute the change set a saved plan kept (``plan --out``), as it is; CloudFormation
+        itself refuses one the stack has moved on from, and so does this, in words."""
+        with _aws("apply", name, client):
+            if not saved.get("change_set"):
+                stack = describe_stack(client, name)
+                log.info("stack %s: the saved plan changes nothing", name)
+                return RunOutcome(changed=False, outputs=_outputs(stack, prepared.secret_values),
+                                  summary=f"stack {name}: no changes (as planned)", details={"stack_name": name})
             try:
-                with tail:
-                    client.execute_change_set(ChangeSetName=change_set.id)
-                    waiter = "stack_create_complete" if change_set.kind == "CREATE" else "stack_update_complete"
-                    _wait(client, waiter, name, StackName=change_set.stack_id)
-            except AWS_FAILURES as exc:
-                failure = describe_failure(exc, client.meta.endpoint_url)
-                raise StageFailed(with_reasons(f"stack {name}: executing the change set failed: {failure}",
-                                                tail.events)) from None
-            final = describe_stack(client, change_set.stack_id)
+                described = client.describe_change_set(ChangeSetName=saved["change_set"])
+            except ClientError as exc:
+                if _error_text(exc)[0] != "ChangeSetNotFound":
+                    raise
+                described = {"ExecutionStatus": "deleted", "StatusReason": "it no longer exists"}
+            if described.get("ExecutionStatus") != "AVAILABLE":
+                raise Refused(f"stack {name}: the saved plan's change set is {described.get('ExecutionStatus')} "
+                              f"({described.get('StatusReason') or 'the stack changed since, or it ran already'}): "
+                              "CloudFormation will not execute it and nothing was changed. Plan again, have that "
+                              "plan approved, and apply it")
+            change_set = ChangeSet(id=described["ChangeSetId"], stack_id=described["StackId"],
+                                   kind=str(saved.get("kind") or "UPDATE"), changes=list(described.get("Changes", [])))
+            log.info("stack %s: executing the saved change set %s (%s)", name, described.get("ChangeSetName"),
+                     change_set.counts)
+            return self._execute(client, name, change_set, prepared, redact)
+
+    def _execute(self, client, name: str, change_set: ChangeSet, prepared: Prepared,
+                 redact: Callable[[str], str]) -> RunOutcome:
+        tail = EventTail(client, change_set.stack_id, redact)
+        try:
+            with tail:
+                client.execute_change_set(ChangeSetName=change_set.id)
+                waiter = "stack_create_complete" if change_set.kind == "CREATE" else "stack_update_complete"
+                _wait(client, waiter, name, StackName=change_set.stack_id)
+        except AWS_FAILURES as exc:
+            failure = describe_failure(exc, client.meta.endpoint_url)
+            raise StageFailed(with_reasons(f"stack {name}: executing the change set failed: {failure}",
+                                            tail.events)) from None
+        final = describe_stack(client, change_set.stack_id)
         status = final["StackStatus"] if final else "DELETE_COMPLETE"
         if final is None or stack_state(status) is not StackState.COMPLETE:
             raise StageFailed(with_reasons(f"stack {name}: {change_set.kind.lower()} failed, now {status}",
