@@ -2,20 +2,26 @@
 
 Runs ``envpipe run`` on examples/ against a throw-away folder repository, approving
 production explicitly, then prints ``envpipe status`` and writes the HTML status
-page. Everything lives in build/demo/ (the repository, the JUnit reports, the page);
-each run removes what the previous one left there first, so it starts from nothing
-and leaves nothing elsewhere.
+page. Everything lives in build/demo/ (the repository, the JUnit reports, the page,
+the log); each run removes what the previous one left there first, so it starts from
+nothing and leaves nothing elsewhere.
+
+Quiet by default: each command's result, and one line per stage of ``envpipe run``;
+everything envpipe and Terraform print goes to build/demo/demo.log, which it names.
+``-v`` (``make demo DEMO_ARGS=-v``) prints it all as well.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence
 
 EXAMPLES = Path(__file__).resolve().parent
 # ENVPIPE_DEMO_DIR moves it elsewhere (the demo's own test does).
@@ -38,13 +44,51 @@ def demo_environ() -> Dict[str, str]:
     return environ
 
 
+# envpipe run's line per stage: "<env>  <stage>  <detail>  <seconds>s", a waiting or failed stage.
+STAGE_LINE = re.compile(r"^[a-z0-9-]*\s+(publish|promote|apply|test|waiting)\s{2}|\sFAILED after ")
+LOG = WORK / "demo.log"
+VERBOSE = False
+
+
 def envpipe(args: Sequence[str], environ: Dict[str, str]) -> None:
+    """Run envpipe: its results (stdout) here, its log and Terraform's output (stderr) into
+    the log file, and here too with -v; envpipe run's stage lines and errors always."""
     command = [sys.executable, "-m", "envpipe_agent", "--config", str(EXAMPLES / "envpipe.yml"),
                "--repo", str(WORK / "repository"), *args]
-    print(f"\n$ envpipe {' '.join(args)}", flush=True)
-    code = subprocess.call(command, env=environ, cwd=EXAMPLES)
+    shown = f"$ envpipe {' '.join(args)}"
+    print(f"\n{shown}", flush=True)
+    with LOG.open("a", encoding="utf-8") as log:
+        log.write(f"\n{shown}\n")
+        log.flush()
+        process = subprocess.Popen(command, env=environ, cwd=EXAMPLES, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+        tail: List[str] = []
+
+        def pump_stderr() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                log.write(line)
+                tail[:] = (tail + [line])[-15:]
+                if line.startswith("envpipe: ") or (VERBOSE and not STAGE_LINE.search(line)):
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                elif STAGE_LINE.search(line):
+                    sys.stdout.write(line)  # in order with the results
+                    sys.stdout.flush()
+
+        reader = threading.Thread(target=pump_stderr)
+        reader.start()
+        assert process.stdout is not None
+        results = process.stdout.read()  # printed once the stage lines are out, in order after them
+        reader.join()
+        code = process.wait()
+        log.write(results)
+        sys.stdout.write(results)
+        sys.stdout.flush()
     if code:
-        raise SystemExit(f"demo: 'envpipe {' '.join(args)}' exited {code}; see its output above")
+        if not VERBOSE:
+            sys.stderr.write("".join(tail))
+        raise SystemExit(f"demo: 'envpipe {' '.join(args)}' exited {code}; the full output is in {LOG}")
 
 
 def expire(name: str) -> None:
@@ -69,15 +113,19 @@ def on_demand(environ: Dict[str, str]) -> None:
     envpipe(["sandbox", "destroy"], environ)
 
 
-def main() -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    global VERBOSE
+    VERBOSE = "-v" in (sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     # Only what the demo itself made is removed, whatever WORK points at.
     shutil.rmtree(WORK / "repository", ignore_errors=True)
     shutil.rmtree(WORK / "reports", ignore_errors=True)
     (WORK / "status.html").unlink(missing_ok=True)
+    LOG.unlink(missing_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     environ = demo_environ()
     print(f"demo: repository {WORK / 'repository'} (a folder; s3://bucket/prefix works the same)")
+    print(f"demo: full output of envpipe and Terraform in {LOG}" + ("" if VERBOSE else " (-v prints it here too)"))
     envpipe(["run", "--version", VERSION, "--approve", "production", "--junit-dir", str(WORK / "reports")], environ)
     envpipe(["status", "--html", str(WORK / "status.html")], environ)
     envpipe(["history", "production", "--limit", "5"], environ)
@@ -85,6 +133,7 @@ def main() -> int:
     print(f"\ndemo: done in {time.monotonic() - started:.1f}s")
     print(f"demo: status page   {WORK / 'status.html'}")
     print(f"demo: JUnit reports {WORK / 'reports'}")
+    print(f"demo: full log      {LOG}")
     return 0
 
 

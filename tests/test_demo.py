@@ -11,9 +11,10 @@ import lxml.html
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 
-def run_demo(work: Path) -> subprocess.CompletedProcess:
+def run_demo(work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ENVPIPE_DEMO_DIR": str(work)}
-    result = subprocess.run([sys.executable, str(DEMO)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(DEMO), *args], env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, f"demo exited {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -39,6 +40,18 @@ def test_demo_takes_the_example_to_production_writes_the_page_and_runs_again_afr
     assert "registration removed, records kept" in result.stdout.split("$ envpipe sandbox destroy", 1)[1]
     assert not list((work / "repository" / ".envpipe" / "on-demand").glob("*.json"))
 
-    second = run_demo(work)
+    # Quiet: one line per stage and each command's result; the tools' output is in the log it names.
+    log = work / "demo.log"
+    assert f"demo: full log      {log}" in result.stdout
+    assert "Terraform has been successfully initialized" not in result.stdout + result.stderr
+    assert "Terraform has been successfully initialized" in log.read_text()
+    stages = [line.split()[:2] for line in result.stdout.split("$ envpipe run", 1)[1].split("\n$ ", 1)[0].splitlines()
+              if line.endswith("s") and "  " in line]
+    assert stages[0] == ["publish", "1.0.1:"] and stages[-1] == ["production", "test"] and len(stages) == 10
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) < 70
+
+    second = run_demo(work, "-v")  # -v: everything printed as well
     history = second.stdout.split("$ envpipe history production", 1)[1]
     assert history.count(" promote ") == 1  # not two: the first run's repository is gone
+    assert "Terraform has been successfully initialized" in second.stderr
