@@ -1,7 +1,7 @@
-"""The one exception hierarchy, and the one place that maps it to exit codes (SPEC §4).
+"""The one exception hierarchy: each class carries its exit code (SPEC §4).
 
-Library code raises these; only ``main.error_handler`` turns them into an exit code
-and a single stderr line.
+Library code raises these and never exits; ``main.ErrorHandler`` is the one place
+that turns them (and interrupts, and bugs) into an exit code and a single stderr line.
 """
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ class EnvpipeError(Exception):
     """An expected failure: the message is the one line the user sees."""
 
     exit_code = EXIT_INTERNAL
+
+    def reworded(self, message: str) -> "EnvpipeError":
+        """This error (same class, exit code and attributes) saying ``message`` instead:
+        to name where it happened, or to mask a value. Made without calling the class,
+        whose constructor may take other arguments than a message."""
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.args = (message,)
+        return copy
 
 
 class UsageError(EnvpipeError):

@@ -17,8 +17,8 @@ import traceback
 from typing import Any, Iterator, List, Mapping, NoReturn, Optional, Sequence
 
 from envpipe_agent import __version__
-from envpipe_agent.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EnvpipeError,
-                                  Terminated)
+from envpipe_agent.errors import (EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+                                  EnvpipeError, Terminated)
 from envpipe_agent.redact import Redactor, RedactingFilter
 
 # Each module adds its sub-commands with register(subparsers, common). Handlers
@@ -117,22 +117,13 @@ def check_reason_needs_force(parser: ArgumentParser, args: argparse.Namespace) -
                                 f"(see 'envpipe {args.command} --help')\n")
 
 
-def _configure_logging(quiet: bool, verbose: bool, redactor: Redactor) -> None:
+def _configure_logging(quiet: bool, verbose: bool, redaction: RedactingFilter) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(RedactingFilter(redactor))
+    handler.addFilter(redaction)
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-
-
-def _active_redactor(default: Redactor) -> Redactor:
-    """The log's redactor: once a command loaded its config, it masks `secrets:` too."""
-    for handler in log.handlers:
-        for log_filter in handler.filters:
-            if isinstance(log_filter, RedactingFilter):
-                return log_filter.redactor
-    return default
 
 
 def _one_line(text: str) -> str:
@@ -173,73 +164,112 @@ def _sigterm_raises() -> Iterator[None]:
 DETAILED_EXITCODE = "--detailed-exitcode"
 
 
-def _detailed_exitcode(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` asks for --detailed-exitcode (or an abbreviation argparse takes)."""
+def _asks_for(argv: Sequence[str], option: str, short: Optional[str] = None) -> bool:
+    """Whether ``argv`` gives ``option`` (or an abbreviation argparse takes, or ``short``),
+    for the error handler to know before, or without, a successful parse."""
     for arg in argv:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if len(name) > 3 and DETAILED_EXITCODE.startswith(name):
+        if name == short or (len(name) > 3 and option.startswith(name)):
             return True
     return False
+
+
+class ErrorHandler:
+    """The one place where whatever ends a command becomes its exit code and one stderr
+    line (SPEC §4), as pre-commit's ``error_handler()``: EnvpipeError by its
+    ``exit_code``, SIGTERM and Ctrl-C 130, a broken stdout pipe 0, anything else 4 (a
+    bug). Messages are masked with ``redaction``'s redactor, which a command widens
+    once it has read the config's ``secrets:``; tracebacks only with ``-v``.
+
+    With --detailed-exitcode, 2 means "changes" (Terraform's convention): a pipeline
+    must never read a usage error (ENV missing, a typo) as that, so it is 1 then.
+    """
+
+    def __init__(self, argv: Sequence[str], redaction: RedactingFilter) -> None:
+        # Known from argv until the arguments are parsed (parsing itself may fail).
+        self.detailed_exitcode = _asks_for(argv, DETAILED_EXITCODE)
+        self.verbose = _asks_for(argv, "--verbose", "-v")
+        self.redaction = redaction
+        self.exit_code = EXIT_OK
+
+    def parsed(self, args: argparse.Namespace) -> None:
+        self.detailed_exitcode = bool(getattr(args, "detailed_exitcode", False))
+        self.verbose = bool(args.verbose)
+
+    def __enter__(self) -> "ErrorHandler":
+        return self
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], tb: Any) -> bool:
+        if exc is None:
+            return False
+        code = self._exit_code(exc)
+        if code is None:
+            return False  # --help, --version: argparse's own exit goes on
+        if self.detailed_exitcode and code == EXIT_USAGE:
+            code = EXIT_FAILED
+        self.exit_code = code
+        return True
+
+    def _exit_code(self, exc: BaseException) -> Optional[int]:
+        if isinstance(exc, SystemExit):  # argparse: its message is printed already
+            return EXIT_USAGE if exc.code == EXIT_USAGE else None
+        if isinstance(exc, EnvpipeError):
+            self._report("error", str(exc))
+            return exc.exit_code
+        if isinstance(exc, Terminated):  # before KeyboardInterrupt, its base class
+            print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, KeyboardInterrupt):
+            print("envpipe: interrupted; locks held by this run were released (if one is left, it expires, "
+                  "or see 'envpipe unlock')", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, BrokenPipeError):  # e.g. `envpipe history | head`
+            # Point stdout at /dev/null so the interpreter's final flush does not
+            # report the broken pipe again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+        if isinstance(exc, Exception):  # the one place that catches bugs
+            self._report("internal error", f"{type(exc).__name__}: {exc}",
+                         ": this is a bug in envpipe; rerun with -v for the traceback and report it")
+            return EXIT_INTERNAL
+        return None
+
+    def _report(self, label: str, message: str, after: str = "") -> None:
+        if self.verbose:
+            traceback.print_exc()
+        print(f"envpipe: {label}: {_one_line(self.redaction.redactor(message))}{after}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
     environ = dict(os.environ) if environ is None else dict(environ)
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # Arguments after '--' are the tool's (apply ENV -- -target=ADDR): set apart before
-    # parsing, so they may follow any option, and checked by the command that takes them.
-    tool_args: List[str] = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, tool_args = argv[:split], argv[split + 1:]
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        # With --detailed-exitcode, 2 means "changes" (Terraform's convention): a
-        # pipeline must never read a usage error (ENV missing, a typo) as that.
-        if exc.code == EXIT_USAGE and _detailed_exitcode(argv):
-            return EXIT_FAILED
-        raise
-    check_reason_needs_force(parser, args)
-    if tool_args and not getattr(args, "takes_tool_args", False):
-        parser.exit(EXIT_USAGE, f"envpipe: error: {args.command} takes no arguments after '--' (only apply, plan and "
-                                f"terraform do) (see 'envpipe {args.command} --help')\n")
-    args.tool_args = tool_args
-    for name, default in GLOBAL_DEFAULTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, default)
     # Secrets from the environment are masked before the config is even read; the
-    # commands widen this with the config's `secrets:` once it is loaded.
-    redactor = Redactor.from_environ(environ)
-    _configure_logging(args.quiet, args.verbose, redactor)
-    try:
+    # commands widen this with the config's `secrets:` once it is loaded (load_context).
+    redaction = RedactingFilter(Redactor.from_environ(environ))
+    with ErrorHandler(argv, redaction) as handler:
+        # Inside the handler: even a broken installation's import error is one line.
+        parser = build_parser()
+        # Arguments after '--' are the tool's (apply ENV -- -target=ADDR): set apart before
+        # parsing, so they may follow any option, and checked by the command that takes them.
+        tool_args: List[str] = []
+        if "--" in argv:
+            split = argv.index("--")
+            argv, tool_args = argv[:split], argv[split + 1:]
+        args = parser.parse_args(argv)
+        check_reason_needs_force(parser, args)
+        if tool_args and not getattr(args, "takes_tool_args", False):
+            parser.exit(EXIT_USAGE, f"envpipe: error: {args.command} takes no arguments after '--' (only apply, "
+                                    f"plan and terraform do) (see 'envpipe {args.command} --help')\n")
+        args.tool_args = tool_args
+        for name, default in GLOBAL_DEFAULTS.items():
+            if not hasattr(args, name):
+                setattr(args, name, default)
+        handler.parsed(args)
+        args.redaction = redaction
+        _configure_logging(args.quiet, args.verbose, redaction)
         with _sigterm_raises():
-            return int(args.handler(args, environ) or 0)
-    except EnvpipeError as exc:
-        if args.verbose:
-            traceback.print_exc()
-        redactor = _active_redactor(redactor)
-        print(f"envpipe: error: {_one_line(redactor(str(exc)))}", file=sys.stderr)
-        return exc.exit_code
-    except Terminated:  # before KeyboardInterrupt, its base class
-        print("envpipe: terminated (SIGTERM); locks held by this run were released", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("envpipe: interrupted; locks held by this run were released (if one is left, it expires, "
-              "or see 'envpipe unlock')", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. `envpipe history | head`
-        # Point stdout at /dev/null so the interpreter's final flush does not
-        # report the broken pipe again.
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as exc:  # noqa: BLE001 - the one place that catches bugs
-        if args.verbose:
-            traceback.print_exc()
-        redactor = _active_redactor(redactor)
-        print(f"envpipe: internal error: {type(exc).__name__}: {_one_line(redactor(str(exc)))}: this is a bug in "
-              "envpipe; rerun with -v for the traceback and report it", file=sys.stderr)
-        return EXIT_INTERNAL
+            handler.exit_code = int(args.handler(args, environ) or 0)
+    return handler.exit_code

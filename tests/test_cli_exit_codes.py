@@ -1,5 +1,6 @@
 """Exit codes a pipeline branches on: --detailed-exitcode's 2 means "changes" only,
-and --lock-timeout takes only a finite number of seconds."""
+--lock-timeout takes only a finite number of seconds, and the one error handler gives
+every failure, a broken installation's included, one line and its code."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ import os
 import pytest
 from conftest import run_envpipe
 
+from envpipe_agent import main as main_module
 from envpipe_agent.ci_context import CIContext
-from envpipe_agent.errors import UsageError
+from envpipe_agent.errors import LockHeld, UsageError
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.main import main
 from envpipe_agent.repository import open_repository
@@ -25,6 +27,39 @@ def test_usage_errors_with_detailed_exitcode_exit_1_never_2(tmp_path, args):
     result = run_envpipe(args, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("envpipe: error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_a_configuration_error_with_detailed_exitcode_exits_1(tmp_path):
+    result = run_envpipe(["plan", "test", "--detailed-exitcode"], cwd=tmp_path)  # no envpipe.yml here
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("envpipe: error: ") and len(result.stderr.splitlines()) == 1
+    assert run_envpipe(["plan", "test"], cwd=tmp_path).returncode == 2
+
+
+def test_a_broken_installation_is_one_line_and_exit_4(monkeypatch, capsys):
+    monkeypatch.setattr(main_module, "COMMAND_MODULES", (*main_module.COMMAND_MODULES, "envpipe_agent.commands.gone"))
+
+    assert main(["status"], environ=dict(os.environ)) == 4
+
+    err = capsys.readouterr().err
+    assert err.startswith("envpipe: internal error: ModuleNotFoundError: No module named "
+                          "'envpipe_agent.commands.gone': this is a bug in envpipe")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+class HeldUntil(LockHeld):
+    """An error whose constructor takes other arguments than a message."""
+
+    def __init__(self, holder: str, until: str) -> None:
+        super().__init__(f"locked by {holder} until {until}")
+        self.holder = holder
+
+
+def test_a_reworded_error_keeps_its_class_exit_code_and_attributes():
+    reworded = HeldUntil("build 7", "12:00").reworded("run stopped at apply of test: locked by build 7")
+
+    assert type(reworded) is HeldUntil and reworded.exit_code == 3 and reworded.holder == "build 7"
+    assert str(reworded) == "run stopped at apply of test: locked by build 7"
 
 
 def test_usage_errors_without_detailed_exitcode_still_exit_2(tmp_path):

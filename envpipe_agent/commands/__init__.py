@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Any, Mapping, Sequence
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.redact import RedactingFilter
 
 
 def load_context(args: argparse.Namespace, environ: Mapping[str, str]) -> StageContext:
-    """The StageContext for these arguments; widens log redaction to the config's secrets."""
+    """The StageContext for these arguments; widens the redaction of the log and of
+    error messages (``args.redaction``, set by main) to the config's secrets."""
     ctx = StageContext.load(args.config, repository=args.repo, environ=environ, lock_timeout=args.lock_timeout)
-    for handler in logging.getLogger("envpipe_agent").handlers:
-        handler.filters[:] = [RedactingFilter(ctx.redactor)]
+    args.redaction.redactor = ctx.redactor
     return ctx
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from envpipe_agent.commands import add_approved_by, emit, load_context
-from envpipe_agent.errors import StageFailed, UsageError
+from envpipe_agent.errors import UsageError
 
 if TYPE_CHECKING:
     from envpipe_agent.stages.apply import StageResult
@@ -46,22 +46,17 @@ def run_apply(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def run_plan(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from envpipe_agent.stages.apply import plan
 
-    try:
-        ctx = load_context(args, environ)
-        # --version alone means this CI build's version (SPEC §5), as for promote.
-        candidate = None if args.version is None else ctx.resolve_version(args.version or None)
-        result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate,
-                      out=Path(args.out) if args.out else None, tool_args=args.tool_args)
-    except UsageError as exc:
-        if args.detailed_exitcode:
-            # With the flag, 2 means "changes" (Terraform's convention); a pipeline
-            # must never read a usage error as that, so every error is 1.
-            raise StageFailed(str(exc)) from None
-        raise
+    ctx = load_context(args, environ)
+    # --version alone means this CI build's version (SPEC §5), as for promote.
+    candidate = None if args.version is None else ctx.resolve_version(args.version or None)
+    result = plan(ctx, args.environment, keep_workdir=args.keep_workdir, version=candidate,
+                  out=Path(args.out) if args.out else None, tool_args=args.tool_args)
     text = f"{result.environment}: {result.summary} (version {result.version})"
     if result.plan_file:
         text += f"; plan saved to {result.plan_file}"
     emit(args, ctx, result.as_dict(), text)
+    # With --detailed-exitcode, 2 says "changes"; main's error handler makes sure no
+    # error is ever 2 then.
     return 2 if args.detailed_exitcode and result.changed else 0
 
 

@@ -85,10 +85,7 @@ def _stage_error(exc: EnvpipeError, stage: str, environment: Optional[str]) -> E
     message = f"run stopped at {stage} of {environment}: {exc}" if environment else f"run stopped at {stage}: {exc}"
     if isinstance(exc, UsageError):
         return StageFailed(message)
-    try:
-        return type(exc)(message)
-    except TypeError:  # an error class that takes more than its message
-        return exc
+    return exc.reworded(message)
 
 
 def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Optional[str] = None,

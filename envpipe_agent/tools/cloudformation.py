@@ -99,7 +99,7 @@ def _masked(redact: Callable[[str], str]) -> Iterator[None]:
         masked = redact(str(exc))
         if masked == str(exc):
             raise
-        raise type(exc)(masked) from None
+        raise exc.reworded(masked) from None
 
 
 def describe_stack(client, name_or_id: str) -> Optional[Dict[str, Any]]:
