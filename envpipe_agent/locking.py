@@ -25,7 +25,9 @@ from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
 LOCKS_PREFIX = ".envpipe/locks/"
-DEFAULT_TTL_SECONDS = 2 * 3600
+# A lease this long, renewed every RENEW_FRACTION of it while its holder works: a
+# killed agent's lock runs out within minutes, however long a live apply takes.
+DEFAULT_TTL_SECONDS = 15 * 60
 # The heartbeat renews the lease this often, as a fraction of its length: three
 # renewals can fail in a row (S3 briefly unreachable) before the lease runs out.
 RENEW_FRACTION = 0.25
@@ -50,7 +52,8 @@ def read_lock(repository: Repository, environment: str) -> Optional[Dict[str, An
     return lock if isinstance(lock, dict) else dict(_UNREADABLE)
 
 
-def _expired(lock: Dict[str, Any], now: dt.datetime) -> bool:
+def lock_expired(lock: Dict[str, Any], now: dt.datetime) -> bool:
+    """Whether ``lock``'s lease has run out (an unreadable expiry counts as run out)."""
     try:
         expires = dt.datetime.fromisoformat(str(lock["expires"]).replace("Z", "+00:00"))
         if expires.tzinfo is None:
@@ -106,7 +109,7 @@ def environment_lock(
                 # retry found our own lock: it is ours, not someone else's.
                 lock = current
                 break
-            if _expired(current, now):
+            if lock_expired(current, now):
                 # Two agents may both find it expired. Reading it once more just
                 # before the delete makes it very unlikely that one deletes the fresh
                 # lock the other has just taken (there is no conditional delete to

@@ -60,6 +60,10 @@ class Manifest:
     published: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     environment: Optional[str] = None
     promoted: Optional[Mapping[str, Any]] = None
+    # Set on an environment's manifest while a promote replaces its files (which
+    # version, when, by whom); the promote's own manifest, written last, has none. Found
+    # set, it says the folder holds part of that version: the promote was cut short.
+    promoting: Optional[Mapping[str, Any]] = None
 
     @classmethod
     def build(cls, project: str, version: str, files: Mapping[str, FileEntry],
@@ -71,7 +75,7 @@ class Manifest:
                         promoted: Mapping[str, Any]) -> "Manifest":
         """This version's manifest as held by ``environment``'s folder."""
         return replace(self, files=MappingProxyType(dict(files)), environment=environment,
-                       promoted=MappingProxyType(dict(promoted)))
+                       promoted=MappingProxyType(dict(promoted)), promoting=None)
 
     def to_json(self) -> bytes:
         data: Dict[str, Any] = {
@@ -85,6 +89,8 @@ class Manifest:
         if self.environment is not None:
             data["environment"] = self.environment
             data["promoted"] = dict(self.promoted or {})
+        if self.promoting is not None:
+            data["promoting"] = dict(self.promoting)
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
@@ -107,6 +113,8 @@ class Manifest:
                 published=MappingProxyType(dict(data.get("published") or {})),
                 environment=data.get("environment"),
                 promoted=MappingProxyType(dict(data["promoted"])) if data.get("promoted") is not None else None,
+                promoting=MappingProxyType(dict(data["promoting"])) if isinstance(data.get("promoting"), dict)
+                else None,
             )
         except IntegrityError:
             raise

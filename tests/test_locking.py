@@ -12,7 +12,7 @@ from conftest import list_repository, read_repository_file
 from envpipe_agent.ci_context import CIContext, detect
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import LockHeld, LockLost
-from envpipe_agent.locking import environment_lock, lock_key, read_lock
+from envpipe_agent.locking import DEFAULT_TTL_SECONDS, environment_lock, lock_key, read_lock
 from envpipe_agent.records import iso, utc_now
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.publish import publish
@@ -111,11 +111,11 @@ def test_a_renewal_extends_the_lease_from_now(repo):
     now = [utc_now()]
     with environment_lock(repo, "staging", "apply", AGENT, clock=lambda: now[0]) as lease:
         first = read_lock(repo, "staging")["expires"]
-        now[0] += dt.timedelta(hours=1, minutes=30)
+        now[0] += dt.timedelta(seconds=DEFAULT_TTL_SECONDS * 0.8)
         assert lease.renew()
         stored = read_lock(repo, "staging")
         assert stored["id"] == lease["id"] and stored["expires"] > first
-        assert stored["expires"] == iso(now[0] + dt.timedelta(hours=2))
+        assert stored["expires"] == iso(now[0] + dt.timedelta(seconds=DEFAULT_TTL_SECONDS))
         lease.check()
     assert read_lock(repo, "staging") is None
 

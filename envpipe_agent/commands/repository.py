@@ -109,11 +109,47 @@ def _latest(*records: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     return max(present, key=record_order, default=None)
 
 
-def _cut_short(record: Optional[Dict[str, Any]]) -> str:
-    """A note when the latest promote was interrupted: the folder may be half promoted."""
+def _cut_short(entry: Mapping[str, Any]) -> str:
+    """A note when the latest promote was interrupted or killed: the folder may be half promoted."""
+    cut = entry.get("interrupted_promote")
+    if cut:
+        return f" (promote of {cut.get('version')} {'unfinished' if cut.get('running') else 'cut short'})"
+    record = (entry.get("last") or {}).get("promote")
     if record and record.get("result") == "interrupted":
         return f" (promote of {record.get('version')} interrupted)"
     return ""
+
+
+def _age(seconds: Optional[int]) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _lock_lines(entries: List[Dict[str, Any]]) -> List[str]:
+    """One line per held lock: holder, build, age, and what to do about an expired one."""
+    lines = []
+    for entry in entries:
+        lock = entry.get("locked_by")
+        if not lock:
+            continue
+        build = lock.get("build_url") or (f"build {lock['build']}" if lock.get("build") else "no CI build")
+        line = (f"{entry['environment']}: locked by {lock.get('holder', 'unknown')} ({lock.get('action', '?')}, "
+                f"{build}) for {_age(lock.get('age_seconds'))}")
+        if lock.get("expired"):
+            line += " (expired: its run is gone; the next run breaks it)"
+        lines.append(line)
+    for entry in entries:
+        cut = entry.get("interrupted_promote")
+        if cut and not cut.get("running"):
+            lines.append(f"{entry['environment']}: a promote of {cut.get('version')} (at {cut.get('at', '?')}) was cut "
+                         f"short: it may hold part of that version; complete it with 'envpipe promote "
+                         f"{cut.get('version')} --to {entry['environment']}'")
+    return lines
 
 
 def status_table(entries: List[Dict[str, Any]]) -> str:
@@ -124,14 +160,14 @@ def status_table(entries: List[Dict[str, Any]]) -> str:
         by = promoted.get("build_url") or promoted.get("user") or "-"
         rows.append((
             entry["environment"] + (" (manual)" if entry["approval"] == "manual" else ""),
-            (entry["version"] or "-") + _cut_short(last.get("promote")),
+            (entry["version"] or "-") + _cut_short(entry),
             promoted.get("at", "-"),
             _when(_latest(last.get("apply"), last.get("destroy")), entry["version"]),
             _when(last.get("test"), entry["version"]),
             by,
             status_note(entry),
         ))
-    return table(rows)
+    return "\n".join([table(rows), *_lock_lines(entries)])
 
 
 def status_note(entry: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.policy import enforce_policy, override_details
 from envpipe_agent.records import history, read_summary, record_order, utc_now
+from envpipe_agent.pause_points import pause_point
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
@@ -234,9 +235,11 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                                          redactor=redactor, repository=ctx.repository_as(credentials),
                                          ci=ctx.ci, options=options, client_factory=ctx.client_factory)
                     log.info("%s: %s of version %s with %s", env.name, action, version, tool)
+                    pause_point(f"{action}:fetched", ctx.environ)
                     if lease is not None:
                         lease.check()  # the fetch can be long: the lock must still be ours
                     outcome: RunOutcome = getattr(runner, action)(request)
+                    pause_point(f"{action}:done", ctx.environ)
                     if save_to is not None:
                         details["saved_plan"] = _save_plan(ctx, save_to, env.name, work.manifest, outcome)
                     kept = str(work.path) if keep_workdir else None

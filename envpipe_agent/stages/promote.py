@@ -13,7 +13,8 @@ import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from types import MappingProxyType
 from typing import Any, Dict, Optional, Tuple
 
 from envpipe_agent.approval import approver
@@ -23,6 +24,7 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import check_relative_path
+from envpipe_agent.pause_points import pause_point
 from envpipe_agent.policy import Hold, enforce_policy, gate_hold, override_details, policy_holds
 from envpipe_agent.records import iso, last_done, latest_record, record_order, utc_now
 from envpipe_agent.repository import KeyNotFound
@@ -172,6 +174,14 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
 
     log.info("promoting %s to %s: %d to copy, %d to delete, %d unchanged",
              manifest.version, environment, len(to_copy), len(stale), counts["unchanged"])
+    if previous is not None and previous.environment == environment:
+        # Said before the first file changes: a promote killed from here on leaves a
+        # folder whose manifest tells status and verify what happened and how to repair.
+        marked = replace(previous, promoting=MappingProxyType({
+            "version": manifest.version, "digest": manifest.digest,
+            **{k: v for k, v in promoted.items() if k in ("at", "user", "host", "build", "build_url")}}))
+        repository.write(manifest_key(environment), marked.to_json())
+    pause_point("promote:copying", ctx.environ)
 
     def copy(path: str) -> str:
         try:
@@ -199,6 +209,7 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
         # A repair: the version is still the one a person forced in, if one did.
         promoted = {**{k: v for k, v in (previous.promoted or {}).items() if k in FORCED_KEYS}, **promoted}
     environment_manifest = manifest.for_environment(environment, files, promoted)
+    pause_point("promote:copied", ctx.environ)
     if lease is not None:
         lease.check()  # the manifest marks the folder complete: only under a lock still ours
     repository.write(manifest_key(environment), environment_manifest.to_json())

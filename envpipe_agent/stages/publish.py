@@ -31,6 +31,7 @@ from envpipe_agent.manifest import (
 )
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import iso, utc_now
+from envpipe_agent.pause_points import pause_point
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 from envpipe_agent.source import SourceFile, read_definition
 
@@ -157,6 +158,7 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
         raise _refuse_other_content(version, published, digest, location)
     # Nothing is written into the version, leftovers included, until it is ours.
     claim_version(ctx, version, digest, claim_listed)
+    pause_point("publish:claimed", ctx.environ)
 
     def upload(source_file: SourceFile) -> str:
         try:
@@ -182,6 +184,7 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     entries = {f.path: FileEntry(size=f.entry.size, sha256=f.entry.sha256, etag=etags[f.path]) for f in files}
     published_by = {"at": iso(utc_now()), **ctx.ci.known()}
     manifest = Manifest.build(ctx.config.project, version, entries, published_by)
+    pause_point("publish:uploaded", ctx.environ)
     try:
         repository.write(manifest_key(version), manifest.to_json(), if_absent=True)
     except AlreadyExists:  # another publisher of the same version finished first

@@ -9,8 +9,8 @@ import datetime as dt
 from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.locking import read_lock
-from envpipe_agent.manifest import read_manifest
+from envpipe_agent.locking import lock_expired, read_lock
+from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.policy import read_freeze, waits_for
 from envpipe_agent.records import history as environment_history
@@ -19,10 +19,35 @@ from envpipe_agent.registrations import list_instances
 from envpipe_agent.timespec import format_duration
 
 
+def _lock_view(lock: Optional[Dict[str, Any]], now: dt.datetime) -> Optional[Dict[str, Any]]:
+    """The lock as status shows it: its fields, plus how long it has been held and
+    whether it has expired (a killed holder's; the next run breaks it)."""
+    if lock is None:
+        return None
+    view = dict(lock)
+    view["expired"] = lock_expired(lock, now)
+    try:
+        acquired = dt.datetime.fromisoformat(str(lock.get("acquired")).replace("Z", "+00:00"))
+        view["age_seconds"] = max(0, int((now - acquired).total_seconds()))
+    except (TypeError, ValueError):
+        view["age_seconds"] = None
+    return view
+
+
+def _interrupted_promote(manifest: Optional[Manifest], lock: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The promote that has not finished in this folder (the folder may hold part of its
+    version): ``running`` while a promote's lease on it is live (it may yet finish; a
+    killed one's lease runs out within minutes), else it was cut short."""
+    if manifest is None or not manifest.promoting:
+        return None
+    running = lock is not None and not lock["expired"] and lock.get("action") == "promote"
+    return {**manifest.promoting, "running": running}
+
+
 def _environment_status(ctx: StageContext, name: str, now: dt.datetime) -> Dict[str, Any]:
     manifest = read_manifest(ctx.repository, name)
     summary = read_summary(ctx.repository, name)
-    lock = read_lock(ctx.repository, name)
+    lock = _lock_view(read_lock(ctx.repository, name), now)
     env = ctx.config.environment(name)
     promoted = dict(manifest.promoted or {}) if manifest else {}
     return {
@@ -38,6 +63,7 @@ def _environment_status(ctx: StageContext, name: str, now: dt.datetime) -> Dict[
         "frozen": read_freeze(ctx.repository, name, now),
         "policy": {"soak": format_duration(env.soak) if env.soak else None, "window": [w.text for w in env.windows]},
         "waiting": None,
+        "interrupted_promote": _interrupted_promote(manifest, lock),
     }
 
 

@@ -77,6 +77,13 @@ def check_owner(repository: Repository, folder: str, manifest: Manifest, project
 
 def _repair(folder: str, manifest: Manifest) -> str:
     """The exact command that restores ``folder``'s files, and what else to do."""
+    if manifest.promoting:
+        # Nobody changed it by hand: a promote was cut short while it replaced the files.
+        started = manifest.promoting
+        who = started.get("build_url") or started.get("user") or "unknown"
+        return (f"a promote of version {started.get('version')} into it (by {who}, at {started.get('at', '?')}) "
+                f"was cut short while copying: complete it with 'envpipe promote {started.get('version')} --to "
+                f"{folder}', or go back with 'envpipe promote {manifest.version} --to {folder}'")
     if ENVIRONMENT_RE.match(folder):
         # Promoting the version it holds is a repair: no gate (SPEC §6), recorded as such.
         return (f"repair it with 'envpipe promote {manifest.version} --to {folder}' (the version it holds: no "
