@@ -15,8 +15,8 @@ import pytest
 from conftest import list_repository, read_repository_file, run_envpipe
 from envpipe_agent.locking import lock_key, read_lock
 from envpipe_agent.stages import apply as apply_stage
-from fake_cloudformation import EMPTY_503, Answer, FakeCloudFormation
-from test_cloudformation import CONFIG, TEMPLATE, Pipeline, stack
+from fake_cloudformation import EMPTY_503, Answer, FakeCloudFormation, aws_response
+from test_cloudformation import CONFIG, TEMPLATE, Pipeline
 
 REPOSITORY = "s3://our-project-repository/pipelines"
 # A proxy's error page with a 200: botocore cannot parse it (ResponseParserError,
@@ -95,6 +95,21 @@ def test_no_endpoint_at_all_is_a_failed_stage(working_copy, cloudformation):
 
     assert f'cannot apply stack our-project-test: Could not connect to the endpoint URL: "{nobody}/"' \
         in error_line(result.stderr)
+    [record] = apply_records()
+    assert record["result"] == "failed"
+
+
+@pytest.mark.parametrize("operation, missing", [
+    ("DescribeStacks", "Stacks"),
+    ("CreateChangeSet", "Id, StackId"),
+])
+def test_an_answer_that_parses_but_lacks_its_fields_is_a_failed_stage(working_copy, endpoint, operation, missing):
+    endpoint.answers[operation] = aws_response(operation, "")
+
+    result = run_envpipe(["apply", "test"], cwd=working_copy, env=through(endpoint), check=1)
+
+    assert error_line(result.stderr).endswith(f"{endpoint.url} answered {operation} without {missing}: "
+                                              "an incomplete answer (a proxy in between?); run again")
     [record] = apply_records()
     assert record["result"] == "failed"
 

@@ -102,18 +102,33 @@ def _masked(redact: Callable[[str], str]) -> Iterator[None]:
         raise exc.reworded(masked) from None
 
 
+class IncompleteAnswer(StageFailed):
+    """An answer that parsed but lacks what every such answer has (a proxy cut it short)."""
+
+
+def answered(client, answer: Mapping[str, Any], operation: str, *keys: str) -> Mapping[str, Any]:
+    """``answer``, after checking it holds ``keys``: a broken answer is a failed stage
+    (exit 1) naming the operation and the endpoint, never a KeyError (exit 4)."""
+    missing = [key for key in keys if not isinstance(answer, Mapping) or answer.get(key) is None]
+    if missing:
+        raise IncompleteAnswer(f"{client.meta.endpoint_url} answered {operation} without {', '.join(missing)}: "
+                               "an incomplete answer (a proxy in between?); run again")
+    return answer
+
+
 def describe_stack(client, name_or_id: str) -> Optional[Dict[str, Any]]:
     """The stack, or None when there is none (never created, or deleted)."""
     try:
-        stacks = client.describe_stacks(StackName=name_or_id)["Stacks"]
+        stacks = answered(client, client.describe_stacks(StackName=name_or_id), "DescribeStacks", "Stacks")["Stacks"]
     except ClientError as exc:
         code, message = _error_text(exc)
         if code == "ValidationError" and "does not exist" in message:
             return None
         raise
-    if not stacks or stacks[0]["StackStatus"] == "DELETE_COMPLETE":
+    if not stacks:
         return None
-    return stacks[0]
+    stack = answered(client, stacks[0], "DescribeStacks", "StackId", "StackStatus")
+    return None if stack["StackStatus"] == "DELETE_COMPLETE" else dict(stack)
 
 
 def _wait(client, waiter: str, stack_name: str, **arguments: str) -> None:
@@ -223,6 +238,7 @@ def _create_change_set(client, request: RunRequest, prepared: Prepared, kind: st
                                   f"{prepared.template_path} needs more: {message}; add them to the list") from None
             raise StageFailed(f"stack {name}: CloudFormation rejected the change set: "
                               f"{describe_failure(exc, client.meta.endpoint_url)}") from None
+    answered(client, response, "CreateChangeSet", "Id", "StackId")
     change_set = ChangeSet(id=response["Id"], stack_id=response["StackId"], kind=kind,
                            template_url=template.get("TemplateURL"))
     try:
@@ -253,7 +269,7 @@ def _read_changes(client, change_set: ChangeSet, name: str) -> None:
     then deleted) or the reason it failed."""
     _wait(client, "change_set_create_complete", name, ChangeSetName=change_set.id)
     described = client.describe_change_set(ChangeSetName=change_set.id)
-    if described["Status"] == "FAILED":
+    if answered(client, described, "DescribeChangeSet", "Status")["Status"] == "FAILED":
         reason = described.get("StatusReason", "")
         if _is_no_change(reason):
             change_set.no_changes = True

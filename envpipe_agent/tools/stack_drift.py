@@ -107,7 +107,9 @@ def detect_drift(client, stack_id: str, redact: Callable[[str], str] = str, dela
     (no permission, no such API, a broken answer) gives a Drift saying why, never an
     error: the plan still has the template changes to report."""
     try:
-        detection = client.detect_stack_drift(StackName=stack_id)["StackDriftDetectionId"]
+        detection = client.detect_stack_drift(StackName=stack_id).get("StackDriftDetectionId")
+        if not detection:
+            return Drift(unavailable=f"{client.meta.endpoint_url} answered DetectStackDrift without a detection id")
         _wait_for_detection(client, detection, delay, redact)
         resources = [_resource(drift, redact) for drift in _drifted_resources(client, stack_id)]
     except WaiterError as exc:  # before AWS_FAILURES, which holds its base class
