@@ -36,11 +36,12 @@ from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
 from envpipe_agent.locking import lock_key
 from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
+from envpipe_agent.registrations import REGISTRATIONS_PREFIX
 from envpipe_agent.stages.unlock import STATE_LOCK_FILES
 from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
-from envpipe_agent.tools.terraform import state_key
+from envpipe_agent.tools.terraform import STATE_PREFIX, state_key
 
-STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "role", "state-role")
+STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "on-demand", "role", "state-role")
 # The stages an environment's pipeline steps run, under that environment's credentials.
 ENVIRONMENT_STAGES = ("promote", "apply", "test", "unlock")
 VERSION_PATTERNS = tuple(f"{digit}*" for digit in "0123456789")
@@ -91,8 +92,8 @@ class PolicyBuilder:
         self._listed: Dict[str, Tuple[Bucket, Set[str]]] = {}
 
     def allow(self, sid: str, actions: Sequence[str], resources: Sequence[str],
-              condition: Optional[Dict[str, Any]] = None) -> None:
-        statement = self._statements.setdefault(sid, {"Sid": sid, "Effect": "Allow", "Action": set(),
+              condition: Optional[Dict[str, Any]] = None, effect: str = "Allow") -> None:
+        statement = self._statements.setdefault(sid, {"Sid": sid, "Effect": effect, "Action": set(),
                                                       "Resource": set()})
         statement["Action"].update(actions)
         statement["Resource"].update(resources)
@@ -311,6 +312,68 @@ def _status(builder: PolicyBuilder, ctx: PolicyContext) -> None:
     _kms(builder, ctx, write=False)
 
 
+LETTER_PATTERNS = tuple(f"{letter}*" for letter in "abcdefghijklmnopqrstuvwxyz")
+# Per-instance data under .envpipe/, keyed by the instance's name: replaced and removed,
+# or (records) only ever added.
+INSTANCE_DATA = (".envpipe/locks/*", f"{REGISTRATIONS_PREFIX}*", f"{TEMPLATE_PREFIX}/*")
+INSTANCE_RECORDS = (f"{RECORDS_PREFIX}*", f"{SUMMARY_PREFIX}*", f"{RESULTS_PREFIX}*")
+
+
+def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
+    """env create|list|extend|destroy|reap and sandbox up|test|destroy, and the ordinary
+    stages on such an instance: any name not on the path. An instance's name is only
+    known when it is created, so its folder and data are granted by pattern (names
+    start with a letter) and every path environment but ``like`` is denied explicitly;
+    ``like``'s own is left to its own policy, which the generated on-demand jobs bind
+    together with this one."""
+    config = ctx.config
+    like = config.environment(config.on_demand_settings.like)
+    read_write = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    _versions(builder, ctx, write=False)
+    builder.objects("Instances", read_write, ctx.repository, LETTER_PATTERNS)
+    builder.objects("InstanceData", read_write, ctx.repository, INSTANCE_DATA)
+    builder.objects("InstanceRecords", ["s3:GetObject", "s3:PutObject"], ctx.repository, INSTANCE_RECORDS)
+    _kms(builder, ctx, write=True)
+    state = config.terraform.state  # an instance never has an environment's own state
+    if config.tool == "cloudformation":
+        stack = config.cloudformation.stack_name.format(project=config.project, environment="*")
+        builder.allow("Stack", STACK_ACTIONS, [f"arn:{ctx.partition}:cloudformation:{ctx.region}:"
+                                               f"{like.account_id or '*'}:stack/{stack}/*"])
+        builder.allow("StackDriftStatus", UNSCOPED_STACK_ACTIONS, ["*"])
+    elif state is not None:
+        bucket = Bucket(ctx.partition, state.bucket)
+        key = state.key_for("*", config.project)
+        if state.role_arn:
+            _assume(builder, "AssumeStateRole", state.role_arn)
+        else:
+            builder.objects("State", read_write, bucket, [key, f"{key}.tflock"])
+            builder.list_prefix(bucket, TERRAFORM_WORKSPACES)
+    else:
+        builder.objects("State", read_write, ctx.repository, [f"{STATE_PREFIX}*"])
+        builder.list_prefix(ctx.repository, TERRAFORM_WORKSPACES)
+    if like.role_arn:
+        _assume(builder, "AssumeEnvironmentRole", like.role_arn)
+    for env in config.environments:
+        if env.name == like.name:
+            continue
+        builder.allow("DenyPathEnvironments", ["s3:PutObject", "s3:DeleteObject"], [
+            ctx.repository.objects(pattern) for pattern in (
+                f"{env.name}/*", lock_key(env.name), f"{RECORDS_PREFIX}{env.name}/*",
+                f"{SUMMARY_PREFIX}{env.name}/*", f"{RESULTS_PREFIX}{env.name}/*")], effect="Deny")
+        own = config.state(env)
+        if config.tool == "terraform" and not (own and own.role_arn):
+            if own is not None:
+                key = f"{own.bucket}/{own.key_for(env.name, config.project)}"
+                denied = [f"arn:{ctx.partition}:s3:::{key}", f"arn:{ctx.partition}:s3:::{key}.tflock"]
+            else:
+                denied = [ctx.repository.objects(f"{STATE_PREFIX}{env.name}/*")]
+            builder.allow("DenyPathState", read_write, denied, effect="Deny")
+        if config.tool == "cloudformation":
+            stack = config.cloudformation.stack_name.format(project=config.project, environment=env.name)
+            builder.allow("DenyPathStacks", ["cloudformation:*"],
+                          [f"arn:{ctx.partition}:cloudformation:*:*:stack/{stack}/*"], effect="Deny")
+
+
 def _role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
     if not env.role_arn:
         raise UsageError(f"environment {env.name!r} has no role_arn: its stages run with the bound credentials, "
@@ -337,10 +400,10 @@ def stage_policy(config: Config, repository_url: Optional[str], stage: str,
     builder = PolicyBuilder()
     if stage not in STAGES:
         raise UsageError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
-    if stage in ("publish", "status"):
+    if stage in ("publish", "status", "on-demand"):
         if environment:
             raise UsageError(f"'{stage}' takes no environment: its policy is the same for all of them")
-        (_publish if stage == "publish" else _status)(builder, ctx)
+        {"publish": _publish, "status": _status, "on-demand": _on_demand}[stage](builder, ctx)
     else:
         if not environment:
             raise UsageError(f"'{stage}' needs an environment: envpipe iam {stage} ENV "

@@ -132,6 +132,8 @@ ROOT = Path(__file__).resolve().parent.parent
     ("Jenkinsfile.example", "usernamePassword(credentialsId: "),
     ("examples/gocd/our-project.gocd.yaml", "AWS_ACCESS_KEY_ID: "),
     ("examples/gocd/pipelines.xml", '<variable name="AWS_ACCESS_KEY_ID"'),
+    ("examples/on-demand/Jenkinsfile.reap", "usernamePassword(credentialsId: "),
+    ("examples/on-demand/our-project-environments.gocd.yaml", "AWS_ACCESS_KEY_ID: "),
 ])
 def test_each_credential_binding_names_the_policy_it_should_carry(rendered, binding):
     lines = (ROOT / rendered).read_text().splitlines()
@@ -140,6 +142,8 @@ def test_each_credential_binding_names_the_policy_it_should_carry(rendered, bind
     for index in bound:
         comment = " ".join(lines[index - 2:index])
         assert "envpipe iam" in comment and "role-per-environment" in comment, lines[index]
+        # the on-demand jobs bind the like environment's credentials for instances too
+        assert ("envpipe iam on-demand" in comment) == ("on-demand/" in rendered), lines[index]
 
 
 def test_the_readme_shows_the_examples_production_policy_as_printed():
@@ -147,3 +151,15 @@ def test_the_readme_shows_the_examples_production_policy_as_printed():
     readme = (ROOT / "README.md").read_text()
     shown = readme.split("<details><summary>production</summary>\n\n```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(shown) == json.loads(printed.stdout)["production"]
+
+
+def test_on_demand_grants_instances_by_pattern_and_denies_the_other_path_environments():
+    document = stage_policy(config(), BASE["repository"], "on-demand")
+    allowed = grants({"Statement": [s for s in document["Statement"] if s["Effect"] == "Allow"]})
+    assert f"{OBJECTS}a*" in allowed["s3:PutObject"] and f"{OBJECTS}.envpipe/on-demand/*" in allowed["s3:DeleteObject"]
+    assert not any(r.startswith(f"{OBJECTS}0") for r in allowed["s3:PutObject"])  # versions: read only
+    denied = {r for s in document["Statement"] if s["Effect"] == "Deny" for r in s["Resource"]}
+    for env in ("staging", "production"):  # test is on_demand.like: its own policy covers it
+        assert {f"{OBJECTS}{env}/*", f"{OBJECTS}.envpipe/locks/{env}.json",
+                f"{OBJECTS}.envpipe/state/{env}/*"} <= denied
+    assert not any("/test/" in r or "test.json" in r for r in denied)

@@ -99,10 +99,10 @@ def moto_policies(document: Dict[str, Any]) -> Dict[str, Any]:
     deletes = False
     for statement in document["Statement"]:
         statement = {k: v for k, v in statement.items() if k != "Condition"}
-        deletes = deletes or "s3:DeleteObject" in statement["Action"]
+        deletes = deletes or (statement["Effect"] == "Allow" and "s3:DeleteObject" in statement["Action"])
         statements.append(statement)
         stack_actions = [a for a in statement["Action"] if a.startswith("cloudformation:")]
-        if stack_actions:
+        if stack_actions and statement["Effect"] == "Allow":
             statements.append({"Sid": f"Moto{statement['Sid']}", "Effect": "Allow", "Action": stack_actions,
                                "Resource": ["*"]})
     if deletes:
@@ -119,12 +119,13 @@ class Account:
         self.admin = dict(admin)
         self.iam = _client("iam", endpoint, admin)
 
-    def user(self, name: str, document: Dict[str, Any]) -> Dict[str, str]:
-        """A user carrying ``document`` (as a managed policy, as the README says); its keys."""
+    def user(self, name: str, *documents: Dict[str, Any]) -> Dict[str, str]:
+        """A user carrying ``documents`` (as managed policies, as the README says); its keys."""
         self.iam.create_user(UserName=name)
-        arn = self.iam.create_policy(PolicyName=f"envpipe-{name}",
-                                     PolicyDocument=json.dumps(moto_policies(document)))["Policy"]["Arn"]
-        self.iam.attach_user_policy(UserName=name, PolicyArn=arn)
+        for index, document in enumerate(documents):
+            arn = self.iam.create_policy(PolicyName=f"envpipe-{name}-{index}",
+                                         PolicyDocument=json.dumps(moto_policies(document)))["Policy"]["Arn"]
+            self.iam.attach_user_policy(UserName=name, PolicyArn=arn)
         key = self.iam.create_access_key(UserName=name)["AccessKey"]
         return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
@@ -326,3 +327,25 @@ def test_a_cloudformation_environment_runs_with_its_stages_policies(account, wor
     # The stack of another environment is not test's to touch (the bridge above
     # widens CloudFormation for moto, so this is checked on the document itself).
     assert "stack/our-project-production/" not in json.dumps(policy(root, "apply", "test"))
+
+
+def test_on_demand_environments_run_with_the_like_environments_credentials_and_reach_no_other(account,
+                                                                                              working_copy):
+    root = working_copy
+    tester = account.user("pipeline-test", policy(root, "--role-per-environment")["test"], policy(root, "on-demand"))
+    envpipe_as(tester, root, "publish", check=0)
+    envpipe_as(tester, root, "env", "create", "demo", "--version", "1.0.7", "--test", check=0)
+    listed = json.loads(envpipe_as(tester, root, "env", "list", "--json", check=0).stdout)
+    assert [(e["name"], e["version"]) for e in listed] == [("demo", "1.0.7")]
+    envpipe_as(tester, root, "sandbox", "up", "sandbox-tester", check=0)
+    envpipe_as(tester, root, "sandbox", "destroy", "sandbox-tester", check=0)
+    envpipe_as(tester, root, "env", "destroy", "demo", check=0)
+    assert "Contents" not in account.s3().list_objects_v2(Bucket=BUCKET, Prefix="pipelines/demo/")
+    # Instance names are granted by pattern; the path's other environments are denied outright.
+    s3 = account.s3(tester)
+    for key in ("pipelines/production/main.tf", "pipelines/.envpipe/locks/staging.json",
+                "pipelines/.envpipe/records/production/forged.json", "pipelines/.envpipe/state/production/x"):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.get_object(Bucket=BUCKET, Key="pipelines/.envpipe/state/production/terraform.tfstate")
