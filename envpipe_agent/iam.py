@@ -35,13 +35,14 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from envpipe_agent.config import Config, Environment
 from envpipe_agent.errors import UsageError
 from envpipe_agent.locking import lock_key
+from envpipe_agent.policy import FREEZE_PREFIX, freeze_key
 from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
 from envpipe_agent.registrations import REGISTRATIONS_PREFIX
 from envpipe_agent.stages.unlock import STATE_LOCK_FILES
 from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
 from envpipe_agent.tools.terraform import STATE_PREFIX, state_key
 
-STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "on-demand", "role", "state-role")
+STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "freeze", "on-demand", "role", "state-role")
 # The stages an environment's pipeline steps run, under that environment's credentials.
 ENVIRONMENT_STAGES = ("promote", "apply", "test", "unlock")
 VERSION_PATTERNS = tuple(f"{digit}*" for digit in "0123456789")
@@ -200,6 +201,17 @@ def _lock(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequenc
     builder.objects("Lock", actions, ctx.repository, [lock_key(env)])
 
 
+def _freeze(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequence[str]) -> None:
+    builder.objects("Freeze", actions, ctx.repository, [freeze_key(env)])
+
+
+def _gate_results(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """The version's test result in the environment before ``env`` (the gate, the soak)."""
+    previous = ctx.config.previous_environment(env.name)
+    if previous is not None:
+        builder.objects("GateResults", ["s3:GetObject"], ctx.repository, [f"{RESULTS_PREFIX}{previous.name}/*"])
+
+
 def _records(builder: PolicyBuilder, ctx: PolicyContext, env: str, actions: Sequence[str]) -> None:
     builder.objects("Records", actions, ctx.repository, [f"{RECORDS_PREFIX}{env}/*", f"{SUMMARY_PREFIX}{env}/*"])
 
@@ -251,9 +263,8 @@ def _publish(builder: PolicyBuilder, ctx: PolicyContext) -> None:
 
 def _promote(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
     _versions(builder, ctx, write=False)
-    previous = ctx.config.previous_environment(env.name)
-    if previous is not None:  # the gate: the version's test result in the environment before
-        builder.objects("GateResults", ["s3:GetObject"], ctx.repository, [f"{RESULTS_PREFIX}{previous.name}/*"])
+    _gate_results(builder, ctx, env)
+    _freeze(builder, ctx, env.name, ["s3:GetObject"])
     _folder(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
     _lock(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
     _records(builder, ctx, env.name, ["s3:PutObject"])
@@ -266,6 +277,9 @@ def _apply(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None
     _folder(builder, ctx, env.name, ["s3:GetObject", "s3:DeleteObject"])  # destroy empties it
     _lock(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
     _records(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject"])
+    _freeze(builder, ctx, env.name, ["s3:GetObject"])
+    if env.soak is not None:  # the soak is timed from the version's test in the environment before
+        _gate_results(builder, ctx, env)
     if ctx.config.tool == "cloudformation":  # a large template goes up by envpipe, and is removed with the stack
         builder.objects("Templates", ["s3:PutObject", "s3:DeleteObject"], ctx.repository,
                         [f"{TEMPLATE_PREFIX}/{env.name}/*"])
@@ -279,7 +293,9 @@ def _apply(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None
 def _test(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
     _folder(builder, ctx, env.name, ["s3:GetObject"])
     _records(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject"])
-    builder.objects("TestResults", ["s3:PutObject"], ctx.repository, [f"{RESULTS_PREFIX}{env.name}/*"])
+    # read first: a passing result keeps the time the version started passing (the soak's)
+    builder.objects("TestResults", ["s3:GetObject", "s3:PutObject"], ctx.repository,
+                    [f"{RESULTS_PREFIX}{env.name}/*"])
     _kms(builder, ctx, write=True)
     if env.role_arn:  # the test suite runs with the environment's role
         _assume(builder, "AssumeEnvironmentRole", env.role_arn)
@@ -306,6 +322,8 @@ def _status(builder: PolicyBuilder, ctx: PolicyContext) -> None:
         _folder(builder, ctx, env.name, ["s3:GetObject"])
         _records(builder, ctx, env.name, ["s3:GetObject"])
         _lock(builder, ctx, env.name, ["s3:GetObject"])
+        _freeze(builder, ctx, env.name, ["s3:GetObject"])
+        builder.objects("TestResults", ["s3:GetObject"], ctx.repository, [f"{RESULTS_PREFIX}{env.name}/*"])
     builder.allow("BucketSettings", ["s3:GetBucketOwnershipControls", "s3:GetBucketPolicy",
                                      "s3:GetBucketPublicAccessBlock", "s3:GetBucketVersioning",
                                      "s3:GetEncryptionConfiguration"], [ctx.repository.arn])
@@ -317,6 +335,13 @@ LETTER_PATTERNS = tuple(f"{letter}*" for letter in "abcdefghijklmnopqrstuvwxyz")
 # or (records) only ever added.
 INSTANCE_DATA = (".envpipe/locks/*", f"{REGISTRATIONS_PREFIX}*", f"{TEMPLATE_PREFIX}/*")
 INSTANCE_RECORDS = (f"{RECORDS_PREFIX}*", f"{SUMMARY_PREFIX}*", f"{RESULTS_PREFIX}*")
+
+
+def _freeze_stage(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """freeze and unfreeze: the environment's freeze object, on the record."""
+    _freeze(builder, ctx, env.name, ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+    _records(builder, ctx, env.name, ["s3:PutObject"])
+    _kms(builder, ctx, write=True)
 
 
 def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
@@ -333,6 +358,7 @@ def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
     builder.objects("Instances", read_write, ctx.repository, LETTER_PATTERNS)
     builder.objects("InstanceData", read_write, ctx.repository, INSTANCE_DATA)
     builder.objects("InstanceRecords", ["s3:GetObject", "s3:PutObject"], ctx.repository, INSTANCE_RECORDS)
+    builder.objects("Freeze", ["s3:GetObject"], ctx.repository, [f"{FREEZE_PREFIX}*"])
     _kms(builder, ctx, write=True)
     state = config.terraform.state  # an instance never has an environment's own state
     if config.tool == "cloudformation":
@@ -389,7 +415,7 @@ def _state_role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) ->
     _state(builder, ctx, env)
 
 
-_ENVIRONMENT_STAGES = {"promote": _promote, "apply": _apply, "test": _test, "unlock": _unlock,
+_ENVIRONMENT_STAGES = {"promote": _promote, "apply": _apply, "test": _test, "unlock": _unlock, "freeze": _freeze_stage,
                        "role": _role, "state-role": _state_role}
 
 

@@ -206,6 +206,13 @@ def test_each_stage_runs_the_path_to_production_with_exactly_its_own_policy(acco
         # apply's own policy also plans (drift check) and reads its records for that
         envpipe_as(users[f"apply-{env}"], root, "plan", env, check=0)
 
+    # Freezing is its own policy's; a frozen environment refuses promote (exit 3).
+    freezer = account.user("freeze-production", policy(root, "freeze", "production"))
+    envpipe_as(freezer, root, "freeze", "production", "--reason", "release weekend", check=0)
+    assert "frozen" in envpipe_as(users["promote-production"], root, "promote", "1.0.7", "--to", "production",
+                                  check=3).stderr
+    envpipe_as(freezer, root, "unfreeze", "production", check=0)
+
     # A stale lock is broken with unlock's policy, and that is recorded.
     s3 = account.s3()
     s3.put_object(Bucket=BUCKET, Key="pipelines/.envpipe/locks/production.json",
