@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -18,6 +17,7 @@ from conftest import REGION, list_repository, read_repository_file, run_envpipe
 
 from envpipe_agent import StageContext, promote, publish
 from envpipe_agent.registrations import registration_key
+from test_cloudformation import TEMPLATE as CFN_TEMPLATE
 
 DEFINITION = """\
 variable "envpipe_environment" {}
@@ -180,6 +180,21 @@ def test_bad_input_exits_2_or_3_with_one_line_and_changes_nothing(project, args,
     assert list_repository(project.repository, "") == before
 
 
+@pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
+def test_credentials_for_another_account_than_likes_are_refused_before_anything_is_registered(project):
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text().replace("  - name: staging\n", "  - name: staging\n"
+                                                 "    account_id: \"999999999999\"\n")
+                      + "on_demand: {like: staging}\n")
+    published(project, "1.0.1")
+    before = list_repository(project.repository, "")
+
+    refused = project.envpipe("env", "create", "review-1", "--version", "1.0.1", check=3)
+
+    assert "is AWS account 999999999999, but the credentials are for account 123456789012" in one_line(refused.stderr)
+    assert list_repository(project.repository, "") == before
+
+
 def test_reap_destroys_the_expired_goes_on_past_a_failure_and_exits_1(project):
     published(project, "1.0.1")
     for name in ("old-a", "old-b", "old-c", "fresh"):
@@ -264,27 +279,6 @@ cloudformation:
 on_demand:
   vars: {{QueueDelay: 1}}
 """
-CFN_TEMPLATE = """\
-AWSTemplateFormatVersion: "2010-09-09"
-Parameters:
-  EnvpipeEnvironment: {Type: String}
-  EnvpipeVersion: {Type: String}
-  QueueDelay: {Type: Number, Default: 0}
-Resources:
-  Version:
-    Type: AWS::SSM::Parameter
-    Properties:
-      Name: !Sub "/our-project/${EnvpipeEnvironment}/version"
-      Type: String
-      Value: !Ref EnvpipeVersion
-  Queue:
-    Type: AWS::SQS::Queue
-    Properties:
-      QueueName: !Sub "${AWS::StackName}-jobs"
-      DelaySeconds: !Ref QueueDelay
-"""
-
-
 def test_cloudformation_on_demand_stack_is_created_updated_and_deleted(s3_bucket, moto_server, tmp_path):
     root = tmp_path / "work"
     (root / "infra").mkdir(parents=True)

@@ -58,8 +58,10 @@ def test_a_developer_brings_a_sandbox_up_from_an_edited_working_copy(project):
     assert second["expires"] == first["expires"]
     listed = json.loads(project.envpipe("env", "list", "--json", check=0).stdout)
     assert [(i["name"], i["kind"], i["version"]) for i in listed] == [("sandbox-tester", "sandbox", second["version"])]
-    project.envpipe("sandbox", "test", check=0)
+    assert "changed since" not in project.envpipe("sandbox", "test", check=0).stderr
     project.envpipe("verify", "sandbox-tester", check=0)
+    project.write("main.tf", DEFINITION + "# not brought up yet\n")
+    assert "changed since the last 'sandbox up'" in project.envpipe("sandbox", "test", check=0).stderr
 
     destroyed = project.envpipe("sandbox", "destroy", check=0)
 

@@ -17,14 +17,14 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from envpipe_agent import registrations
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import EnvpipeError, NotFound, Refused, UsageError
-from envpipe_agent.instances import check_instance_name, path_owner
+from envpipe_agent.instances import check_instance_name, on_demand_instance, path_owner
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.records import iso, utc_now
-from envpipe_agent import registrations
 from envpipe_agent.registrations import (InstanceInfo, Registration, delete_registration, list_registrations,
                                          new_registration, read_registration, write_registration)
 from envpipe_agent.repository import AlreadyExists
@@ -145,6 +145,9 @@ def register(ctx: StageContext, name: str, kind: str, ttl: Optional[dt.timedelta
                 f"oldest is {oldest.name} of {oldest.owner} (created {oldest.created}, expires {oldest.expires}); "
                 f"destroy one ('envpipe env destroy {oldest.name}') or raise on_demand.max"
             )
+        # like's role and account guard first: credentials for another account are
+        # refused (exit 3) before anything is registered.
+        ctx.credentials(on_demand_instance(ctx.config, name, settings.like))
         registration = new_registration(name, kind, owner(ctx), settings.like, now, ttl or settings.ttl)
         try:
             write_registration(ctx.repository, registration, new=True)

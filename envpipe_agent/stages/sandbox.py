@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import NotFound, Refused, UsageError
+from envpipe_agent.errors import EnvpipeError, NotFound, Refused, UsageError
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, content_digest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
@@ -88,7 +88,7 @@ def upload_working_copy(ctx: StageContext, name: str, files: List[SourceFile], s
     prefix = f"{name}/"
     digest = content_digest({f.path: f.entry for f in files})
     version = working_copy_version(digest)
-    with environment_lock(repository, name, "promote", ctx.ci, timeout=ctx.lock_timeout) as lease:
+    with environment_lock(repository, name, "upload", ctx.ci, timeout=ctx.lock_timeout) as lease:
         listing = {}
         for info in repository.list(prefix):
             relative = info.key[len(prefix):]
@@ -100,13 +100,14 @@ def upload_working_copy(ctx: StageContext, name: str, files: List[SourceFile], s
             previous = None  # a damaged manifest is replaced
         unchanged = [f for f in files if f.path in listing and listing[f.path].size == f.entry.size
                      and listing[f.path].etag in f.etags]
-        pending = [f for f in files if f not in unchanged]
+        kept = {f.path for f in unchanged}
+        pending = [f for f in files if f.path not in kept]
         stale = sorted(set(listing) - {f.path for f in files})
-        counts = {"version": version, "uploaded": len(pending), "deleted": len(stale), "unchanged": len(unchanged)}
+        counts = {"uploaded": len(pending), "deleted": len(stale), "unchanged": len(unchanged)}
         if not pending and not stale and previous is not None and previous.digest == digest \
                 and previous.environment == name and previous.project == ctx.config.project:
             log.info("%s already holds this working copy (%s): nothing to upload", name, version)
-            return counts
+            return {**counts, "version": version}
         log.info("%s: uploading the working copy as %s: %d to upload, %d to delete, %d unchanged", name, version,
                  len(pending), len(stale), len(unchanged))
         tags = {f.path: listing[f.path].etag for f in unchanged}
@@ -123,7 +124,7 @@ def upload_working_copy(ctx: StageContext, name: str, files: List[SourceFile], s
         repository.write(manifest_key(name), manifest.for_environment(name, entries, {"at": at, **by}).to_json())
         ctx.records.write(name, "promote", version, "done",
                           {"digest": digest, "working_copy": str(source), **counts})
-    return counts
+    return {**counts, "version": version}
 
 
 def up(ctx: StageContext, name: Optional[str] = None, source: Optional[Path] = None, ttl: Optional[str] = None,
@@ -152,11 +153,13 @@ def run_sandbox_tests(ctx: StageContext, name: Optional[str] = None, source: Opt
     name = _sandbox(ctx, name)
     held = read_manifest(ctx.repository, name)
     source = Path(source) if source else ctx.config.source
-    if held is not None and source.is_dir():
+    try:
         current = working_copy_version(content_digest({f.path: f.entry for f in read_definition(source)}))
-        if current != held.version:
-            log.warning("%s: the working copy (%s) changed since the last 'sandbox up' (%s): testing what is "
-                        "applied; run 'envpipe sandbox up' to apply the edits", name, current, held.version)
+    except EnvpipeError:  # no working copy here, or one that would be refused: nothing to compare
+        current = None
+    if held is not None and current is not None and current != held.version:
+        log.warning("%s: the working copy (%s) changed since the last 'sandbox up' (%s): testing what is "
+                    "applied; run 'envpipe sandbox up' to apply the edits", name, current, held.version)
     return run_tests(ctx, name, junit=junit)
 
 
