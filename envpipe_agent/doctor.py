@@ -94,16 +94,22 @@ def _public_access(client, bucket: str) -> Check:
                  "BlockPublicPolicy=true,RestrictPublicBuckets=true")
 
 
+def _values(value: Any) -> List[str]:
+    """A policy element that may be one value or a list, as lower-case strings."""
+    return [str(item).lower() for item in (value if isinstance(value, list) else [value])]
+
+
 def _denies_insecure_transport(policy: Dict[str, Any]) -> bool:
+    """A statement denying everyone everything on the bucket when aws:SecureTransport is false."""
     statements = policy.get("Statement") or []
     for statement in statements if isinstance(statements, list) else [statements]:
-        condition = statement.get("Condition") or {}
-        secure = {str(k).lower(): v for k, v in (condition.get("Bool") or {}).items()}.get("aws:securetransport")
+        if not isinstance(statement, dict) or statement.get("Effect") != "Deny":
+            continue
+        condition = {str(k).lower(): v for k, v in ((statement.get("Condition") or {}).get("Bool") or {}).items()}
         principal = statement.get("Principal")
-        actions = statement.get("Action")
-        actions = actions if isinstance(actions, list) else [actions]
-        if (statement.get("Effect") == "Deny" and str(secure).lower() in ("false", "['false']")
-                and principal in ("*", {"AWS": "*"}) and any(a in ("s3:*", "*") for a in actions)):
+        everyone = principal == "*" or (isinstance(principal, dict) and _values(principal.get("AWS")) == ["*"])
+        if (everyone and "false" in _values(condition.get("aws:securetransport"))
+                and any(action in ("s3:*", "*") for action in _values(statement.get("Action")))):
             return True
     return False
 

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import boto3
 import pytest
 
-from envpipe_agent import StageContext, promote, publish
+from envpipe_agent import StageContext, apply, promote, publish
 from envpipe_agent.config import parse_config
 from envpipe_agent.errors import ConfigError
 from envpipe_agent.tools.terraform import backend_settings
@@ -60,17 +61,21 @@ def test_terraform_backend_assumes_the_state_role_and_encrypts_with_the_key():
 def test_every_object_envpipe_writes_names_the_kms_key(project, s3, monkeypatch):
     if not project.repository.startswith("s3://"):
         pytest.skip("server-side encryption is S3's")
+    # A key of the server's own KMS: Terraform checks that the backend's key is a KMS key ARN.
+    key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
     config_path = project.root / "envpipe.yml"
-    config_path.write_text(config_path.read_text() + f"repository_encryption: {{kms_key_id: \"{KEY}\"}}\n")
+    config_path.write_text(config_path.read_text() + f"repository_encryption: {{kms_key_id: \"{key}\"}}\n")
     # Large enough for a multipart upload, and a multipart copy's single-part sibling.
     (project.source / "large.bin").write_bytes(os.urandom(17 * 1024 * 1024))
     ctx = StageContext.load(config_path, environ=dict(os.environ))
     publish(ctx, version="1.0.1")
     promote(ctx, "test", version="1.0.1")
+    apply(ctx, "test")  # Terraform's backend writes the state (and its lock file) with the key too
     keys = [item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="our-project-repository")
             for item in page.get("Contents", ())]
     assert any(k.endswith("1.0.1/large.bin") for k in keys) and any(k.endswith("test/large.bin") for k in keys)
     assert any("/.envpipe/records/test/" in k for k in keys)
-    for key in keys:
-        head = s3.head_object(Bucket="our-project-repository", Key=key)
-        assert (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) == ("aws:kms", KEY), key
+    assert any(k.endswith(".envpipe/state/test/terraform.tfstate") for k in keys)
+    for name in keys:
+        head = s3.head_object(Bucket="our-project-repository", Key=name)
+        assert (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) == ("aws:kms", key), name
