@@ -168,6 +168,23 @@ def test_drift_detection_waits_for_the_detection_and_reads_every_page():
     ]
 
 
+def test_a_detection_that_failed_for_some_resources_still_reports_the_others(caplog):
+    client, stubber = stubbed_client()
+    stubber.add_response("detect_stack_drift", {"StackDriftDetectionId": "d-2"}, {"StackName": STACK_ID})
+    stubber.add_response("describe_stack_drift_detection_status", {
+        "StackId": STACK_ID, "StackDriftDetectionId": "d-2", "Timestamp": dt.datetime(2026, 11, 29),
+        "DetectionStatus": "DETECTION_FAILED", "DetectionStatusReason": "Failed to detect drift on Bucket"},
+        {"StackDriftDetectionId": "d-2"})
+    stubber.add_response("describe_stack_resource_drifts", {"StackResourceDrifts": [drift_of_queue()]},
+                         {"StackName": STACK_ID, "StackResourceDriftStatusFilters": ["MODIFIED", "DELETED"]})
+
+    with stubber, caplog.at_level("WARNING", logger="envpipe_agent.tools.stack_drift"):
+        drift = detect_drift(client, STACK_ID, delay=0)
+
+    assert [resource["resource"] for resource in drift.resources] == ["Queue"] and drift.unavailable is None
+    assert "drift detection could not check every resource: Failed to detect drift on Bucket" in caplog.text
+
+
 def test_an_endpoint_without_drift_detection_gives_a_reason_not_an_error():
     client, stubber = stubbed_client()
     stubber.add_client_error("detect_stack_drift", "AccessDenied", "not authorized to perform DetectStackDrift")
