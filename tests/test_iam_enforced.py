@@ -356,3 +356,49 @@ def test_on_demand_environments_run_with_the_like_environments_credentials_and_r
             s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
     with pytest.raises(ClientError, match="AccessDenied"):
         s3.get_object(Bucket=BUCKET, Key="pipelines/.envpipe/state/production/terraform.tfstate")
+
+
+ROLES_CONFIG = f"""\
+project: our-project
+source: infra
+repository: {REPOSITORY}
+environments:
+  - name: test
+  - name: production
+    approval: manual
+    role_arn: arn:aws:iam::123456789012:role/deployer
+    state: {{bucket: production-state, region: {REGION}, role_arn: "arn:aws:iam::123456789012:role/state"}}
+"""
+
+
+def test_production_applies_through_its_role_with_its_state_behind_a_role_of_its_own(account, working_copy):
+    """The bound credentials reach the repository and assume production's role; the role
+    runs Terraform, whose backend assumes the state's role; each holds only its policy.
+    moto matches no assumed-role session against a role ARN in a trust policy, so the
+    roles trust any principal of the account here (the permission policies are as printed)."""
+    root = working_copy
+    (root / "envpipe.yml").write_text(ROLES_CONFIG)
+    account.s3().create_bucket(Bucket="production-state")
+    trust = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]})
+    for role, stage in (("deployer", "role"), ("state", "state-role")):
+        account.iam.create_role(RoleName=role, AssumeRolePolicyDocument=trust)
+        arn = account.iam.create_policy(PolicyName=f"envpipe-{role}", PolicyDocument=json.dumps(
+            moto_policies(policy(root, stage, "production"))))["Policy"]["Arn"]
+        account.iam.attach_role_policy(RoleName=role, PolicyArn=arn)
+    bound = account.user("pipeline-production", policy(root, "apply", "production"))
+
+    envpipe_as(account.admin, root, "publish", check=0)
+    envpipe_as(account.admin, root, "promote", "1.0.7", "--to", "test", check=0)
+    envpipe_as(account.admin, root, "promote", "1.0.7", "--to", "production", "--force", "--reason", "set-up",
+               check=0)
+    envpipe_as(bound, root, "apply", "production", check=0)
+    state = account.s3().get_object(Bucket="production-state", Key="production/terraform.tfstate")["Body"].read()
+    assert b'"terraform_data"' in state
+    applied = json.loads(account.s3().get_object(Bucket=BUCKET, Key="pipelines/.envpipe/summary/production/apply.json")
+                         ["Body"].read())
+    assert applied["aws"]["role_arn"] == "arn:aws:iam::123456789012:role/deployer"
+    assert ":assumed-role/deployer/" in applied["aws"]["identity"]
+    # The bound credentials themselves never reach the state.
+    with pytest.raises(ClientError, match="AccessDenied"):
+        account.s3(bound).get_object(Bucket="production-state", Key="production/terraform.tfstate")
