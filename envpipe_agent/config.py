@@ -544,10 +544,7 @@ def _soak(reader: _Reader, value: Any, where: str, first: bool) -> Optional[dt.t
     if first:
         raise reader.fail(f"{where}.soak", "the first environment has no previous environment for a version "
                                            "to soak in: put soak on a later environment")
-    try:
-        return parse_duration(value)
-    except TimeSpecError as exc:
-        raise reader.fail(f"{where}.soak", str(exc)) from None
+    return _duration(reader, value, f"{where}.soak")
 
 
 def _windows(reader: _Reader, value: Any, where: str) -> Tuple[Window, ...]:

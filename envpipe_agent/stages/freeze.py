@@ -13,6 +13,7 @@ from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
 from envpipe_agent.policy import freeze_body, freeze_expired, freeze_key
 from envpipe_agent.records import iso, parse_iso, read_json, utc_now
+from envpipe_agent.redact import redact_data
 from envpipe_agent.timespec import TimeSpecError, parse_duration
 
 
@@ -45,8 +46,9 @@ def freeze(ctx: StageContext, environment: str, reason: str, until: Optional[str
     if not (reason and reason.strip()):
         raise UsageError("freeze needs --reason TEXT saying why (everyone refused is shown it): nothing was frozen")
     ends = freeze_until(until, now)
-    body = {"environment": env.name, "by": _who(ctx), "at": iso(now), "reason": reason.strip(),
-            "until": iso(ends) if ends else None, "ci": ctx.ci.as_record()}
+    # Masked as records are: the reason is shown to everyone refused.
+    body = redact_data({"environment": env.name, "by": _who(ctx), "at": iso(now), "reason": reason.strip(),
+                        "until": iso(ends) if ends else None, "ci": ctx.ci.as_record()}, ctx.record_redactor)
     ctx.repository.write(freeze_key(env.name), freeze_body(body))
     ctx.records.write(env.name, "freeze", None, "done", {"reason": body["reason"], "until": body["until"]},
                       moment=now)
