@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 _API = {
     "StageContext": "envpipe_agent.context",
     "apply": "envpipe_agent.stages.apply",
+    "check_promotion": "envpipe_agent.stages.promote",
     "destroy": "envpipe_agent.stages.apply",
+    "freeze": "envpipe_agent.stages.freeze",
     "plan": "envpipe_agent.stages.apply",
     "history": "envpipe_agent.stages.status",
     "status": "envpipe_agent.stages.status",
@@ -28,6 +30,7 @@ _API = {
     "render_pipeline": "envpipe_agent.generate:render",
     "run_pipeline": "envpipe_agent.stages.run",
     "run_tests": "envpipe_agent.stages.testing",
+    "unfreeze": "envpipe_agent.stages.freeze",
     "unlock": "envpipe_agent.stages.unlock",
     "verify": "envpipe_agent.stages.verify",
     "write_status_page": "envpipe_agent.status_page",

@@ -8,7 +8,6 @@ parameter: nothing here reads the time by itself.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
@@ -166,7 +165,3 @@ def override_details(holds: List[Hold], *guards: str) -> Dict[str, Any]:
     if holds:
         details["holds"] = [hold.as_dict() for hold in holds]
     return details
-
-
-def freeze_body(freeze: Dict[str, Any]) -> bytes:
-    return (json.dumps(freeze, indent=1, sort_keys=True) + "\n").encode("utf-8")

@@ -347,3 +347,19 @@ def test_generated_pipelines_check_the_promotion_before_the_plan_and_the_approva
     text = render(load_config(config), target)
     assert text.count(check) == 1  # production only: elsewhere promote itself refuses, with the reason
     assert text.index(check) < text.index(plan) < text.index(approval)
+
+
+@FOLDER_ONLY
+def test_a_forced_apply_and_destroy_of_a_frozen_environment_run_and_record_the_override(staged):
+    ctx = context(staged, JENKINS)
+    freeze(ctx, "staging", "investigating INC-9", now=SUNDAY_EVENING)
+    applied = apply(ctx, "staging", force=True, reason="INC-9 fix", now=SUNDAY_EVENING)
+    assert applied.forced and applied.result == "done"
+    destroyed = destroy(ctx, "staging", force=True, reason="INC-9 rebuild", now=SUNDAY_EVENING)
+    assert destroyed.forced and destroyed.emptied == 1
+    overrides = records_of(staged, "staging", "override")
+    assert [(r["overrides"], r["reason"], r["overridden"]) for r in overrides] == [
+        ("apply", "INC-9 fix", ["freeze"]), ("destroy", "INC-9 rebuild", ["freeze"])]
+    assert "frozen by alice" in overrides[0]["holds"][0]["reason"]
+    [applied_record] = records_of(staged, "staging", "apply")
+    assert applied_record["forced"] is True and applied_record["overridden"] == ["freeze"]

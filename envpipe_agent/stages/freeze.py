@@ -7,11 +7,12 @@ changed. Both commands are recorded.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
-from envpipe_agent.policy import freeze_body, freeze_expired, freeze_key
+from envpipe_agent.policy import freeze_expired, freeze_key
 from envpipe_agent.records import iso, parse_iso, read_json, utc_now
 from envpipe_agent.redact import redact_data
 from envpipe_agent.timespec import TimeSpecError, parse_duration
@@ -49,7 +50,7 @@ def freeze(ctx: StageContext, environment: str, reason: str, until: Optional[str
     # Masked as records are: the reason is shown to everyone refused.
     body = redact_data({"environment": env.name, "by": _who(ctx), "at": iso(now), "reason": reason.strip(),
                         "until": iso(ends) if ends else None, "ci": ctx.ci.as_record()}, ctx.record_redactor)
-    ctx.repository.write(freeze_key(env.name), freeze_body(body))
+    ctx.repository.write(freeze_key(env.name), (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8"))
     ctx.records.write(env.name, "freeze", None, "done", {"reason": body["reason"], "until": body["until"]},
                       moment=now)
     return body
