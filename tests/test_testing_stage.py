@@ -272,9 +272,11 @@ def test_gate_refuses_an_untested_or_failed_version_and_force_with_reason_is_rec
 
     records = list(history(open_repository(str(copy.repository), {}), "staging"))
     assert [(r["action"], r["version"], r["result"]) for r in records] == [
-        ("promote", "1.0.2", "done"), ("promote", "1.0.1", "done"), ("override", "1.0.1", "forced")]
+        ("promote", "1.0.2", "done"), ("promote", "1.0.1", "done"), ("override", "1.0.1", "forced"),
+        ("promote", "1.0.1", "refused")]  # the refusal is on the record too, with its reason
     assert records[2]["reason"] == "hotfix for INC-7" and records[2]["gate"] == "test"
     assert records[1]["forced"] is True and records[0].get("forced") is None
+    assert "has not passed its tests in test" in records[3]["error"]
 
 
 def test_url_templates_allow_only_outputs_and_names() -> None:

@@ -15,9 +15,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from envpipe_agent.approval import approver
+from envpipe_agent.config import Environment
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
 from envpipe_agent.locking import Lease, environment_lock
@@ -249,19 +250,13 @@ def check_promotion(ctx: StageContext, environment: str, version: Optional[str] 
     return PromotionCheck(env.name, version, tuple(([gate] if gate else []) + holds))
 
 
-def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
-            force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None,
-            now: Optional[dt.datetime] = None) -> PromoteResult:
-    """Promote ``version`` (default: this build's) into ``environment``.
-
-    An ``approval: manual`` environment needs an approver (``approved_by`` or
-    ENVPIPE_APPROVER), recorded with the promotion."""
-    started = time.monotonic()
-    if force and not (reason and reason.strip()):
-        raise UsageError("--force needs --reason TEXT saying why the gate or policy is overridden")
-    env = ctx.environment(environment)
+def _admitted(ctx: StageContext, env: Environment, version: str, force: bool, approved_by: Optional[str],
+              now: Optional[dt.datetime]) -> Tuple[Optional[str], Manifest, Optional[str], Optional[Dict[str, Any]],
+                                                   List[Hold]]:
+    """What lets ``version`` into ``env``: the approver, the version's manifest, the gate
+    overridden (if any), the promotion a repair keeps (if any) and the policy holds
+    overridden. Raises the refusal when something does not let it in."""
     who = approver(env, "promote", ctx.environ, approved_by)
-    version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
     with ThreadPoolExecutor(max_workers=2) as reader:
         # The gate's test result and the policy's freeze are read alongside the version's
         # manifest (one round trip, not three); a missing version is still the error
@@ -284,6 +279,31 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
                 log.warning("%s already holds version %s: promoting it again is a repair and needs no "
                             "gate override", env.name, version)
         held_by = policy.result() if policy else []
+    return who, manifest, overridden, held, held_by
+
+
+def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
+            force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None,
+            now: Optional[dt.datetime] = None) -> PromoteResult:
+    """Promote ``version`` (default: this build's) into ``environment``.
+
+    An ``approval: manual`` environment needs an approver (``approved_by`` or
+    ENVPIPE_APPROVER), recorded with the promotion."""
+    started = time.monotonic()
+    if force and not (reason and reason.strip()):
+        raise UsageError("--force needs --reason TEXT saying why the gate or policy is overridden")
+    env = ctx.environment(environment)
+    version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
+    try:
+        who, manifest, overridden, held, held_by = _admitted(ctx, env, version, force, approved_by, now)
+    except Refused as exc:
+        # Refused before anything changed (approval, gate, policy, a damaged version):
+        # on the record all the same, so history shows who tried what, and why not.
+        try:
+            ctx.records.write(env.name, "promote", version, "refused", {"error": str(exc)})
+        except Exception as problem:  # noqa: BLE001 - the refusal is what the user must see
+            log.warning("%s: could not record the refused promote: %s", env.name, problem)
+        raise
     # What a forced promotion overrode: on the manifest, the promote record and the override record.
     forced: Dict[str, Any] = {}
     if overridden or held_by:
