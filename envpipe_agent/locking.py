@@ -100,6 +100,15 @@ def environment_lock(
         try:
             repository.write(lock_key(environment), json.dumps(lock, indent=1).encode(), if_absent=True)
             break
+        except RepositoryError:
+            # Every attempt failed, but one may have reached S3 (its answer lost): if
+            # the lock is there and ours, we hold it; else nobody does, and we say why.
+            with contextlib.suppress(RepositoryError):
+                current = read_lock(repository, environment)
+                if current is not None and current.get("id") == lock_id:
+                    lock = current
+                    break
+            raise
         except AlreadyExists:
             current = read_lock(repository, environment)
             if current is None:
@@ -139,14 +148,37 @@ def environment_lock(
     finally:
         lease.stop()
         heartbeat.join()
-        # While the lease is surely unexpired nobody else can hold it, so one delete
-        # releases it; after that, check first that it is still ours.
-        if lease.lost is None and time.monotonic() - lease.renewed < ttl * 0.9:
-            repository.delete([lock_key(environment)])
-        else:
-            current = read_lock(repository, environment)
-            if current and current.get("id") == lock_id:
-                repository.delete([lock_key(environment)])
+        _release(lease, sleep)
+
+
+# Pauses between attempts to release a lock when S3 keeps failing: a lock left behind
+# blocks the environment until its lease runs out, so release tries harder than the
+# client's own retries do.
+RELEASE_PAUSES = (1.0, 2.0, 4.0)
+
+
+def _release(lease: "Lease", sleep: Callable[[float], None]) -> None:
+    key = lock_key(lease.environment)
+    for pause in (*RELEASE_PAUSES, None):
+        try:
+            # While the lease is surely unexpired nobody else can hold it, so one delete
+            # releases it; after that, check first that it is still ours.
+            if lease.lost is None and time.monotonic() - lease.renewed < lease.ttl * 0.9:
+                lease.repository.delete([key])
+            else:
+                current = read_lock(lease.repository, lease.environment)
+                if current and current.get("id") == lease["id"]:
+                    lease.repository.delete([key])
+            return
+        except RepositoryError as exc:
+            if pause is None:
+                # The work is done or has failed on its own account: say so, do not
+                # turn its outcome into this error.
+                log.warning("envpipe: could not release the lock on %s (%s): it runs out at %s, or run "
+                            "'envpipe unlock %s'", lease.environment, exc, lease.record.get("expires"),
+                            lease.environment)
+                return
+            sleep(pause)
 
 
 class Lease:
