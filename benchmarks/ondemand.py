@@ -49,7 +49,8 @@ BUCKET = "benchmark-repository"
 PATH_ENVIRONMENTS = 40  # fresh path environments for the promote + apply side
 CONFIG = "project: benchmark\nsource: src\nrepository: s3://{bucket}\non_demand: {{max: 500, max_ttl: 7d}}\n" \
          "environments:\n" + "".join(f"  - name: p{i}\n" for i in range(PATH_ENVIRONMENTS))
-DEFINITION = 'variable "envpipe_environment" {}\nresource "terraform_data" "r" {\n  input = var.envpipe_environment\n}\n'
+DEFINITION = ('variable "envpipe_environment" {}\n'
+              'resource "terraform_data" "r" {\n  input = var.envpipe_environment\n}\n')
 
 
 def envpipe(args: Sequence[str], work: Path, env: Dict[str, str]) -> float:

@@ -12,14 +12,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
+from envpipe_agent.config import ENVIRONMENT_RE
 from envpipe_agent.errors import Refused
 from envpipe_agent.manifest import read_manifest
 from envpipe_agent.parallel import parallel_map
-from envpipe_agent.records import iso, utc_now
+from envpipe_agent.records import iso, parse_iso, utc_now
 from envpipe_agent.repository import KeyNotFound, Repository
 
 REGISTRATIONS_PREFIX = ".envpipe/on-demand/"
-KINDS = ("env", "sandbox")
+# What an unreadable registration expires at: long ago, so reap removes what it left.
+_LONG_AGO = "1970-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,9 @@ class Registration:
     expires: str
     like: str  # the path environment whose vars, role and account it copies
 
-    def expires_at(self) -> dt.datetime:
-        return parse_time(self.expires)
-
     def expired(self, now: dt.datetime) -> bool:
-        return self.expires_at() <= now
+        expires = parse_iso(self.expires)
+        return expires is None or expires <= now
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -44,37 +44,28 @@ class Registration:
         return (json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 time as written by ``iso`` (``...Z``), timezone-aware."""
-    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
-
-
 def registration_key(name: str) -> str:
     return f"{REGISTRATIONS_PREFIX}{name}.json"
 
 
-def _parse(name: str, raw: bytes) -> Registration:
-    """A stored registration; one that cannot be read counts as expired long ago, so
-    reap removes what it left rather than keeping it for ever."""
-    try:
-        data = json.loads(raw)
-        registration = Registration(name=name, kind=str(data["kind"]), owner=str(data.get("owner") or "unknown"),
-                                    created=str(data["created"]), expires=str(data["expires"]),
-                                    like=str(data.get("like") or ""))
-        registration.expires_at()
-        return registration
-    except (ValueError, KeyError, TypeError, AttributeError):
-        epoch = "1970-01-01T00:00:00Z"
-        return Registration(name=name, kind="env", owner="unknown (unreadable registration)", created=epoch,
-                            expires=epoch, like="")
-
-
 def read_registration(repository: Repository, name: str) -> Optional[Registration]:
+    """``name``'s registration, or None. One that cannot be read (damaged, written by
+    hand) counts as expired long ago, so reap removes what it left rather than keeping
+    it for ever."""
     try:
-        return _parse(name, repository.read(registration_key(name)))
+        raw = repository.read(registration_key(name))
     except KeyNotFound:
         return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    data = data if isinstance(data, dict) else {}
+    fields = {key: data.get(key) for key in ("kind", "owner", "created", "expires", "like")}
+    if not all(isinstance(value, str) and value for value in fields.values()) or parse_iso(fields["expires"]) is None:
+        return Registration(name=name, kind=str(fields["kind"] or "env"), owner="unknown (unreadable registration)",
+                            created=_LONG_AGO, expires=_LONG_AGO, like=str(fields["like"] or ""))
+    return Registration(name=name, **fields)
 
 
 def write_registration(repository: Repository, registration: Registration, *, new: bool = False) -> None:
@@ -87,8 +78,9 @@ def delete_registration(repository: Repository, name: str) -> None:
 
 
 def _names(repository: Repository) -> List[str]:
-    return [info.key[len(REGISTRATIONS_PREFIX):-len(".json")] for info in repository.list(REGISTRATIONS_PREFIX)
-            if info.key.endswith(".json") and "/" not in info.key[len(REGISTRATIONS_PREFIX):]]
+    """The registered names; an object whose name no instance could have is not one."""
+    names = (info.key[len(REGISTRATIONS_PREFIX):] for info in repository.list(REGISTRATIONS_PREFIX))
+    return [name[:-len(".json")] for name in names if name.endswith(".json") and ENVIRONMENT_RE.match(name[:-5])]
 
 
 def list_registrations(repository: Repository) -> List[Registration]:

@@ -329,3 +329,13 @@ def test_status_shows_on_demand_instances_apart_from_the_path_with_expired_marke
     assert rows[2].startswith("sandbox-x") and not rows[2].endswith("EXPIRED")
     html = page.read_text()
     assert '<tr class="expired">\n      <td>review-1</td>' in html and "<td>sandbox-x</td>" in html
+
+
+@FOLDER_ONLY
+def test_an_unreadable_registration_is_reaped(project):
+    write_repository_file(project.repository, registration_key("left-over"), b"{not json")
+
+    reaped = project.envpipe("env", "reap", check=0)
+
+    assert reaped.stdout.startswith("left-over: destroyed")
+    assert left_of(project, "left-over") == {}

@@ -10,7 +10,7 @@ import pytest
 from envpipe_agent.config import load_config
 from envpipe_agent.errors import ConfigError, UsageError
 from envpipe_agent.instances import check_instance_name, path_owner, resolve
-from envpipe_agent.registrations import new_registration, write_registration
+from envpipe_agent.registrations import list_instances, new_registration, read_registration, write_registration
 from envpipe_agent.repository import open_repository
 
 BASE = """\
@@ -107,3 +107,16 @@ def test_a_registered_name_resolves_to_an_instance_like_its_environment(tmp_path
     assert resolve(config, repository, "staging") is config.environment("staging")
     with pytest.raises(UsageError, match="or an on-demand environment or sandbox"):
         resolve(config, repository, "review-43")
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"kind": "env", "owner": "bob"}',
+                                  b'{"kind": "env", "owner": "bob", "created": "x", "expires": "soon", "like": "test"}'])
+def test_an_unreadable_registration_counts_as_long_expired(tmp_path, body):
+    repository = open_repository(str(tmp_path / "repo"), {})
+    repository.write(".envpipe/on-demand/left-over.json", body)
+    repository.write(".envpipe/on-demand/Not A Name.json", b"{}")
+
+    listed = list_instances(repository)
+
+    assert [(i.name, i.expired, i.owner) for i in listed] == [("left-over", True, "unknown (unreadable registration)")]
+    assert read_registration(repository, "left-over").expired(dt.datetime(1971, 1, 1, tzinfo=dt.timezone.utc))

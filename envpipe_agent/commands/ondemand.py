@@ -72,8 +72,8 @@ def run_reap(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     ctx = load_context(args, environ)
     outcomes = reap(ctx, dry_run=args.dry_run)
-    lines = [f"{o.name}: {o.outcome}" + (f": {o.error}" if o.error else f" ({o.kind} of {o.owner}, expired {o.expires})")
-             for o in outcomes]
+    lines = [f"{o.name}: {o.outcome}" + (f": {o.error}" if o.error else
+                                         f" ({o.kind} of {o.owner}, expired {o.expires})") for o in outcomes]
     emit(args, ctx, [o.as_dict() for o in outcomes], "\n".join(lines) or "nothing has expired")
     failed = [o.name for o in outcomes if o.failed]
     if failed:

@@ -108,8 +108,9 @@ def parse_ttl(ctx: StageContext, text: Optional[str]) -> dt.timedelta:
     except TimeSpecError as exc:
         raise UsageError(f"--ttl: {exc}") from None
     if ttl > settings.max_ttl:
-        raise UsageError(f"--ttl {text} is longer than on_demand.max_ttl ({format_duration(settings.max_ttl)}) in "
-                         f"{ctx.config.path.name}: give a shorter --ttl, and extend it later if needed")
+        raise UsageError(f"--ttl {text} is longer than on_demand.max_ttl ({format_duration(settings.max_ttl)}) "
+                         f"in {ctx.config.path.name}: give a shorter --ttl ('envpipe env extend' lengthens it "
+                         "again later)")
     return ttl
 
 
