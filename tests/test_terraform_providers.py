@@ -2,11 +2,14 @@
 
 Providers cannot be downloaded here, so this checks what envpipe controls: what
 Terraform is started with (a recording wrapper in front of the real Terraform), the
-publish warning, and a lock file that passes ``init -lockfile=readonly``."""
+publish warning, a lock file that passes ``init -lockfile=readonly``, and a provider
+from a local filesystem mirror that the second stage takes from the cache."""
 from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -102,3 +105,38 @@ def test_only_providers_other_than_terraforms_own_count() -> None:
     assert required_providers(['data "aws_caller_identity" "me" {}\nprovider "random" {}\n']) == {"aws", "random"}
     assert required_providers(['terraform {\n  required_providers {\n  }\n}\n']) == {"(required_providers)"}
     assert required_providers(['# resource "aws_s3_bucket" "commented" {}\n']) == set()
+
+
+def _platform() -> str:
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+    if arch is None:
+        pytest.skip(f"no Terraform platform name for {platform.machine()}")
+    return f"{platform.system().lower()}_{arch}"
+
+
+@FOLDER_ONLY
+def test_a_second_stage_takes_a_provider_from_the_cache_not_from_its_source(project: Project, tmp_path: Path) -> None:
+    """A provider from a local filesystem mirror (nothing is downloaded): the first stage
+    installs it into envpipe's cache, the next one takes it from there."""
+    mirror = tmp_path / "mirror"
+    binary = mirror / "example.com" / "test" / "fake" / "1.0.0" / _platform() / "terraform-provider-fake_v1.0.0"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\nexit 1\n")  # installed, never started: `output` needs no provider
+    binary.chmod(0o755)
+    cli_config = tmp_path / "terraformrc"
+    cli_config.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
+    project.write("main.tf", 'terraform {\n  required_providers {\n    fake = {\n      source = "example.com/test/fake"\n'
+                             '    }\n  }\n}\nresource "terraform_data" "a" {}\n')
+    env = {"TF_CLI_CONFIG_FILE": str(cli_config), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    locked = subprocess.run([sys.executable, tf_launcher.__file__, "providers", "lock", f"-fs-mirror={mirror}"],
+                            cwd=project.source, env={**os.environ, **env}, capture_output=True, text=True)
+    assert locked.returncode == 0, locked.stderr + locked.stdout
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+
+    first = project.envpipe("terraform", "test", "--", "output", env=env, check=0)
+    second = project.envpipe("terraform", "test", "--", "output", env=env, check=0)
+
+    assert "Installed example.com/test/fake v1.0.0" in first.stderr
+    assert "Using example.com/test/fake v1.0.0 from the shared cache directory" in second.stderr
+    assert (tmp_path / "cache" / "envpipe" / "terraform-plugins" / "example.com" / "test" / "fake" / "1.0.0").is_dir()

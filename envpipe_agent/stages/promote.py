@@ -333,7 +333,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
             raise
         if outcome["noop"]:  # nothing changed, so nothing to record
             return PromoteResult(env.name, version, outcome["previous_version"], 0, 0, outcome["unchanged"],
-                                 False, time.monotonic() - started)
+                                 False, time.monotonic() - started, approved_by=who)
         # Promoting the version the environment already holds repairs its folder (a
         # hand edit, an interrupted promote): recorded as such.
         repair = held is not None or outcome["previous_version"] == version
