@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 
+import boto3
 import pytest
-from conftest import list_repository, read_repository_file
+from conftest import REGION, list_repository, read_repository_file, run_envpipe
 
 from envpipe_agent.ci_context import detect
 from envpipe_agent.manifest import content_digest
 from envpipe_agent.registrations import registration_key
 from envpipe_agent.source import read_definition
 from envpipe_agent.stages.sandbox import default_name
-from test_on_demand import DEFINITION, left_of, one_line
+from test_on_demand import CFN_CONFIG, CFN_TEMPLATE, DEFINITION, left_of, one_line
 
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 SUITE = """\
@@ -105,3 +106,29 @@ def test_the_default_name_is_the_ci_user_made_a_valid_name():
     assert default_name(detect(jenkins).user) == "sandbox-alice-smith-example-com"
     assert default_name(detect({"USER": "bob"}).user) == "sandbox-bob"
     assert default_name(None) == "sandbox-unknown"
+
+
+def test_a_cloudformation_sandbox_is_created_updated_and_deleted(s3_bucket, moto_server, tmp_path):
+    root = tmp_path / "work"
+    (root / "infra").mkdir(parents=True)
+    (root / "envpipe.yml").write_text(CFN_CONFIG.format(repository=f"s3://{s3_bucket}/pipelines"))
+    (root / "infra" / "stack.yaml").write_text(CFN_TEMPLATE)
+    cloudformation = boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_server)
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=moto_server)
+
+    first = json.loads(run_envpipe(["--json", "sandbox", "up"], cwd=root, check=0).stdout)
+
+    stack = cloudformation.describe_stacks(StackName="our-project-sandbox-tester")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    assert ssm.get_parameter(Name="/our-project/sandbox-tester/version")["Parameter"]["Value"] == first["version"]
+
+    (root / "infra" / "stack.yaml").write_text(CFN_TEMPLATE.replace("Default: 0", "Default: 2"))
+    second = json.loads(run_envpipe(["--json", "sandbox", "up"], cwd=root, check=0).stdout)
+
+    assert second["version"] != first["version"] and second["uploaded"] == 1
+    assert ssm.get_parameter(Name="/our-project/sandbox-tester/version")["Parameter"]["Value"] == second["version"]
+
+    run_envpipe(["sandbox", "destroy"], cwd=root, check=0)
+
+    assert not [s for s in cloudformation.list_stacks()["StackSummaries"]
+                if s["StackName"] == "our-project-sandbox-tester" and s["StackStatus"] != "DELETE_COMPLETE"]
