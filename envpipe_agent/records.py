@@ -1,7 +1,10 @@
 """Append-only audit records, and the small summaries kept beside them.
 
-``<repo>/.envpipe/records/<env>/<UTC stamp>-<action>-<version>.json`` is written once
-and never changed. So that ``status`` and the promotion gate never have to read the
+``<repo>/.envpipe/records/<env>/<YYYY-MM-DD>/<UTC stamp>-<action>-<version>.json`` is
+written once and never changed. The UTC day folder keeps reading the newest records
+cheap however long the history is: ``history`` lists a year's day folders (one
+request), then only the newest days. Records written before the day folders
+(``<env>/<stamp>-...json``) are still read. So that ``status`` and the promotion gate never have to read the
 whole history, two small objects are updated with every record:
 ``.envpipe/summary/<env>/<action>.json`` (the latest record of each action) and
 ``.envpipe/results/<env>/<version>.json`` (the latest test of that version there).
@@ -16,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.errors import RepositoryError
+from envpipe_agent.parallel import parallel_map
 from envpipe_agent.redact import Redactor, redact_data
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
 
@@ -30,9 +34,11 @@ log = logging.getLogger(__name__)
 _REQUIRED_FIELDS = {"action": str, "environment": str, "result": str, "at": str}
 _OPTIONAL_FIELDS = {"version": (str, type(None)), "ci": dict, "outputs": dict, "sensitive_outputs": list,
                     "reason": str, "error": str, "lock": dict}
-# history() looks back over growing windows, so its listing stays bounded by the
-# records of the window, not by the whole history.
+# Records of the flat layout (before day folders) are looked for over growing windows,
+# so that listing stays bounded by the records of the window, not the whole history.
 _WINDOWS_DAYS = (1, 7, 31, 366, None)
+# history() reads records this many at a time, concurrently.
+_READ_BATCH = 20
 
 
 def utc_now() -> dt.datetime:
@@ -146,7 +152,7 @@ def _write_record(
         record["passing_since"] = _passing_since(repository, environment, version, record["at"])
     body = (json.dumps(record, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8")
     for _ in range(5):
-        key = f"{RECORDS_PREFIX}{environment}/{stamp(moment)}-{action}-{version or 'none'}.json"
+        key = record_key(environment, moment, action, version)
         try:
             repository.write(key, body, if_absent=True)
             break
@@ -160,6 +166,12 @@ def _write_record(
     if action == "test" and version:
         repository.write(f"{RESULTS_PREFIX}{environment}/{version}.json", body)
     return record
+
+
+def record_key(environment: str, moment: dt.datetime, action: str, version: Optional[str]) -> str:
+    """Where the record of ``action`` at ``moment`` is kept: under its UTC day."""
+    day = moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+    return f"{RECORDS_PREFIX}{environment}/{day}/{stamp(moment)}-{action}-{version or 'none'}.json"
 
 
 def _passing_since(repository: Repository, environment: str, version: str, now: str) -> str:
@@ -204,29 +216,101 @@ def test_passed(repository: Repository, environment: str, version: str) -> bool:
     return bool(record and record.get("result") == "passed")
 
 
-def _record_keys_since(repository: Repository, environment: str, since: Optional[dt.datetime]) -> List[str]:
-    prefix = f"{RECORDS_PREFIX}{environment}/"
+def _keys_of_days(repository: Repository, prefix: str, days: List[str], wanted: int) -> List[str]:
+    """Record keys of ``days`` (one year's day folders, newest first), newest first,
+    until there are ``wanted``: the newest day, then ranges of 2, 4, 8... days, each
+    one listing, so sparse days cost few requests and busy ones are not listed whole."""
+    keys: List[str] = []
+    start, span = 0, 1
+    while start < len(days) and len(keys) < wanted:
+        group = days[start:start + span]
+        newest, oldest = group[0], group[-1]
+        batch = []
+        for info in repository.list(prefix + oldest[:5], start_after=prefix + oldest):
+            if info.key[len(prefix):len(prefix) + len(newest)] > newest:
+                break
+            if info.key.endswith(".json"):
+                batch.append(info.key)
+        keys.extend(reversed(batch))
+        start, span = start + span, span * 2
+    return keys
+
+
+def _flat_keys_since(repository: Repository, prefix: str, since: Optional[dt.datetime]) -> List[str]:
+    """Keys of the flat layout (``<env>/<stamp>-...json``) after ``since``, oldest first.
+    A year's day folders sort just before its flat keys (``2026-`` < ``20260101T``):
+    the listing steps over them instead of reading them."""
+    keys: List[str] = []
     start_after = f"{prefix}{stamp(since)}" if since else None
-    return [item.key for item in repository.list(prefix, start_after=start_after) if item.key.endswith(".json")]
+    while True:
+        for info in repository.list(prefix, start_after=start_after):
+            rest = info.key[len(prefix):]
+            if "/" in rest:
+                start_after = f"{prefix}{rest.split('-', 1)[0]}."  # past this year's day folders
+                break
+            if rest.endswith(".json"):
+                keys.append(info.key)
+        else:
+            return keys
+
+
+def _flat_keys(repository: Repository, prefix: str, limit: int, now: dt.datetime) -> List[str]:
+    """The newest ``limit`` keys of the flat layout, newest first."""
+    keys: List[str] = []
+    for days in _WINDOWS_DAYS:
+        keys = _flat_keys_since(repository, prefix, now - dt.timedelta(days=days) if days else None)
+        if len(keys) >= limit:
+            break
+    return list(reversed(keys[-limit:]))
+
+
+def newest_record_keys(repository: Repository, environment: str, limit: int,
+                       now: Optional[dt.datetime] = None) -> List[str]:
+    """The keys of the newest ``limit`` records of ``environment``, newest first.
+
+    Requests do not grow with the number of records: one listing of this year's day
+    folders, then the newest days' records. Earlier years, and the flat layout, are
+    only looked at when this year holds fewer than ``limit`` records."""
+    prefix = f"{RECORDS_PREFIX}{environment}/"
+    now = now or utc_now()
+    keys: List[str] = []
+    year, oldest_year, flat = now.year, None, False
+    while len(keys) < limit:
+        days = [folder[len(prefix):-1] for folder in repository.list_folders(f"{prefix}{year:04d}-")]
+        keys.extend(_keys_of_days(repository, prefix, days[::-1], limit - len(keys)))
+        if len(keys) >= limit:
+            break
+        if oldest_year is None:
+            # The oldest key of either layout says how far back to look, and whether
+            # records of the flat layout exist at all.
+            first = next(iter(repository.list(prefix)), None)
+            if first is None:
+                return []
+            oldest = first.key[len(prefix):]
+            oldest_year = int(oldest[:4]) if oldest[:4].isdigit() else year
+            flat = "/" not in oldest
+        year -= 1
+        if year < oldest_year:
+            break
+    if flat and len(keys) < limit:
+        keys.extend(_flat_keys(repository, prefix, limit, now))
+    keys.sort(key=lambda key: key.rsplit("/", 1)[-1], reverse=True)
+    return keys[:limit]
 
 
 def history(repository: Repository, environment: str, limit: int = 20,
             now: Optional[dt.datetime] = None) -> Iterator[Dict[str, Any]]:
-    """Up to ``limit`` records of ``environment``, newest first."""
+    """Up to ``limit`` records of ``environment``, newest first (read a batch at a time,
+    concurrently)."""
     if limit <= 0:
         return
-    now = now or utc_now()
-    keys: List[str] = []
-    for days in _WINDOWS_DAYS:
-        since = now - dt.timedelta(days=days) if days else None
-        keys = _record_keys_since(repository, environment, since)
-        if len(keys) >= limit:
-            break
-    for key in reversed(keys[-limit:]):
-        record = _read_record(repository, key)
-        if record is not None:
-            record["key"] = key
-            yield record
+    keys = newest_record_keys(repository, environment, limit, now)
+    for start in range(0, len(keys), _READ_BATCH):
+        batch = keys[start:start + _READ_BATCH]
+        for key, record in zip(batch, parallel_map(lambda key: _read_record(repository, key), batch)):
+            if record is not None:
+                record["key"] = key
+                yield record
 
 
 def record_order(record: Mapping[str, Any]) -> str:

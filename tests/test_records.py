@@ -13,6 +13,7 @@ from envpipe_agent.ci_context import CIContext, detect
 from envpipe_agent.context import StageContext
 from envpipe_agent import records
 from envpipe_agent.records import RecordWriter, history, latest_test, read_summary
+from envpipe_agent.parallel import parallel_map
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
@@ -34,9 +35,9 @@ def repo(repository_url):
     return open_repository(repository_url, dict(os.environ))
 
 
-def test_a_record_is_written_under_its_stamp_action_and_version_with_ci_context(repo, repository_url):
+def test_a_record_is_written_under_its_day_stamp_action_and_version_with_ci_context(repo, repository_url):
     record = writer(repo).write("staging", "apply", "1.0.3", "done", {"outputs": {"url": "x"}}, moment=MOMENT)
-    assert record["key"] == ".envpipe/records/staging/20261129T054312.123456Z-apply-1.0.3.json"
+    assert record["key"] == ".envpipe/records/staging/2026-11-29/20261129T054312.123456Z-apply-1.0.3.json"
     stored = json.loads(repo.read(record["key"]))
     assert stored["ci"]["build_url"] == GOCD.build_url and stored["ci"]["user"] == "bob"
     assert (stored["action"], stored["version"], stored["result"], stored["at"]) == (
@@ -68,6 +69,66 @@ def test_history_is_newest_first_and_reaches_back_past_the_first_window(repo):
         writer(repo).write("test", "promote", version, "done", moment=now - dt.timedelta(days=days))
     assert [r["version"] for r in history(repo, "test", limit=20, now=now)] == ["1.0.3", "1.0.2", "1.0.1"]
     assert [r["version"] for r in history(repo, "test", limit=2, now=now)] == ["1.0.3", "1.0.2"]
+
+
+def plant_records(repo, environment, moments, layout="day"):
+    """Records as envpipe writes them (``day``) or wrote them before day folders (``flat``)."""
+    def put(numbered):
+        n, moment = numbered
+        key = records.record_key(environment, moment, "apply", f"1.0.{n}")
+        if layout == "flat":
+            key = key.replace(f"/{moment:%Y-%m-%d}/", "/")
+        body = {"action": "apply", "environment": environment, "version": f"1.0.{n}", "result": "done",
+                "at": records.iso(moment)}
+        repo.write(key, json.dumps(body).encode())
+    parallel_map(put, list(enumerate(moments)))
+
+
+def test_history_reads_both_layouts_newest_first(repo):
+    plant_records(repo, "test", [MOMENT - dt.timedelta(days=400), MOMENT - dt.timedelta(days=2)], layout="flat")
+    plant_records(repo, "test", [MOMENT - dt.timedelta(days=1), MOMENT], layout="day")
+    writer(repo).write("test", "promote", "2.0.0", "done", moment=MOMENT + dt.timedelta(hours=1))
+    found = [(r["action"], r["version"]) for r in history(repo, "test", limit=10, now=MOMENT)]
+    assert found == [("promote", "2.0.0"), ("apply", "1.0.1"), ("apply", "1.0.0"), ("apply", "1.0.1"),
+                     ("apply", "1.0.0")]
+    assert [r["at"][:10] for r in history(repo, "test", limit=3, now=MOMENT)] == [
+        "2026-11-29", "2026-11-29", "2026-11-28"]
+
+
+class RequestCounter:
+    """Counts the requests an S3 repository's client sends, by operation."""
+
+    def __init__(self, repo):
+        self.calls = []
+        repo.client.meta.events.register("before-call.s3", lambda model, **_: self.calls.append(model.name))
+
+    def count(self, operation):
+        return self.calls.count(operation)
+
+
+@pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
+@pytest.mark.parametrize("quiet_days", [0, 30])
+def test_the_newest_records_cost_the_same_few_requests_however_many_there_are(repo, quiet_days):
+    # 1,500 records over 60 days, more than one 1,000-key page: listing them all
+    # would take two pages per look, and more with every build.
+    moments = [MOMENT - dt.timedelta(days=day, minutes=minute) for day in range(60) for minute in range(25)]
+    plant_records(repo, "test", moments)
+    counter = RequestCounter(repo)
+    shown = list(history(repo, "test", limit=20, now=MOMENT + dt.timedelta(days=quiet_days)))
+    assert [r["at"] for r in shown] == [records.iso(m) for m in moments[:20]]
+    # this year's day folders, then the newest day
+    assert counter.count("ListObjectsV2") == 2 and counter.count("GetObject") == 20
+
+
+@pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
+def test_sparse_days_and_last_years_records_are_found_in_a_few_listings(repo):
+    moments = [dt.datetime(2026, 12, 31, 12, tzinfo=dt.timezone.utc) - dt.timedelta(days=3 * n) for n in range(40)]
+    plant_records(repo, "test", moments)
+    counter = RequestCounter(repo)
+    shown = list(history(repo, "test", limit=20, now=dt.datetime(2027, 2, 1, tzinfo=dt.timezone.utc)))
+    assert [r["at"] for r in shown] == [records.iso(m) for m in moments[:20]]
+    # this year's days (none), the oldest record, last year's days, then 1+2+4+8+16 days
+    assert counter.count("ListObjectsV2") <= 8 and counter.count("GetObject") == 20
 
 
 # --- end to end: status and history ------------------------------------------------------

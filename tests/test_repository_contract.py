@@ -28,6 +28,17 @@ def test_write_then_read_returns_the_bytes_and_the_listed_tag(repo, repository_u
     assert tag == hashlib.md5(b"resource {}\n").hexdigest()
 
 
+def test_folders_are_listed_by_a_partial_name_without_their_contents(repo):
+    for key in ("r/test/2026-11-28/a.json", "r/test/2026-11-29/b.json", "r/test/2026-11-29/c/d.json",
+                "r/test/20261127T000000Z-x.json", "r/test/2025-12-31/e.json", "r/other/2026-01-01/f.json"):
+        repo.write(key, b"{}")
+    assert list(repo.list_folders("r/test/2026-")) == ["r/test/2026-11-28/", "r/test/2026-11-29/"]
+    assert list(repo.list_folders("r/test/")) == ["r/test/2025-12-31/", "r/test/2026-11-28/", "r/test/2026-11-29/"]
+    assert list(repo.list_folders("r/none/")) == []
+    assert [i.key for i in repo.list("r/test/2026-", start_after="r/test/2026-11-28/a.json")] == [
+        "r/test/2026-11-29/b.json", "r/test/2026-11-29/c/d.json"]
+
+
 def test_missing_key_raises_key_not_found(repo):
     with pytest.raises(KeyNotFound):
         repo.read("1.0.1/nothing")

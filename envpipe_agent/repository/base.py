@@ -47,6 +47,11 @@ class Repository(Protocol):
     def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` in key order, after ``start_after`` if given."""
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        """The "folders" whose keys start with ``prefix`` and go on past it to a ``/``, as
+        ``prefix...name/``, in key order: S3's CommonPrefixes with the ``/`` delimiter.
+        ``records/test/2026-`` gives ``records/test/2026-11-29/`` without listing what is in it."""
+
     def read(self, key: str) -> bytes:
         """A small object's bytes; raises KeyNotFound."""
 

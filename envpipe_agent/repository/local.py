@@ -34,6 +34,18 @@ def _md5_file(path: Path) -> str:
     return md5.hexdigest()
 
 
+def _may_hold(folder: str, prefix: str, start_after: Optional[str]) -> bool:
+    """Whether keys under ``folder`` (``a/b/``) can start with ``prefix`` and sort after ``start_after``."""
+    if not (folder.startswith(prefix) or prefix.startswith(folder)):
+        return False
+    return start_after is None or folder > start_after or start_after.startswith(folder)
+
+
+def _holds_a_file(folder: Path) -> bool:
+    """A folder counts as S3 would count it: when some object is in it."""
+    return any(not name.startswith(TEMP_MARK) for _, _, files in os.walk(folder) for name in files)
+
+
 class LocalRepository:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -111,15 +123,20 @@ class LocalRepository:
         raise AssertionError("unreachable")
 
     def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
-        base = self.root / prefix if prefix else self.root
+        # A prefix may end inside a name (``records/test/2026-``): walk from the folder it
+        # is in, and only into folders that can hold keys wanted.
+        folder_part = prefix.rpartition("/")[0]
+        base = self.root / folder_part if folder_part else self.root
         keys: List[str] = []
         if base.is_dir():
             for folder, dirs, files in os.walk(base):
                 rel_folder = Path(folder).relative_to(self.root).as_posix()
+                here = "" if rel_folder == "." else f"{rel_folder}/"
+                dirs[:] = [name for name in dirs if _may_hold(f"{here}{name}/", prefix, start_after)]
                 for name in files:
                     if name.startswith(TEMP_MARK):
                         continue
-                    key = name if rel_folder == "." else f"{rel_folder}/{name}"
+                    key = f"{here}{name}"
                     if key.startswith(prefix) and (start_after is None or key > start_after):
                         keys.append(key)
         for key in sorted(keys):
@@ -128,6 +145,19 @@ class LocalRepository:
                 yield ObjectInfo(key=key, size=path.stat().st_size, etag=_md5_file(path))
             except FileNotFoundError:  # deleted while listing
                 continue
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        folder_part, _, start = prefix.rpartition("/")
+        base = self.root / folder_part if folder_part else self.root
+        here = f"{folder_part}/" if folder_part else ""
+        try:
+            with os.scandir(base) as entries:
+                names = sorted(entry.name for entry in entries
+                               if entry.is_dir() and entry.name.startswith(start) and _holds_a_file(Path(entry.path)))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            yield f"{here}{name}/"
 
     def read(self, key: str) -> bytes:
         try:

@@ -160,6 +160,13 @@ class S3Repository:
                         etag=item["ETag"].strip('"'),
                     )
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        arguments = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, "Delimiter": "/"}
+        with self._errors("list", prefix, "ListObjectsV2"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(**arguments):
+                for item in page.get("CommonPrefixes", ()):
+                    yield item["Prefix"][len(self.prefix):]
+
     def read(self, key: str) -> bytes:
         with self.open(key) as stream:
             return stream.read()
