@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.errors import RepositoryError
@@ -246,7 +246,7 @@ def _flat_keys_since(repository: Repository, prefix: str, since: Optional[dt.dat
         for info in repository.list(prefix, start_after=start_after):
             rest = info.key[len(prefix):]
             if "/" in rest:
-                start_after = f"{prefix}{rest.split('-', 1)[0]}."  # past this year's day folders
+                start_after = _past_days_of_year(prefix, rest)
                 break
             if rest.endswith(".json"):
                 keys.append(info.key)
@@ -262,6 +262,28 @@ def _flat_keys(repository: Repository, prefix: str, limit: int, now: dt.datetime
         if len(keys) >= limit:
             break
     return list(reversed(keys[-limit:]))
+
+
+def _past_days_of_year(prefix: str, rest: str) -> str:
+    """The key after every day folder of the year ``rest`` (``2026-11-29/...``) starts with."""
+    return f"{prefix}{rest.split('-', 1)[0]}."
+
+
+def _oldest_year(repository: Repository, prefix: str) -> Tuple[Optional[int], bool]:
+    """The year of the oldest record of either layout, and whether any record of the
+    flat layout exists (a year's flat keys sort after its day folders: one listing per
+    year that has day folders but no flat records, until the first flat key)."""
+    oldest_year, start_after = None, None
+    while True:
+        first = next(iter(repository.list(prefix, start_after=start_after)), None)
+        if first is None:
+            return oldest_year, False
+        rest = first.key[len(prefix):]
+        if oldest_year is None and rest[:4].isdigit():
+            oldest_year = int(rest[:4])
+        if "/" not in rest:
+            return oldest_year, True
+        start_after = _past_days_of_year(prefix, rest)
 
 
 def newest_record_keys(repository: Repository, environment: str, limit: int,
@@ -281,14 +303,9 @@ def newest_record_keys(repository: Repository, environment: str, limit: int,
         if len(keys) >= limit:
             break
         if oldest_year is None:
-            # The oldest key of either layout says how far back to look, and whether
-            # records of the flat layout exist at all.
-            first = next(iter(repository.list(prefix)), None)
-            if first is None:
-                return []
-            oldest = first.key[len(prefix):]
-            oldest_year = int(oldest[:4]) if oldest[:4].isdigit() else year
-            flat = "/" not in oldest
+            oldest_year, flat = _oldest_year(repository, prefix)
+            if oldest_year is None:
+                break
         year -= 1
         if year < oldest_year:
             break
