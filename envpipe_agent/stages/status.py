@@ -70,13 +70,14 @@ def _environment_status(ctx: StageContext, name: str, now: dt.datetime) -> Dict[
 def _waiting(ctx: StageContext, previous: Mapping[str, Any], entry: Mapping[str, Any],
              now: dt.datetime) -> Optional[Dict[str, Any]]:
     """The version waiting to enter ``entry``'s environment, and what it waits for: the
-    one the environment before it holds, when that came in after this one's."""
+    one the environment before it holds, when that came in after this one's. (Nothing
+    waits at the first environment: the pipeline promotes each published version there.)"""
     candidate = previous.get("version")
     if not candidate or candidate == entry.get("version"):
         return None
     before, here = (previous.get("promoted") or {}).get("at"), (entry.get("promoted") or {}).get("at")
     if before and here and str(before) < str(here):
-        return None  # promoted here since (a rollback before, a forced hotfix here): nothing waits
+        return None  # this one was promoted after (a version forced in here): what the one before holds is older
     holds = waits_for(ctx.config, ctx.repository, entry["environment"], candidate, now)
     return {"version": candidate, "waits_for": [hold.as_dict() for hold in holds]}
 
