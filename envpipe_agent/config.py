@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -83,6 +83,8 @@ class Environment:
     # Where this environment's Terraform state lives, overriding terraform.state
     # (SPEC §11): production's state in production's account.
     state: Optional["TerraformState"] = None
+    # Released blue-green (SPEC §9): two instances and a router instead of one stack.
+    bluegreen: Optional["BlueGreen"] = None
 
     @property
     def manual(self) -> bool:
@@ -91,6 +93,32 @@ class Environment:
     @property
     def on_path(self) -> bool:
         return self.like is None
+
+
+# Suffixes blue-green gives a path environment's own instances (SPEC §9).
+BLUEGREEN_SUFFIXES = ("blue", "green", "router")
+
+
+@dataclass(frozen=True)
+class BlueGreen:
+    """``bluegreen:`` of a path environment: its router, a folder of the definition
+    holding a small stack of the same tool that sends traffic to the live instance."""
+
+    router: str  # relative folder, no trailing '/'
+
+    def router_stack(self, tool: str, template: str) -> str:
+        """What must exist in the router folder: Terraform's ``*.tf`` files, or the
+        CloudFormation template under the same name as the main stack's."""
+        return f"{self.router}/*.tf" if tool == "terraform" else f"{self.router}/{template}"
+
+    def holds_router(self, paths: Iterable[str], tool: str, template: str) -> bool:
+        """Whether a definition of these file ``paths`` holds the router's stack."""
+        wanted = self.router_stack(tool, template)
+        if tool != "terraform":
+            return wanted in set(paths)
+        folder = f"{self.router}/"
+        return any(p.startswith(folder) and "/" not in p[len(folder):] and p.endswith((".tf", ".tf.json"))
+                   for p in paths)
 
 
 @dataclass(frozen=True)
@@ -473,7 +501,7 @@ def _environments(reader: _Reader, raw: Any, written: Any = None) -> Tuple[Envir
             item,
             where,
             ("name", "description", "vars", "approval", "approvers", "role_arn", "account_id", "soak", "window",
-             "state"),
+             "state", "bluegreen"),
             required=("name",),
         )
         name = reader.string(item["name"], f"{where}.name", ENVIRONMENT_RE,
@@ -504,8 +532,40 @@ def _environments(reader: _Reader, raw: Any, written: Any = None) -> Tuple[Envir
             soak=_soak(reader, item.get("soak"), where, first=not i),
             windows=_windows(reader, item.get("window"), f"{where}.window"),
             state=_state(reader, item["state"], f"{where}.state", ()) if item.get("state") is not None else None,
+            bluegreen=_bluegreen(reader, item["bluegreen"], f"{where}.bluegreen")
+            if item.get("bluegreen") is not None else None,
         ))
     return tuple(result)
+
+
+def _bluegreen(reader: _Reader, raw: Any, where: str) -> BlueGreen:
+    raw = reader.mapping(raw, where, ("router",), required=("router",))
+    router = _relative_path(reader, reader.string(raw["router"], f"{where}.router"), f"{where}.router")
+    router = router.rstrip("/")
+    if router in ("", "."):
+        raise reader.fail(f"{where}.router", "a folder inside the definition holding the router's own stack, "
+                                             "not the whole definition (router/, say)")
+    return BlueGreen(router=router)
+
+
+# The longest name a blue-green environment may have, so that "<name>-router" is
+# still a valid environment name (instance names are used as folder and state keys).
+_BLUEGREEN_NAME_MAX = 63 - len("-router")
+
+
+def _check_bluegreen_names(reader: _Reader, environments: Sequence[Environment]) -> None:
+    names = {env.name for env in environments}
+    for i, env in enumerate(environments):
+        if env.bluegreen is None:
+            continue
+        if len(env.name) > _BLUEGREEN_NAME_MAX:
+            raise reader.fail(f"environments[{i}].bluegreen", f"{env.name!r} is too long for blue-green: its "
+                                                              f"instances add '-router'; shorten it to at most "
+                                                              f"{_BLUEGREEN_NAME_MAX} characters")
+        taken = sorted(names & {f"{env.name}-{suffix}" for suffix in BLUEGREEN_SUFFIXES})
+        if taken:
+            raise reader.fail(f"environments[{i}].bluegreen", f"{env.name}'s blue-green instances would be "
+                                                              f"named like the environment {taken[0]!r}: rename it")
 
 
 def _state(reader: _Reader, raw: Any, where: str, environments: Sequence[Environment]) -> TerraformState:
@@ -745,6 +805,7 @@ def parse_config(data: Any, path: Path, written: Any = None) -> Config:
         sharing = [env for env in environments if env.state is None] if tool == "terraform" else ()
         state = _state(reader, terraform["state"], "terraform.state", sharing)
     _check_shared_state(reader, project, environments, state)
+    _check_bluegreen_names(reader, environments)
     encryption = None
     if raw.get("repository_encryption") is not None:
         encryption_raw = reader.mapping(raw["repository_encryption"], "repository_encryption", ("kms_key_id",),

@@ -18,14 +18,10 @@ import re
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from envpipe_agent.config import ENVIRONMENT_RE, Config, Environment, merged_written
+from envpipe_agent.config import BLUEGREEN_SUFFIXES, ENVIRONMENT_RE, Config, Environment, merged_written
 from envpipe_agent.errors import UsageError
 from envpipe_agent.registrations import read_registration
 from envpipe_agent.repository import Repository
-
-# Suffixes blue-green gives a path environment's own instances.
-BLUEGREEN_SUFFIXES = ("blue", "green", "router")
-
 
 def instance(config: Config, name: str, like: str, extra_vars: Mapping[str, Any] = MappingProxyType({}),
              extra_vars_written: Optional[Mapping[str, Any]] = None) -> Environment:
@@ -72,11 +68,26 @@ def on_demand_instance(config: Config, name: str, like: str) -> Environment:
     return instance(config, name, like, settings.vars, settings.vars_written)
 
 
+def bluegreen_instance(config: Config, environment: str, suffix: str) -> Environment:
+    """``<environment>-blue``, ``-green`` (the environment's vars, role and account) or
+    ``-router`` (its role and account: the router stack has its own variables)."""
+    name = f"{environment}-{suffix}"
+    if suffix == "router":
+        base = config.environment(environment)
+        return Environment(name=name, description=f"router of {environment}", role_arn=base.role_arn,
+                           account_id=base.account_id, like=environment, state=None)
+    return instance(config, name, environment)
+
+
 def resolve(config: Config, repository: Repository, name: str) -> Environment:
-    """The environment or instance called ``name``: one of the path, else a registered
-    on-demand one (read from the repository); UsageError (exit 2) for anything else."""
+    """The environment or instance called ``name``: one of the path, one of a blue-green
+    environment's instances, else a registered on-demand one (read from the
+    repository); UsageError (exit 2) for anything else."""
     if name in config.environment_names:
         return config.environment(name)
+    owner = path_owner(config, name)
+    if owner is not None and config.environment(owner).bluegreen is not None:
+        return bluegreen_instance(config, owner, name[len(owner) + 1:])
     registration = read_registration(repository, name) if ENVIRONMENT_RE.match(name) else None
     if registration is None:
         raise UsageError(
@@ -84,3 +95,11 @@ def resolve(config: Config, repository: Repository, name: str) -> Environment:
             f"{', '.join(config.environment_names)}, or an on-demand environment or sandbox ('envpipe env list')"
         )
     return on_demand_instance(config, name, registration.like)
+
+
+def refuse_bluegreen_target(env: Environment, action: str) -> None:
+    """``promote``/``apply`` aimed at a blue-green environment itself (SPEC §9): exit 2."""
+    if env.on_path and env.bluegreen is not None:
+        raise UsageError(f"{env.name} is released blue-green: '{action}' does not change it; run "
+                         f"'envpipe bluegreen {env.name} [VERSION]' (new instance, tests, swap), or aim at "
+                         f"{env.name}-blue or {env.name}-green themselves; nothing was done")

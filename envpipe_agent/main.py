@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "envpipe_agent.commands.testing",
     "envpipe_agent.commands.run",
     "envpipe_agent.commands.ondemand",
+    "envpipe_agent.commands.bluegreen",
     "envpipe_agent.commands.generate",
     "envpipe_agent.commands.security",
 )

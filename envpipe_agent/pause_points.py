@@ -20,6 +20,7 @@ POINTS = (
     "promote:copied",       # files copied and stale ones deleted, the manifest not yet written
     "apply:fetched",        # the lock held, the definition fetched, the tool not yet run
     "apply:done",           # the tool has run, nothing recorded, the lock still held
+    "bluegreen:STEP",       # a release about to run STEP (gate, deploy, test, swap, record, destroy-old)
 )
 
 

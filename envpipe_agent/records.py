@@ -27,7 +27,7 @@ RECORDS_PREFIX = ".envpipe/records/"
 SUMMARY_PREFIX = ".envpipe/summary/"
 RESULTS_PREFIX = ".envpipe/results/"
 ACTIONS = ("promote", "apply", "plan", "test", "destroy", "unlock", "override", "create", "extend", "freeze",
-           "unfreeze")
+           "unfreeze", "bluegreen")
 log = logging.getLogger(__name__)
 # The fields every reader of a record relies on, and their types: a record without
 # them (written by hand, by another tool, or damaged) is skipped with a warning.

@@ -181,10 +181,30 @@ def status_note(entry: Mapping[str, Any]) -> str:
     forced = entry.get("forced")
     if forced:
         notes.append(f"FORCED by {forced.get('by') or '?'}: {forced.get('reason') or '(no reason)'}")
+    bluegreen = entry.get("bluegreen")
+    if bluegreen:
+        notes.append(bluegreen_note(bluegreen))
     drift = entry.get("drift")
     if drift:
         notes.append(f"DRIFT found by plan at {drift.get('at') or '?'} "
                      f"({drift.get('build_url') or drift.get('user') or '?'}): apply to clear it")
+    return "; ".join(notes)
+
+
+def bluegreen_note(bluegreen: Mapping[str, Any]) -> str:
+    """``LIVE green 1.0.2; idle production-blue 1.0.1; release of 1.0.3 interrupted at swap``."""
+    live = (f"LIVE {bluegreen['live']} {bluegreen.get('version')}" if bluegreen.get("live")
+            else "blue-green: nothing live yet")
+    notes = [live]
+    if bluegreen.get("idle"):
+        notes.append(f"idle {bluegreen['idle']} {bluegreen.get('idle_version')}")
+    release = bluegreen.get("release")
+    if release:
+        state = release.get("state")
+        how = {"running": "running", "failed": "failed", "refused": "refused"}.get(state, state)
+        notes.append(f"release of {release.get('version')} {how} at {release.get('step')}"
+                     + ("" if state == "running" else
+                        f": traffic on {bluegreen.get('live_instance') or 'no instance'}"))
     return "; ".join(notes)
 
 

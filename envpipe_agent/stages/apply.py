@@ -21,6 +21,8 @@ from envpipe_agent.approval import approver
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
                                   Terminated, UsageError)
+from envpipe_agent.instances import refuse_bluegreen_target
+from envpipe_agent.live import read_live
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.policy import enforce_policy, override_details
@@ -132,9 +134,15 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                candidate: Optional[str] = None, override: Optional[str] = None,
                expected: Optional[str] = None, held: Optional[Lease] = None,
                approved_by: Optional[str] = None, now: Optional[dt.datetime] = None,
-               save_to: Optional[Path] = None, saved: Optional[Path] = None) -> StageResult:
+               save_to: Optional[Path] = None, saved: Optional[Path] = None,
+               definition: Optional[Tuple[str, str]] = None,
+               variables: Optional[Mapping[str, str]] = None) -> StageResult:
     """Run ``action`` on ``environment``; ``override``, the reason given with --force,
-    overrides the promotion policy (SPEC §10) and is recorded with what it overrode."""
+    overrides the promotion policy (SPEC §10) and is recorded with what it overrode.
+
+    ``definition`` (folder, subfolder): run the stack in that subfolder of another
+    environment's folder (a blue-green router, taken from the live instance's
+    version), with envpipe's extra ``variables`` (RunRequest.variables)."""
     started = time.monotonic()
     env = ctx.environment(environment)
     tool = ctx.config.tool
@@ -154,11 +162,13 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     # The definition comes from the environment's folder, or for a plan of a
     # candidate version (what an approver looks at before promoting) from that
     # version's own folder, verified against its manifest all the same.
-    folder = candidate or env.name
+    folder = candidate or (definition[0] if definition else env.name)
     promoted = read_manifest(ctx.repository, folder)
     if promoted is None and candidate:
         raise NotFound(f"version {candidate} is not published in {ctx.repository.location()}: "
                        "run 'envpipe publish' first")
+    if promoted is None and definition:
+        raise NotFound(f"{folder} holds no version in {ctx.repository.location()}: {env.name} is run from it")
     if promoted is None:
         raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote one "
                        f"first ('envpipe promote VERSION --to {env.name}')")
@@ -177,6 +187,8 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     # TF_VAR_* value masked there would corrupt an output that merely equals it.
     records = ctx.records
     details: Dict[str, Any] = {"tool": tool, **details_candidate}
+    if definition:
+        details["definition"] = f"{definition[0]}/{definition[1]}"
     if (options or {}).get("tool_args"):
         details["tool_args"] = list(options["tool_args"])  # a targeted or forced-replace run, on record
     if override:
@@ -231,9 +243,12 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
                     details["digest"] = work.manifest.digest
                     fetch_seconds = work.verified.seconds
                     request = RunRequest(config=ctx.config, environment=env, version=version,
-                                         manifest=work.manifest, workdir=work.path, environ=credentials.environ,
+                                         manifest=work.manifest,
+                                         workdir=work.path / definition[1] if definition else work.path,
+                                         environ=credentials.environ,
                                          redactor=redactor, repository=ctx.repository_as(credentials),
-                                         ci=ctx.ci, options=options, client_factory=ctx.client_factory)
+                                         ci=ctx.ci, options=options, client_factory=ctx.client_factory,
+                                         variables=dict(variables or {}))
                     log.info("%s: %s of version %s with %s", env.name, action, version, tool)
                     pause_point(f"{action}:fetched", ctx.environ)
                     if lease is not None:
@@ -382,6 +397,7 @@ def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, repla
     ``tool_args``: Terraform's ``-target=`` / ``-replace=`` (nothing else), recorded.
     """
     _need_reason(force, reason)
+    refuse_bluegreen_target(ctx.environment(environment), "apply")
     if plan_file is not None and tool_args:
         raise UsageError("a saved plan is applied as it was made: give -target/-replace to 'envpipe plan ENV --out "
                          "FILE -- ...' instead")
@@ -400,6 +416,13 @@ def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
     the version its folder holds: what promoting and applying it would change. With
     ``out``, save the plan there for ``apply(..., plan_file=out)``.
     """
+    env = ctx.environment(environment)
+    if env.on_path and env.bluegreen is not None:
+        # Nothing runs under a blue-green environment's own name: what a release
+        # would change is the instance it goes into.
+        live = read_live(ctx.repository, env.name)
+        environment = live.instance(live.idle_color)
+        log.info("%s is released blue-green: planning its idle instance, %s", env.name, environment)
     return _run_stage(ctx, "plan", environment, keep_workdir, _tool_args(ctx, tool_args), runner, candidate=version,
                       save_to=out)
 

@@ -216,6 +216,12 @@ def _delete_prefix(ctx: StageContext, prefix: str) -> int:
     return len(keys)
 
 
+def forget_instance_data(ctx: StageContext, name: str) -> int:
+    """Delete what envpipe keeps for the instance ``name`` besides its folder and
+    records (its state, its large templates), once its infrastructure is destroyed."""
+    return sum(_delete_prefix(ctx, f"{prefix}{name}/") for prefix in INSTANCE_DATA_PREFIXES)
+
+
 def destroy(ctx: StageContext, name: str, keep_workdir: bool = False, runner: Optional[ToolRunner] = None,
             expired_by: Optional[dt.datetime] = None) -> DestroyResult:
     """Destroy the on-demand environment or sandbox ``name`` and everything envpipe
@@ -248,7 +254,7 @@ def destroy(ctx: StageContext, name: str, keep_workdir: bool = False, runner: Op
             removed = _delete_prefix(ctx, f"{name}/")
             ctx.records.write(name, "destroy", None, "done", {"note": "nothing was applied", "emptied": removed})
         lease.check()
-        removed += sum(_delete_prefix(ctx, f"{prefix}{name}/") for prefix in INSTANCE_DATA_PREFIXES)
+        removed += forget_instance_data(ctx, name)
         delete_registration(ctx.repository, name)
     log.info("%s: destroyed and unregistered", name)
     return DestroyResult(name, registration.kind, version, destroyed, removed, "destroyed",

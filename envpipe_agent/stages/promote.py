@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from envpipe_agent.approval import approver
 from envpipe_agent.config import Environment
 from envpipe_agent.context import StageContext
+from envpipe_agent.instances import refuse_bluegreen_target
 from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
@@ -293,6 +294,7 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
     if force and not (reason and reason.strip()):
         raise UsageError("--force needs --reason TEXT saying why the gate or policy is overridden")
     env = ctx.environment(environment)
+    refuse_bluegreen_target(env, "promote")
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
     try:
         who, manifest, overridden, held, held_by = _admitted(ctx, env, version, force, approved_by, now)

@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any, Dict, List, Mapping, Optional
 
 from envpipe_agent.context import StageContext
+from envpipe_agent.live import read_live
 from envpipe_agent.locking import lock_expired, read_lock
 from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.parallel import parallel_map
@@ -64,6 +65,30 @@ def _environment_status(ctx: StageContext, name: str, now: dt.datetime) -> Dict[
         "policy": {"soak": format_duration(env.soak) if env.soak else None, "window": [w.text for w in env.windows]},
         "waiting": None,
         "interrupted_promote": _interrupted_promote(manifest, lock),
+        "bluegreen": _bluegreen_status(ctx, name, lock) if env.bluegreen is not None else None,
+    }
+
+
+def _bluegreen_status(ctx: StageContext, name: str, lock: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A blue-green environment's live color and version, its other instance (if it
+    exists) with its version, and a release that has not finished: ``running`` while
+    a bluegreen's lease on the environment is live, else how it stopped."""
+    live = read_live(ctx.repository, name)
+    idle = live.idle_color
+    idle_manifest = read_manifest(ctx.repository, f"{name}-{idle}")
+    release = dict(live.release) if live.release else None
+    if release is not None and release.get("state") == "running":
+        held = lock is not None and not lock["expired"] and lock.get("action") == "bluegreen"
+        release["state"] = "running" if held else "cut short"
+    return {
+        "live": live.color,
+        "live_instance": live.instance(),
+        "version": live.version,
+        "since": live.since,
+        "idle": f"{name}-{idle}" if idle_manifest else None,
+        "idle_version": idle_manifest.version if idle_manifest else None,
+        "old": live.old,
+        "release": release,
     }
 
 

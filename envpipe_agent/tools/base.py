@@ -35,6 +35,16 @@ class RunRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Makes the AWS clients a runner needs, from ``environ``.
     client_factory: aws_credentials.ClientFactory = aws_credentials.client
+    # envpipe's own values beyond environment and version, by snake_case name: a
+    # blue-green router's {"live_color": "green", ...}. Terraform gets each as
+    # TF_VAR_envpipe_<name>, CloudFormation as parameter Envpipe<CamelName> where the
+    # template declares it.
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+def parameter_name(variable: str) -> str:
+    """The CloudFormation parameter of an envpipe variable: live_color -> EnvpipeLiveColor."""
+    return "Envpipe" + "".join(part.capitalize() for part in variable.split("_"))
 
 
 @dataclass(frozen=True)

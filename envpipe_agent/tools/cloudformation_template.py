@@ -19,11 +19,13 @@ import yaml
 
 from envpipe_agent.errors import ConfigError, StageFailed, UnsafePath
 from envpipe_agent.paths import local_path
-from envpipe_agent.tools.base import RunRequest
+from envpipe_agent.tools.base import RunRequest, parameter_name
 from envpipe_agent.written_yaml import WrittenLoader
 
 STACK_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}\Z")
-ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion")
+# Set by envpipe where a template declares them; a blue-green router's too (SPEC §9).
+ENVPIPE_PARAMETERS = ("EnvpipeEnvironment", "EnvpipeVersion", "EnvpipeLiveColor", "EnvpipeLiveEnvironment",
+                      "EnvpipeLiveOutputs")
 MASK = "****"
 
 
@@ -268,7 +270,8 @@ def prepare(request: RunRequest) -> Prepared:
     # The text as written in envpipe.yml: YAML 1.1 would make `Yes` true and `010` 8.
     written = environment.vars if environment.vars_written is None else environment.vars_written
     values = {name: _parameter_value(value) for name, value in written.items()}
-    envpipe_values = {"EnvpipeEnvironment": environment.name, "EnvpipeVersion": request.version}
+    envpipe_values = {"EnvpipeEnvironment": environment.name, "EnvpipeVersion": request.version,
+                      **{parameter_name(name): value for name, value in request.variables.items()}}
     values.update({name: value for name, value in envpipe_values.items() if name in declared})
     for name in sorted(values):
         _check_constraints(name, declared[name], values[name], environment.vars.get(name), where, relative)

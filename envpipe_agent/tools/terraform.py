@@ -165,6 +165,7 @@ def tool_environment(request: RunRequest) -> Dict[str, str]:
     environ.update(TF_IN_AUTOMATION="1", TF_INPUT="0",
                    TF_VAR_envpipe_environment=request.environment.name,
                    TF_VAR_envpipe_version=request.version)
+    environ.update({f"TF_VAR_envpipe_{name}": value for name, value in request.variables.items()})
     environ.update(plugin_cache(environ))
     return environ
 
