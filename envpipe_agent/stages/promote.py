@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from envpipe_agent.approval import approver
 from envpipe_agent.config import Environment
 from envpipe_agent.context import StageContext
-from envpipe_agent.instances import refuse_bluegreen_target
 from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refused, Terminated, UsageError
+from envpipe_agent.instances import refuse_bluegreen_target
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
 from envpipe_agent.parallel import parallel_map
