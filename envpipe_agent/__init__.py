@@ -33,7 +33,7 @@ _API = {
     "unfreeze": "envpipe_agent.stages.freeze",
     "unlock": "envpipe_agent.stages.unlock",
     "verify": "envpipe_agent.stages.verify",
-    "write_status_page": "envpipe_agent.status_page",
+    "write_status_page": "envpipe_agent.commands.status_page",
 }
 __all__ = sorted(_API)
 

@@ -38,9 +38,8 @@ from envpipe_agent.locking import lock_key
 from envpipe_agent.policy import FREEZE_PREFIX, freeze_key
 from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
 from envpipe_agent.registrations import REGISTRATIONS_PREFIX
-from envpipe_agent.stages.unlock import STATE_LOCK_FILES
 from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
-from envpipe_agent.tools.terraform import STATE_PREFIX, state_key
+from envpipe_agent.tools.terraform import STATE_LOCK_FILES, STATE_PREFIX, state_key
 
 STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "freeze", "on-demand", "role", "state-role")
 # The stages an environment's pipeline steps run, under that environment's credentials.

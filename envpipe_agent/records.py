@@ -344,3 +344,23 @@ def last_done(repository: Repository, environment: str, action: str, look_back: 
         return latest
     return next((r for r in history(repository, environment, look_back)
                  if r.get("action") == action and r.get("result") == "done"), None)
+
+
+def last_applied(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    """The record of ``environment``'s last successful apply, unless a destroy came after it."""
+    applied = last_done(repository, environment, "apply")
+    if applied is None:
+        return None
+    destroyed = latest_record(repository, environment, "destroy")
+    if destroyed and destroyed.get("result") == "done" and record_order(destroyed) > record_order(applied):
+        return None
+    return applied
+
+
+def recorded_outputs(repository: Repository, environment: str) -> Dict[str, Any]:
+    """The non-sensitive outputs of ``environment``'s last successful apply ({} if none)."""
+    record = last_applied(repository, environment)
+    if record is None:
+        return {}
+    sensitive = set(record.get("sensitive_outputs") or ())
+    return {name: value for name, value in (record.get("outputs") or {}).items() if name not in sensitive}

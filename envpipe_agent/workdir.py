@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from envpipe_agent.manifest import Manifest
+from envpipe_agent.manifest import Manifest, VerifyResult, check_folder
 from envpipe_agent.repository import Repository
-from envpipe_agent.stages.verify import VerifyResult, check_folder
 
 try:
     import fcntl
@@ -41,9 +40,10 @@ STALE_WORK_SECONDS = 24 * 3600
 
 @dataclass(frozen=True)
 class WorkDir:
-    path: Path
+    path: Path  # the verified definition
     manifest: Manifest
     verified: VerifyResult
+    root: Path  # the private work folder: ``path``, or its parent when fetched into a subfolder
 
 
 def private_folder(prefix: str, parent: Optional[str] = None) -> Path:
@@ -113,16 +113,19 @@ def work_folder(prefix: str, environ: Optional[Mapping[str, str]] = None, keep: 
 
 @contextlib.contextmanager
 def fetched(repository: Repository, folder: str, keep: bool = False,
-            environ: Optional[Mapping[str, str]] = None, project: Optional[str] = None) -> Iterator[WorkDir]:
-    """Download and verify ``folder`` into a private work folder for the block.
+            environ: Optional[Mapping[str, str]] = None, project: Optional[str] = None,
+            subfolder: Optional[str] = None) -> Iterator[WorkDir]:
+    """Download and verify ``folder`` into a private work folder for the block (into
+    its ``subfolder`` when given, leaving the rest of the folder to the caller).
 
     Raises IntegrityError / UnsafePath (exit 3) naming the files when the folder
     does not match its manifest, or when the manifest is another folder's (or, given
     ``project``, another project's): the same checks as ``envpipe verify``. The
     folder is removed then too.
     """
-    with work_folder(f"{folder}-", environ, keep) as path:
+    with work_folder(f"{folder}-", environ, keep) as root:
+        path = root / subfolder if subfolder else root
         manifest, verified = check_folder(repository, folder, path, project)
         log.info("%s: fetched and verified %d files of version %s in %.1fs", folder, verified.files,
                  manifest.version, verified.seconds)
-        yield WorkDir(path=path, manifest=manifest, verified=verified)
+        yield WorkDir(path=path, manifest=manifest, verified=verified, root=root)

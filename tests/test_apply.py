@@ -14,8 +14,8 @@ from conftest import REGION, list_repository, read_repository_file
 from envpipe_agent import StageContext, promote, publish
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.locking import environment_lock
+from envpipe_agent.records import recorded_outputs
 from envpipe_agent.repository import open_repository
-from envpipe_agent.stages.apply import recorded_outputs
 
 DEFINITION = """\
 variable "envpipe_environment" {}

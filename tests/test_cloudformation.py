@@ -22,11 +22,11 @@ from envpipe_agent.ci_context import detect
 from envpipe_agent.config import load_config
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import ConfigError, Refused, StageFailed, UsageError
+from envpipe_agent.manifest import check_folder
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.verify import check_folder
 from envpipe_agent.tools import cloudformation as cfn_module
 from envpipe_agent.tools.base import RunRequest
 from envpipe_agent.tools.cloudformation import INLINE_TEMPLATE_LIMIT, CloudFormationRunner

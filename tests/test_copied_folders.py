@@ -10,11 +10,10 @@ import pytest
 from conftest import list_repository, read_repository_file
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError
-from envpipe_agent.manifest import Manifest, read_manifest
+from envpipe_agent.manifest import Manifest, check_folder, read_manifest
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.verify import check_folder
 
 MANIFEST = ".envpipe/manifest.json"
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)

@@ -16,7 +16,7 @@ from envpipe_agent.records import RecordWriter
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.status import status
-from envpipe_agent.status_page import render_status_page
+from envpipe_agent.commands.status_page import render_status_page
 
 CONFIG = """\
 project: our-project

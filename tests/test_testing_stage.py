@@ -307,3 +307,19 @@ def test_junit_report_round_trips_every_outcome(tmp_path: Path) -> None:
         ("a", PASSED, ""), ("b", FAILED, "boom"), ("c", ERROR, "setup"), ("d", SKIPPED, "later")]
     assert suite.cases[1].text == "trace <&>"
     assert suite.counts() == {"tests": 4, "failures": 1, "errors": 1, "skipped": 1}
+
+
+def test_the_suite_runs_in_a_private_work_folder_under_tmpdir_kept_with_keep_workdir(
+        copy: WorkingCopy, tmp_path: Path) -> None:
+    copy.write("tests/test_ok.py", "def test_ok():\n    assert True\n")
+    copy.deploy("1.0.1")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    result = run_envpipe(["test", "test", "--keep-workdir"], cwd=copy.root, env={"TMPDIR": str(scratch)}, check=0)
+
+    [kept] = [path for path in scratch.iterdir() if path.is_dir()]
+    assert str(kept) in result.stderr  # named in the warning that it was kept
+    assert kept.stat().st_mode & 0o777 == 0o700
+    assert (kept / "definition" / "tests" / "test_ok.py").is_file()
+    assert json.loads((kept / "outputs.json").read_text())["name"] == "app-test"

@@ -11,11 +11,10 @@ import pytest
 from conftest import REGION, list_repository, read_repository_file
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError, UnsafePath
-from envpipe_agent.manifest import FileEntry, content_digest
+from envpipe_agent.manifest import FileEntry, check_folder, content_digest
 from envpipe_agent.repository import open_repository
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.verify import check_folder
 
 MANIFEST = ".envpipe/manifest.json"
 S3_ONLY = pytest.mark.parametrize("repository_url", ["s3"], indirect=True)

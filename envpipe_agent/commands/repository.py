@@ -215,7 +215,7 @@ def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     entries = status(ctx)
     instances = on_demand_status(ctx)
     if args.html:
-        from envpipe_agent.status_page import write_status_page
+        from envpipe_agent.commands.status_page import write_status_page
 
         log.info("status page written to %s", write_status_page(ctx, Path(args.html), entries, instances))
     gates = waiting_table(entries)

@@ -18,7 +18,8 @@ def run_test(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     ctx = load_context(args, environ)
     # --version alone means this CI build's version (SPEC §5), as for apply.
     expected = None if args.version is None else ctx.resolve_version(args.version or None)
-    result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None, version=expected)
+    result = run_tests(ctx, args.environment, junit=Path(args.junit) if args.junit else None, version=expected,
+                       keep_workdir=args.keep_workdir)
     emit(args, ctx, result.as_dict(), result.summary())
     if not result.passed:
         raise tests_failed(result)
@@ -38,4 +39,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
     parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for Jenkins 'junit', GoCD)")
+    parser.add_argument("--keep-workdir", action="store_true",
+                        help="keep the pytest suite's private work folder afterwards (to debug; it may hold secrets)")
     parser.set_defaults(handler=run_test)

@@ -26,10 +26,9 @@ from envpipe_agent.live import read_live
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.policy import enforce_policy, override_details
-from envpipe_agent.records import history, read_summary, record_order, utc_now
 from envpipe_agent.pause_points import pause_point
+from envpipe_agent.records import last_applied, utc_now
 from envpipe_agent.redact import Redactor, redact_data
-from envpipe_agent.repository import Repository
 from envpipe_agent.tools.base import RunOutcome, RunRequest, ToolRunner
 from envpipe_agent.tools.terraform_args import plan_arguments
 from envpipe_agent.workdir import fetched
@@ -43,8 +42,6 @@ RUNNERS: Dict[str, str] = {
     "cloudformation": "envpipe_agent.tools.cloudformation:CloudFormationRunner",
 }
 LOCKED_ACTIONS = ("apply", "destroy")
-# How far back recorded_outputs looks for a successful apply when the latest failed.
-_OUTPUT_HISTORY = 200
 
 
 def get_runner(tool: str) -> ToolRunner:
@@ -90,30 +87,6 @@ class StageResult:
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def last_applied(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
-    """The record of ``environment``'s last successful apply, unless a destroy came after it."""
-    summary = read_summary(repository, environment)
-    apply_record = summary.get("apply")
-    if apply_record is not None and apply_record.get("result") != "done":
-        apply_record = next((r for r in history(repository, environment, _OUTPUT_HISTORY)
-                             if r.get("action") == "apply" and r.get("result") == "done"), None)
-    if apply_record is None:
-        return None
-    destroyed = summary.get("destroy")
-    if destroyed and destroyed.get("result") == "done" and record_order(destroyed) > record_order(apply_record):
-        return None
-    return apply_record
-
-
-def recorded_outputs(repository: Repository, environment: str) -> Dict[str, Any]:
-    """The non-sensitive outputs of ``environment``'s last successful apply ({} if none)."""
-    record = last_applied(repository, environment)
-    if record is None:
-        return {}
-    sensitive = set(record.get("sensitive_outputs") or ())
-    return {name: value for name, value in (record.get("outputs") or {}).items() if name not in sensitive}
 
 
 def _empty_folder(ctx: StageContext, environment: str) -> int:

@@ -30,12 +30,11 @@ from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
 from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, redact_case, totals, write_report
-from envpipe_agent.manifest import Manifest, check_holds, read_manifest
+from envpipe_agent.manifest import check_holds, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
-from envpipe_agent.stages.apply import last_applied, recorded_outputs
-from envpipe_agent.stages.verify import check_folder
-from envpipe_agent.workdir import work_folder
+from envpipe_agent.records import last_applied, recorded_outputs
+from envpipe_agent.workdir import WorkDir, fetched
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +206,10 @@ def _pytest_command(tests: Path, definition: Path, report: Path) -> List[str]:
             f"--junitxml={report}", "-o", "junit_suite_name=pytest", str(tests)]
 
 
-def _pytest_suite(ctx: StageContext, environment: str, manifest: Manifest, outputs: Mapping[str, Any],
-                  workdir: Path, credentials: Credentials) -> Suite:
+def _pytest_suite(ctx: StageContext, environment: str, work: WorkDir, outputs: Mapping[str, Any],
+                  credentials: Credentials) -> Suite:
     tests_path = ctx.config.tests.path or ""
-    definition = workdir / "definition"
+    manifest, definition, workdir = work.manifest, work.path, work.root
     relative = tests_path.strip("/")
     tests = local_path(definition, relative, "tests.path") if relative not in ("", ".") else definition
     if not tests.exists():
@@ -287,10 +286,11 @@ def check_prerequisites(ctx: StageContext, source: Optional[Path] = None) -> Non
 
 
 def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
-              version: Optional[str] = None) -> TestResult:
+              version: Optional[str] = None, keep_workdir: bool = False) -> TestResult:
     """Run the configured tests against ``environment``'s current version and record the result.
 
-    With ``version``, refuse (exit 3) unless the environment holds that version."""
+    With ``version``, refuse (exit 3) unless the environment holds that version. The
+    pytest suite runs in a private work folder, kept afterwards with ``keep_workdir``."""
     started = time.monotonic()
     env = ctx.environment(environment)
     settings = ctx.config.tests
@@ -305,13 +305,13 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
     suites: List[Suite] = []
     if settings.path:
         # The suite comes from the verified environment folder, never the working copy.
-        with work_folder(f"test-{env.name}-", ctx.environ) as workdir:  # mode 0700
-            credentials = ctx.credentials(env)
-            fetched, _ = check_folder(ctx.repository, env.name, workdir / "definition", ctx.config.project)
-            if fetched.version != manifest.version:
-                raise Refused(f"{env.name} was promoted to version {fetched.version} while its tests started: "
-                              f"apply it, then run 'envpipe test {env.name}' again")
-            suites.append(_pytest_suite(ctx, env.name, fetched, outputs, workdir, credentials))
+        credentials = ctx.credentials(env)
+        with fetched(ctx.repository, env.name, keep_workdir, ctx.environ, ctx.config.project,
+                     subfolder="definition") as work:
+            if work.manifest.version != manifest.version:
+                raise Refused(f"{env.name} was promoted to version {work.manifest.version} while its tests "
+                              f"started: apply it, then run 'envpipe test {env.name}' again")
+            suites.append(_pytest_suite(ctx, env.name, work, outputs, credentials))
     if settings.http:
         suites.append(_http_suite(ctx, env.name, urls))
     counts = totals(suites)

@@ -10,11 +10,7 @@ from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
 from envpipe_agent.locking import break_lock, environment_lock
 from envpipe_agent.repository import KeyNotFound
-
-STATE_PREFIX = ".envpipe/state/"
-# What Terraform leaves beside a state it locked: the S3 backend's lock file, and the
-# local backend's lock information (its lock itself is an OS lock, gone with the process).
-STATE_LOCK_FILES = ("terraform.tfstate.tflock", ".terraform.tfstate.lock.info")
+from envpipe_agent.tools.terraform import STATE_LOCK_FILES, STATE_PREFIX
 
 
 @dataclass

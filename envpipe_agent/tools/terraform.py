@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 EXECUTABLES = ("terraform", "tofu")
 STATE_PREFIX = ".envpipe/state/"
+# What Terraform leaves beside a state it locked: the S3 backend's lock file, and the
+# local backend's lock information (its lock itself is an OS lock, gone with the process).
+STATE_LOCK_FILES = ("terraform.tfstate.tflock", ".terraform.tfstate.lock.info")
 # Files envpipe writes into the work folder; a definition may not hold them itself.
 BACKEND_FILE = "envpipe_backend_override.tf.json"
 VARIABLES_FILE = "envpipe.auto.tfvars.json"
