@@ -20,10 +20,9 @@ import pytest
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import EnvpipeError, IntegrityError
 from envpipe_agent.locking import read_lock
-from envpipe_agent.manifest import read_manifest
+from envpipe_agent.manifest import check_folder, read_manifest
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
-from envpipe_agent.stages.verify import check_folder
 from fault_proxy import FaultProxy
 
 TRIALS = 40
