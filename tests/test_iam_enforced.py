@@ -269,6 +269,9 @@ def test_an_environment_credentials_cannot_touch_production(account, working_cop
                   "s3:GetObject", "pipelines/production/.envpipe/manifest.json")
     assert_denied(envpipe_as(test_keys, root, "unlock", "production"),
                   "s3:GetObject", "pipelines/.envpipe/locks/production.json")
+    # taking production's lock (unlock --state holds it while it works)
+    assert_denied(envpipe_as(test_keys, root, "unlock", "production", "--state", "--reason", "trying"),
+                  "s3:PutObject", "pipelines/.envpipe/locks/production.json")
     assert_denied(envpipe_as(test_keys, root, "promote", "1.0.7", "--to", "production", "--force",
                              "--reason", "trying"),
                   "s3:GetObject", "pipelines/.envpipe/results/staging/1.0.7.json")
