@@ -339,3 +339,30 @@ def test_an_unreadable_registration_is_reaped(project):
 
     assert reaped.stdout.startswith("left-over: destroyed")
     assert left_of(project, "left-over") == {}
+
+
+@FOLDER_ONLY
+def test_an_interrupted_reap_lets_the_destroys_under_way_finish(project):
+    published(project, "1.0.1", content=DEFINITION + """
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    when    = destroy
+    command = "sleep 5"
+  }
+}
+""")
+    for name in ("slow-a", "slow-b"):
+        project.envpipe("env", "create", name, "--version", "1.0.1", check=0)
+        expire(project, name)
+    process = subprocess.Popen([sys.executable, "-m", "envpipe_agent", "env", "reap"], cwd=project.root,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = 0
+    for line in process.stderr:
+        started += "terraform_data.slow: Destroying..." in line
+        if started == 2:  # both destroys are under way
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130 and "terminated (SIGTERM)" in stderr
+    assert left_of(project, "slow-a") == {} and left_of(project, "slow-b") == {}

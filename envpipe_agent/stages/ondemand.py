@@ -264,7 +264,9 @@ def destroy(ctx: StageContext, name: str, keep_workdir: bool = False, runner: Op
 def reap(ctx: StageContext, dry_run: bool = False, now: Optional[dt.datetime] = None,
          runner_factory: Optional[Callable[[], ToolRunner]] = None, threads: int = REAP_THREADS) -> List[ReapOutcome]:
     """Destroy every expired instance, ``threads`` at a time, each under its own lock;
-    a failure is reported in its outcome and does not stop the others."""
+    a failure is reported in its outcome and does not stop the others. Interrupted,
+    reap starts no more destroys and lets those under way finish (their tools run in
+    sessions of their own), so each still records, unregisters and unlocks."""
     now = now or utc_now()
     expired = [r for r in list_registrations(ctx.repository) if r.expired(now)]
     if dry_run:
