@@ -203,7 +203,7 @@ def read_summary(repository: Repository, environment: str) -> Dict[str, Dict[str
 
 def latest_record(repository: Repository, environment: str, action: str) -> Optional[Dict[str, Any]]:
     """The latest record of ``action`` in ``environment`` (one read of its summary), or None."""
-    return read_json(repository, f"{SUMMARY_PREFIX}{environment}/{action}.json")
+    return _read_record(repository, f"{SUMMARY_PREFIX}{environment}/{action}.json")
 
 
 def latest_test(repository: Repository, environment: str, version: str) -> Optional[Dict[str, Any]]:

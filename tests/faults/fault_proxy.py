@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
+import pytest
+
 FAULTS = ("slowdown", "internal", "reset", "lose", "truncate")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                "proxy-authorization", "proxy-authenticate", "content-length"}
@@ -173,3 +175,11 @@ def _reset(handler: BaseHTTPRequestHandler) -> None:
         handler.connection.close()
     except OSError:
         pass
+
+
+@pytest.fixture
+def proxy(s3_bucket, moto_server, monkeypatch):
+    """The fault proxy in front of a reset moto server, reached through AWS_ENDPOINT_URL."""
+    with FaultProxy(moto_server) as faults:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", faults.url)
+        yield faults

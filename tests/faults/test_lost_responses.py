@@ -14,17 +14,10 @@ from envpipe_agent.locking import environment_lock, lock_key, read_lock
 from envpipe_agent.records import RecordWriter, history
 from envpipe_agent.redact import Redactor
 from envpipe_agent.repository import AlreadyExists, open_repository
-from fault_proxy import FaultProxy
+from fault_proxy import proxy  # noqa: F401 - the fixture
 
 AGENT = CIContext(server="jenkins", build="7", user="alice", host="agent-1")
 REPO = "s3://our-project-repository/pipelines"
-
-
-@pytest.fixture
-def proxy(s3_bucket, moto_server, monkeypatch):
-    with FaultProxy(moto_server) as faults:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", faults.url)
-        yield faults
 
 
 def repository():

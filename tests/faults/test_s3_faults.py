@@ -12,18 +12,11 @@ from conftest import read_repository_file
 from envpipe_agent.errors import RepositoryError
 from envpipe_agent.repository import open_repository
 from envpipe_agent.repository.base import download
-from fault_proxy import FaultProxy
+from fault_proxy import proxy  # noqa: F401 - the fixture
 
 REPO = "s3://our-project-repository/pipelines"
 S3_ONLY = pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
 BIG = bytes(range(256)) * 4096  # 1 MiB, read in chunks
-
-
-@pytest.fixture
-def proxy(s3_bucket, moto_server, monkeypatch):
-    with FaultProxy(moto_server) as faults:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", faults.url)
-        yield faults
 
 
 def repository(**environ):
