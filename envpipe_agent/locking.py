@@ -232,7 +232,11 @@ class Lease:
         self._stopped.set()
 
     def check(self) -> None:
-        """Raise LockLost when the lease was lost: called before each step of work."""
+        """Raise LockLost when the lease was lost, or ran out because S3 refused every
+        renewal (anyone may have broken it since): called before each step of work."""
+        if self.lost is None and time.monotonic() - self.renewed >= self.ttl:
+            self.lost = (f"the lock on environment {self.environment!r} could not be renewed for "
+                         f"{self.ttl:g}s and its lease ran out")
         if self.lost is not None:
             raise LockLost(f"{self.lost}; stopped before the next step, so nothing more was changed "
                            f"under a lock that is not ours. Check 'envpipe status' and run the stage again")

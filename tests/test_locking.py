@@ -150,6 +150,14 @@ def test_a_lease_taken_away_stops_the_holder_and_is_not_released(repo):
     assert read_lock(repo, "staging")["holder"] == "bob@agent-9"
 
 
+def test_a_lease_that_could_not_be_renewed_in_time_stops_the_holder(repo):
+    with pytest.raises(LockLost) as caught:
+        with environment_lock(repo, "staging", "apply", AGENT, ttl=600) as lease:
+            lease.renewed -= 600  # as if every renewal for the lease's length had failed
+            lease.check()
+    assert "could not be renewed for 600s" in str(caught.value)
+
+
 # --- end to end ----------------------------------------------------------------------
 
 
