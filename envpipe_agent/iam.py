@@ -100,6 +100,10 @@ class PolicyBuilder:
         if condition:
             statement["Condition"] = condition
 
+    def deny(self, sid: str, actions: Sequence[str], resources: Sequence[str]) -> None:
+        """An explicit deny: it wins over any allow, in this policy or another the principal holds."""
+        self.allow(sid, actions, resources, effect="Deny")
+
     def objects(self, sid: str, actions: Sequence[str], bucket: Bucket, patterns: Sequence[str]) -> None:
         """``actions`` on the keys matching ``patterns``, which the policy may also list."""
         self.allow(sid, actions, [bucket.objects(p) for p in patterns])
@@ -381,10 +385,10 @@ def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
     for env in config.environments:
         if env.name == like.name:
             continue
-        builder.allow("DenyPathEnvironments", ["s3:PutObject", "s3:DeleteObject"], [
+        builder.deny("DenyPathEnvironments", ["s3:PutObject", "s3:DeleteObject"], [
             ctx.repository.objects(pattern) for pattern in (
                 f"{env.name}/*", lock_key(env.name), f"{RECORDS_PREFIX}{env.name}/*",
-                f"{SUMMARY_PREFIX}{env.name}/*", f"{RESULTS_PREFIX}{env.name}/*")], effect="Deny")
+                f"{SUMMARY_PREFIX}{env.name}/*", f"{RESULTS_PREFIX}{env.name}/*")])
         own = config.state(env)
         if config.tool == "terraform" and not (own and own.role_arn):
             if own is not None:
@@ -392,11 +396,11 @@ def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
                 denied = [f"arn:{ctx.partition}:s3:::{key}", f"arn:{ctx.partition}:s3:::{key}.tflock"]
             else:
                 denied = [ctx.repository.objects(f"{STATE_PREFIX}{env.name}/*")]
-            builder.allow("DenyPathState", read_write, denied, effect="Deny")
+            builder.deny("DenyPathState", read_write, denied)
         if config.tool == "cloudformation":
             stack = config.cloudformation.stack_name.format(project=config.project, environment=env.name)
-            builder.allow("DenyPathStacks", ["cloudformation:*"],
-                          [f"arn:{ctx.partition}:cloudformation:*:*:stack/{stack}/*"], effect="Deny")
+            builder.deny("DenyPathStacks", ["cloudformation:*"],
+                         [f"arn:{ctx.partition}:cloudformation:*:*:stack/{stack}/*"])
 
 
 def _role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
