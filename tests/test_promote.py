@@ -139,6 +139,19 @@ def test_promoting_the_version_already_there_is_a_recordless_no_op(project, two_
     assert len(records_of(project, "test", "promote")) == 1
 
 
+def test_a_no_op_promote_takes_no_lock_and_a_needed_one_waits_for_it(project, two_versions):
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+    lock = {"id": "other", "environment": "test", "action": "apply", "holder": "carol@agent-2",
+            "acquired": "2026-11-29T20:00:00Z", "expires": "2999-01-01T00:00:00Z"}
+    repo_of(project).write(".envpipe/locks/test.json", json.dumps(lock).encode())
+    again = json.loads(project.envpipe("promote", "1.0.1", "--to", "test", "--json", check=0).stdout)
+    assert (again["copied"], again["deleted"], again["previous_version"]) == (0, 0, "1.0.1")
+    assert json.loads(read_repository_file(project.repository, ".envpipe/locks/test.json"))["id"] == "other"
+    refused = project.envpipe("promote", "1.0.2", "--to", "test", check=3)
+    assert "carol@agent-2" in refused.stderr
+    assert files_of(project, "test") == two_versions[0]
+
+
 def test_gate_refuses_a_version_not_tested_in_the_previous_environment(project):
     publish_in_process(project, "1.0.1")
     result = project.envpipe("promote", "1.0.1", "--to", "staging", check=3)
@@ -278,14 +291,18 @@ def test_s3_request_counts_stay_close_to_what_a_sync_needs(s3_bucket, tmp_path):
     assert sum(count(lambda: publish(ctx, version="1.0.1")).values()) == 2  # list, read manifest
     # each promote reads the environment's freeze object: one GET (SPEC §10)
     first = count(lambda: promote(ctx, "test", "1.0.1"))
-    assert first["CopyObject"] == 20 and sum(first.values()) <= 20 + 8
+    # an empty folder is listed before the lock and again under it
+    assert first["CopyObject"] == 20 and sum(first.values()) <= 20 + 9
     (work / "infra" / "f0.tf").write_text("# changed\n")
     publish(ctx, version="1.0.2")
     one_changed = count(lambda: promote(ctx, "test", "1.0.2"))
-    # one more PUT than before: the folder is marked as being promoted before it changes
-    assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 10
+    # one more PUT than before: the folder is marked as being promoted before it changes;
+    # one more GET: its manifest, read again under the lock to see nobody changed it
+    assert one_changed["CopyObject"] == 1 and sum(one_changed.values()) <= 1 + 11
     no_op = count(lambda: promote(ctx, "test", "1.0.2"))
-    assert no_op["CopyObject"] == 0 and sum(no_op.values()) <= 6
+    # the version's manifest, the freeze, the folder's listing and manifest: what awscli's
+    # sync needs (two listings of two pages), and no lock taken or released
+    assert no_op == {"GetObject": 3, "ListObjectsV2": 1}
 
 
 def test_a_promote_cut_short_before_its_manifest_leaves_a_folder_that_fails_verification(project, two_versions):

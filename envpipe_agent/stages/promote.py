@@ -128,9 +128,15 @@ def _previous_manifest(ctx: StageContext, environment: str) -> Optional[Manifest
         return None
 
 
-def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
-                     promoted: Dict[str, Any], lease: Optional[Lease] = None) -> Dict[str, Any]:
-    """Make ``<environment>/`` hold exactly ``manifest``'s files; write its manifest last."""
+@dataclass(frozen=True)
+class _Folder:
+    """An environment folder as listed: its objects by relative path, and its manifest."""
+
+    listing: Dict[str, Any]
+    previous: Optional[Manifest]
+
+
+def _read_folder(ctx: StageContext, environment: str) -> _Folder:
     repository = ctx.repository
     prefix = f"{environment}/"
     listing = {}
@@ -146,6 +152,12 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
                 continue
             listing[relative] = info
         previous = previous_read.result() if previous_read else None
+    return _Folder(listing, previous)
+
+
+def _changes(folder: _Folder, environment: str, manifest: Manifest) -> Tuple[List[str], List[str], bool]:
+    """(files to copy, stale files to delete, whether the folder already is ``manifest``'s)."""
+    listing, previous = folder.listing, folder.previous
 
     def current(path: str, entry: FileEntry) -> bool:
         """Does the environment's object already hold this file's content?"""
@@ -163,14 +175,42 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
 
     to_copy = sorted(p for p, e in manifest.files.items() if not current(p, e))
     stale = sorted(set(listing) - set(manifest.files))
-    counts = {"previous_version": previous.version if previous else None, "copied": len(to_copy),
-              "deleted": len(stale), "unchanged": len(manifest.files) - len(to_copy)}
     # A folder copied by hand holds the right files under another folder's manifest
     # (no environment, or another one): that is not "already promoted", and promoting
-    # again is how it is repaired, so only the environment's own manifest makes a no-op.
-    if not to_copy and not stale and previous is not None and previous.digest == manifest.digest \
-            and previous.version == manifest.version and previous.environment == environment \
-            and previous.project == manifest.project:
+    # again is how it is repaired, so only the environment's own manifest makes a no-op;
+    # one marked with an unfinished promote is rewritten without the mark.
+    done = (not to_copy and not stale and previous is not None and previous.digest == manifest.digest
+            and previous.version == manifest.version and previous.environment == environment
+            and previous.project == manifest.project and not previous.promoting)
+    return to_copy, stale, done
+
+
+def _still(ctx: StageContext, environment: str, folder: Optional[_Folder]) -> _Folder:
+    """``folder`` as read before the lock, when it is still what the folder holds; else read
+    again. Every promote marks the manifest before it changes a file, and destroy removes
+    it, so an unchanged manifest means unchanged files. An empty folder has no manifest
+    to mark: it is listed again."""
+    if folder is None or folder.previous is None:
+        return _read_folder(ctx, environment)
+    now = _previous_manifest(ctx, environment)
+    if now is not None and now.to_json() == folder.previous.to_json():
+        return folder
+    return _read_folder(ctx, environment)
+
+
+def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
+                     promoted: Dict[str, Any], lease: Optional[Lease] = None,
+                     folder: Optional[_Folder] = None) -> Dict[str, Any]:
+    """Make ``<environment>/`` hold exactly ``manifest``'s files; write its manifest last.
+    ``folder``: the folder as read before the lock was taken, re-checked here."""
+    repository = ctx.repository
+    prefix = f"{environment}/"
+    folder = _still(ctx, environment, folder)
+    listing, previous = folder.listing, folder.previous
+    to_copy, stale, done = _changes(folder, environment, manifest)
+    counts = {"previous_version": previous.version if previous else None, "copied": len(to_copy),
+              "deleted": len(stale), "unchanged": len(manifest.files) - len(to_copy)}
+    if done:
         log.info("%s already holds version %s: nothing to do", environment, manifest.version)
         return {**counts, "noop": True}
 
@@ -296,16 +336,25 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
     env = ctx.environment(environment)
     refuse_bluegreen_target(env, "promote")
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
-    try:
-        who, manifest, overridden, held, held_by = _admitted(ctx, env, version, force, approved_by, now)
-    except Refused as exc:
-        # Refused before anything changed (approval, gate, policy, a damaged version):
-        # on the record all the same, so history shows who tried what, and why not.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        # The environment's folder is read while the promotion is admitted: when it
+        # already holds the version (a retried stage), nothing is locked or written.
+        folder_read = reader.submit(_read_folder, ctx, env.name)
         try:
-            ctx.records.write(env.name, "promote", version, "refused", {"error": str(exc)})
-        except Exception as problem:  # noqa: BLE001 - the refusal is what the user must see
-            log.warning("%s: could not record the refused promote: %s", env.name, problem)
-        raise
+            who, manifest, overridden, held, held_by = _admitted(ctx, env, version, force, approved_by, now)
+        except Refused as exc:
+            # Refused before anything changed (approval, gate, policy, a damaged version):
+            # on the record all the same, so history shows who tried what, and why not.
+            try:
+                ctx.records.write(env.name, "promote", version, "refused", {"error": str(exc)})
+            except Exception as problem:  # noqa: BLE001 - the refusal is what the user must see
+                log.warning("%s: could not record the refused promote: %s", env.name, problem)
+            raise
+        folder = folder_read.result()
+    if _changes(folder, env.name, manifest)[2]:
+        log.info("%s already holds version %s: nothing to do, nothing locked", env.name, version)
+        return PromoteResult(env.name, version, version, 0, 0, len(manifest.files), False,
+                             time.monotonic() - started, approved_by=who)
     # What a forced promotion overrode: on the manifest, the promote record and the override record.
     forced: Dict[str, Any] = {}
     if overridden or held_by:
@@ -319,7 +368,8 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
             # Still the version a person forced in, if one did: status keeps saying so.
             promoted.update({key: held[key] for key in FORCED_KEYS if key in held})
         try:
-            outcome = sync_environment(ctx, env.name, manifest, promoted, lease)
+            # Checked again under the lock: another agent may have promoted meanwhile.
+            outcome = sync_environment(ctx, env.name, manifest, promoted, lease, folder)
         except KeyboardInterrupt as exc:
             # Cut short while copying (Ctrl-C, an aborted build): the folder may hold
             # part of the version under the old manifest, so it fails verification
