@@ -141,7 +141,8 @@ def test_status_lists_which_version_each_environment_holds(project):
     promote(ctx, "test", "1.0.1")
     table = project.envpipe("status", check=0).stdout
     assert table.splitlines()[0].split()[:2] == ["ENVIRONMENT", "VERSION"]
-    rows = [re.split(r"\s{2,}", line)[:2] for line in table.splitlines()[1:]]
+    environments = table.split("\n\n", 1)[0]  # the path's table; what waits at each gate follows
+    rows = [re.split(r"\s{2,}", line)[:2] for line in environments.splitlines()[1:]]
     assert rows == [["test", "1.0.1"], ["staging", "-"], ["production (manual)", "-"]]
     as_json = json.loads(project.envpipe("status", "--json", check=0).stdout)
     assert json.loads(project.envpipe("--json", "status", check=0).stdout) == as_json
