@@ -264,6 +264,10 @@ class Config:
         repository (an on-demand instance never shares its path environment's own)."""
         return environment.state or self.terraform.state
 
+    def where(self, name: str) -> str:
+        """``environments[2]``: where the path environment ``name`` is in envpipe.yml."""
+        return f"environments[{self.environment_names.index(name)}]"
+
     def previous_environment(self, name: str) -> Optional[Environment]:
         """The environment before ``name`` on the path, or None for the first."""
         names = self.environment_names

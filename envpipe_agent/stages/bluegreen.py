@@ -90,7 +90,7 @@ def check_router(ctx: StageContext, env: Environment, manifest: Manifest) -> Non
     assert env.bluegreen is not None
     if not env.bluegreen.holds_router(manifest.files, ctx.config.tool, _template_name(ctx)):
         wanted = env.bluegreen.router_stack(ctx.config.tool, _template_name(ctx))
-        raise ConfigError(f"{ctx.config.path}: {env.name}.bluegreen.router: version {manifest.version} has no "
+        raise ConfigError(f"{ctx.config.path}: {ctx.config.where(env.name)}.bluegreen.router: version {manifest.version} has no "
                           f"{wanted}: the router's stack ({ctx.config.tool}) must be in the definition; "
                           "add it and publish a new version")
 

@@ -16,10 +16,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import UsageError, VersionConflict
+from envpipe_agent.errors import ConfigError, UsageError, VersionConflict
 from envpipe_agent.manifest import (
     CLAIM_KEY,
     MANIFEST_KEY,
@@ -125,6 +125,17 @@ def claim_version(ctx: StageContext, version: str, digest: str, listed: bool) ->
                           "the version? Check 'envpipe status', then publish again")
 
 
+def _check_routers(ctx: StageContext, paths: List[str]) -> None:
+    """A blue-green environment's router must be a stack of the same tool in the
+    definition (SPEC §9): refused (exit 2) before anything is written."""
+    config = ctx.config
+    for env in config.environments:
+        if env.bluegreen and not env.bluegreen.holds_router(paths, config.tool, config.cloudformation.template):
+            raise ConfigError(f"{config.path}: {config.where(env.name)}.bluegreen.router: the definition has no "
+                              f"{env.bluegreen.router_stack(config.tool, config.cloudformation.template)}: put "
+                              f"the router's {config.tool} stack there, or fix the folder; nothing was published")
+
+
 def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[str] = None) -> PublishResult:
     """Publish the definition at ``source`` (default: the config's) as ``version``."""
     started = time.monotonic()
@@ -139,6 +150,7 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
         listing = lister.submit(lambda: {info.key[len(prefix):]: info for info in repository.list(prefix)})
         files = read_definition(Path(source) if source else ctx.config.source)
         existing = listing.result()
+    _check_routers(ctx, [f.path for f in files])
     digest = content_digest({f.path: f.entry for f in files})
     if ctx.config.tool == "terraform":
         from envpipe_agent.tools.terraform_providers import missing_lock_file
