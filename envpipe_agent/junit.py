@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from envpipe_agent.errors import StageFailed
+from envpipe_agent.files import write_file
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 # A CI log or report page needs the start of a failure, not megabytes of it.
@@ -127,10 +128,7 @@ def render_report(name: str, suites: Sequence[Suite]) -> bytes:
 
 
 def write_report(path: Path, name: str, suites: Sequence[Suite]) -> Path:
-    """Write the report to ``path`` through a temporary name, so CI never reads half a file."""
+    """Write the report to ``path`` in one step, so CI never reads half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(render_report(name, suites))
-    partial.replace(path)
-    return path
+    return write_file(path, render_report(name, suites))

@@ -1,8 +1,10 @@
-"""Bounded-thread fan-out for per-file repository requests."""
+"""Bounded-thread fan-out for per-file repository requests, and one request run in the
+background while the caller does something else."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, List, TypeVar
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, List, TypeVar
 
 from envpipe_agent.repository.base import TRANSFER_THREADS
 
@@ -25,3 +27,13 @@ def parallel_map(function: Callable[[Item], Result], items: Iterable[Item],
         return list(executor.map(function, items))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def background(threads: int = 1) -> Iterator[Callable[..., "Future[Any]"]]:
+    """For the block, ``submit(function, *args)``: runs the call on a background thread
+    (up to ``threads`` at once) while the block goes on, and returns its Future (a
+    listing while the source is hashed, a delete while files are copied). Leaving the
+    block waits for every call to end, whatever ends the block."""
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        yield executor.submit

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from envpipe_agent.errors import Refused, UsageError
+from envpipe_agent.files import replacing
 
 FORMAT = 1
 METADATA = "envpipe-plan.json"
@@ -63,17 +62,10 @@ def prepare(path: Path) -> None:
 def write(path: Path, plan: SavedPlan, tool_plan: Optional[Path]) -> str:
     """Write the saved plan to ``path`` in one step (owner-only); return its SHA-256."""
     prepare(path)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(METADATA, json.dumps({"format": FORMAT, **asdict(plan)}, indent=1, sort_keys=True))
-            if tool_plan is not None:
-                archive.write(tool_plan, TOOL_PLAN)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path, mode=0o600) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(METADATA, json.dumps({"format": FORMAT, **asdict(plan)}, indent=1, sort_keys=True))
+        if tool_plan is not None:
+            archive.write(tool_plan, TOOL_PLAN)
     return sha256(path)
 
 

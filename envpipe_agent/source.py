@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -18,6 +17,7 @@ import pathspec
 
 from envpipe_agent.errors import UnsafeSource, UsageError
 from envpipe_agent.manifest import FileEntry
+from envpipe_agent.parallel import parallel_map
 from envpipe_agent.repository.base import CHUNK_SIZE, MULTIPART_SIZE
 
 IGNORE_FILE = ".envpipeignore"
@@ -222,8 +222,7 @@ def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
                              f"list it in {IGNORE_FILE}") from None
         return relative, entry, md5, multipart, problem
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        scanned = list(pool.map(scan, relatives))
+    scanned = parallel_map(scan, relatives, threads)  # the first unreadable file stops the rest
     problems = [f"{relative} ({problem})" for relative, _, _, _, problem in scanned if problem]
     if problems:
         _refuse(problems)

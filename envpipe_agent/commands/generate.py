@@ -3,34 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from envpipe_agent.config import load_config
 from envpipe_agent.errors import StageFailed, UsageError
+from envpipe_agent.files import write_file
 from envpipe_agent.generate import JOBS, TARGETS, render
 
 log = logging.getLogger("envpipe_agent")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` in one step, so a CD server never reads half a pipeline."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"-o {path}: folder {directory} does not exist; create it first")
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def run_generate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -50,7 +32,11 @@ def run_generate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         log.info("%s is up to date", output)
         return 0
     if args.output:
-        _write_atomically(Path(args.output), text)
+        output = Path(args.output)
+        folder = output.parent if str(output.parent) else Path(".")
+        if not folder.is_dir():
+            raise UsageError(f"-o {output}: folder {folder} does not exist; create it first")
+        write_file(output, text)  # in one step: a CD server never reads half a pipeline
         log.info("wrote %s", args.output)
     else:
         sys.stdout.write(text)

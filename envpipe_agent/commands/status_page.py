@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from envpipe_agent.context import StageContext
+from envpipe_agent.files import write_file
 from envpipe_agent.records import iso, latest_test, record_order, utc_now
 from envpipe_agent.stages.status import on_demand_status, status
 
@@ -96,10 +97,7 @@ def render_status_page(ctx: StageContext, entries: Optional[Sequence[Mapping[str
 
 def write_status_page(ctx: StageContext, path: Path, entries: Optional[Sequence[Mapping[str, Any]]] = None,
                       instances: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
-    """Write the page to ``path`` (through a temporary name) and return the path."""
+    """Write the page to ``path`` in one step and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(render_status_page(ctx, entries, instances), encoding="utf-8")
-    partial.replace(path)
-    return path
+    return write_file(path, render_status_page(ctx, entries, instances))

@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,7 +23,7 @@ from envpipe_agent.errors import GateNotPassed, IntegrityError, NotFound, Refuse
 from envpipe_agent.instances import refuse_bluegreen_target
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, FileEntry, Manifest, manifest_key, read_manifest
-from envpipe_agent.parallel import parallel_map
+from envpipe_agent.parallel import background, parallel_map
 from envpipe_agent.paths import check_relative_path
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.policy import Hold, enforce_policy, gate_hold, override_details, policy_holds
@@ -141,14 +140,14 @@ def _read_folder(ctx: StageContext, environment: str) -> _Folder:
     prefix = f"{environment}/"
     listing = {}
     previous_read = None
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    with background() as submit:
         for info in repository.list(prefix):
             relative = info.key[len(prefix):]
             check_relative_path(relative, repository.location(prefix))
             if relative == MANIFEST_KEY:
                 # It sorts first ('.' precedes digits and letters): read it while
                 # the rest of the listing pages in, instead of one round trip after.
-                previous_read = reader.submit(_previous_manifest, ctx, environment)
+                previous_read = submit(_previous_manifest, ctx, environment)
                 continue
             listing[relative] = info
         previous = previous_read.result() if previous_read else None
@@ -234,10 +233,10 @@ def sync_environment(ctx: StageContext, environment: str, manifest: Manifest,
                 f"{manifest.version} but missing: the version was damaged; publish a new version"
             ) from None
 
-    with ThreadPoolExecutor(max_workers=1) as deleter:
+    with background() as submit:
         # Stale files go while the copies run: the environment's manifest, written
         # last, is what marks the folder complete, so the order does not matter.
-        deleting = deleter.submit(repository.delete, [prefix + path for path in stale]) if stale else None
+        deleting = submit(repository.delete, [prefix + path for path in stale]) if stale else None
         etags = dict(zip(to_copy, parallel_map(copy, to_copy)))
         if deleting is not None:
             deleting.result()
@@ -298,13 +297,13 @@ def _admitted(ctx: StageContext, env: Environment, version: str, force: bool, ap
     overridden (if any), the promotion a repair keeps (if any) and the policy holds
     overridden. Raises the refusal when something does not let it in."""
     who = approver(env, "promote", ctx.environ, approved_by)
-    with ThreadPoolExecutor(max_workers=2) as reader:
+    with background(threads=2) as submit:
         # The gate's test result and the policy's freeze are read alongside the version's
         # manifest (one round trip, not three); a missing version is still the error
         # reported first, then the gate, then the policy (SPEC §10: after the gate). An
         # instance off the path (on-demand, sandbox) has neither gate nor policy.
-        gate = reader.submit(check_gate, ctx, env.name, version, force) if env.on_path else None
-        policy = reader.submit(enforce_policy, ctx.config, ctx.repository, env.name, version, now or utc_now(),
+        gate = submit(check_gate, ctx, env.name, version, force) if env.on_path else None
+        policy = submit(enforce_policy, ctx.config, ctx.repository, env.name, version, now or utc_now(),
                                "promote", force) if env.on_path else None
         manifest = load_version(ctx, version)
         try:

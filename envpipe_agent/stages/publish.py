@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -29,7 +28,7 @@ from envpipe_agent.manifest import (
     manifest_key,
     read_manifest,
 )
-from envpipe_agent.parallel import parallel_map
+from envpipe_agent.parallel import background, parallel_map
 from envpipe_agent.records import iso, utc_now
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.repository import AlreadyExists, KeyNotFound, Repository
@@ -146,8 +145,8 @@ def publish(ctx: StageContext, source: Optional[Path] = None, version: Optional[
     # earlier run already uploaded. It runs while the source is read and hashed;
     # an unsafe source is still the error reported first.
     prefix = f"{version}/"
-    with ThreadPoolExecutor(max_workers=1) as lister:
-        listing = lister.submit(lambda: {info.key[len(prefix):]: info for info in repository.list(prefix)})
+    with background() as submit:
+        listing = submit(lambda: {info.key[len(prefix):]: info for info in repository.list(prefix)})
         files = read_definition(Path(source) if source else ctx.config.source)
         existing = listing.result()
     _check_routers(ctx, [f.path for f in files])

@@ -1,0 +1,46 @@
+"""Local files written whole or not at all.
+
+A generated pipeline, a JUnit report, the status page or a saved plan is read by
+someone else (a CD server, Jenkins' junit step, a browser) maybe while it is
+written: each is written under a random temporary name beside its place and renamed
+into it in one step, and the temporary file is removed if anything fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator, Optional, Union
+
+# The mode of a new file (an existing one keeps its own): what open() gives under the
+# usual umask of 022.
+NEW_FILE_MODE = 0o644
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: Optional[int] = None) -> Iterator[BinaryIO]:
+    """A binary stream to fill; when the block ends, it replaces ``path`` in one step.
+
+    ``mode`` is the file's mode; by default an existing file's is kept, and a new file
+    gets NEW_FILE_MODE. ``path``'s folder must exist.
+    """
+    path = Path(path)
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else NEW_FILE_MODE
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as stream:
+            yield stream
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_file(path: Path, content: Union[bytes, str], mode: Optional[int] = None) -> Path:
+    """Replace ``path`` with ``content`` (text as UTF-8, as written) in one step."""
+    with replacing(path, mode) as stream:
+        stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+    return Path(path)
