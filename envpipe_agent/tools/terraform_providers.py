@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Set
