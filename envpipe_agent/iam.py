@@ -32,8 +32,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from envpipe_agent.config import Config, Environment
+from envpipe_agent.config import BLUEGREEN_SUFFIXES, Config, Environment
 from envpipe_agent.errors import UsageError
+from envpipe_agent.live import LIVE_PREFIX, live_key
 from envpipe_agent.locking import lock_key
 from envpipe_agent.policy import FREEZE_PREFIX, freeze_key
 from envpipe_agent.records import RECORDS_PREFIX, RESULTS_PREFIX, SUMMARY_PREFIX
@@ -41,7 +42,8 @@ from envpipe_agent.registrations import REGISTRATIONS_PREFIX
 from envpipe_agent.tools.cloudformation import TEMPLATE_PREFIX
 from envpipe_agent.tools.terraform import STATE_LOCK_FILES, STATE_PREFIX, state_key
 
-STAGES = ("publish", "promote", "apply", "test", "status", "unlock", "freeze", "on-demand", "role", "state-role")
+STAGES = ("publish", "promote", "apply", "test", "bluegreen", "status", "unlock", "freeze", "on-demand", "role",
+          "state-role")
 # The stages an environment's pipeline steps run, under that environment's credentials.
 ENVIRONMENT_STAGES = ("promote", "apply", "test", "unlock")
 VERSION_PATTERNS = tuple(f"{digit}*" for digit in "0123456789")
@@ -291,6 +293,14 @@ def _apply(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None
         _assume(builder, "AssumeEnvironmentRole", env.role_arn)
     else:
         _tool(builder, ctx, env)
+    # A blue-green environment's plan is its idle instance's (bluegreen ENV does the rest).
+    if env.bluegreen is not None:
+        builder.objects("Live", ["s3:GetObject"], ctx.repository, [live_key(env.name)])
+    for instance in _bluegreen_instances(env):
+        _folder(builder, ctx, instance.name, ["s3:GetObject"])
+        _records(builder, ctx, instance.name, ["s3:GetObject", "s3:PutObject"])
+        if not env.role_arn:
+            _tool(builder, ctx, instance)
 
 
 def _test(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
@@ -302,6 +312,41 @@ def _test(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
     _kms(builder, ctx, write=True)
     if env.role_arn:  # the test suite runs with the environment's role
         _assume(builder, "AssumeEnvironmentRole", env.role_arn)
+
+
+def _bluegreen_instances(env: Environment) -> Tuple[Environment, ...]:
+    """A blue-green environment's instances and router, as envpipe_agent.instances makes
+    them: the environment's role and account, never its own state."""
+    if env.bluegreen is None:
+        return ()
+    return tuple(Environment(name=f"{env.name}-{suffix}", role_arn=env.role_arn, account_id=env.account_id,
+                             like=env.name) for suffix in BLUEGREEN_SUFFIXES)
+
+
+def _bluegreen(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
+    """bluegreen ENV (release, --rollback, --finish): ENV's gate, lock, folder, records and
+    result, the live object, and for each instance and the router what promote, apply,
+    test and destroy need there."""
+    if env.bluegreen is None:
+        raise UsageError(f"environment {env.name!r} is not released blue-green (no 'bluegreen:' in envpipe.yml): "
+                         f"its pipeline runs promote, apply and test, whose policies 'envpipe iam STAGE {env.name}' "
+                         "prints")
+    _promote(builder, ctx, env)
+    _test(builder, ctx, env)
+    builder.objects("Live", ["s3:GetObject", "s3:PutObject"], ctx.repository, [live_key(env.name)])
+    read_write = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    for instance in _bluegreen_instances(env):
+        _folder(builder, ctx, instance.name, read_write)
+        _lock(builder, ctx, instance.name, read_write)
+        _records(builder, ctx, instance.name, ["s3:GetObject", "s3:PutObject"])
+        builder.objects("TestResults", ["s3:GetObject", "s3:PutObject"], ctx.repository,
+                        [f"{RESULTS_PREFIX}{instance.name}/*"])
+        if ctx.config.tool == "cloudformation":
+            builder.objects("Templates", read_write, ctx.repository, [f"{TEMPLATE_PREFIX}/{instance.name}/*"])
+        if env.role_arn:
+            _assume(builder, "AssumeEnvironmentRole", env.role_arn)
+        else:
+            _tool(builder, ctx, instance)
 
 
 def _unlock(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
@@ -318,15 +363,14 @@ def _unlock(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> Non
 
 
 def _status(builder: PolicyBuilder, ctx: PolicyContext) -> None:
-    """status, history, verify and doctor: reads every environment's folder, records and
-    lock and the versions, and the bucket's settings; never state, never a write."""
+    """status, history, verify and doctor: reads every folder (path environments,
+    blue-green instances, on-demand ones, versions) and what .envpipe/ says about them,
+    and the bucket's settings; never state or templates, never a write."""
     _versions(builder, ctx, write=False)
-    for env in ctx.config.environments:
-        _folder(builder, ctx, env.name, ["s3:GetObject"])
-        _records(builder, ctx, env.name, ["s3:GetObject"])
-        _lock(builder, ctx, env.name, ["s3:GetObject"])
-        _freeze(builder, ctx, env.name, ["s3:GetObject"])
-        builder.objects("TestResults", ["s3:GetObject"], ctx.repository, [f"{RESULTS_PREFIX}{env.name}/*"])
+    builder.objects("Folders", ["s3:GetObject"], ctx.repository, LETTER_PATTERNS)
+    builder.objects("Records", ["s3:GetObject"], ctx.repository,
+                    [*INSTANCE_RECORDS, ".envpipe/locks/*", f"{REGISTRATIONS_PREFIX}*", f"{FREEZE_PREFIX}*",
+                     f"{LIVE_PREFIX}*"])
     builder.allow("BucketSettings", ["s3:GetBucketOwnershipControls", "s3:GetBucketPolicy",
                                      "s3:GetBucketPublicAccessBlock", "s3:GetBucketVersioning",
                                      "s3:GetEncryptionConfiguration"], [ctx.repository.arn])
@@ -382,8 +426,8 @@ def _on_demand(builder: PolicyBuilder, ctx: PolicyContext) -> None:
         builder.list_prefix(ctx.repository, TERRAFORM_WORKSPACES)
     if like.role_arn:
         _assume(builder, "AssumeEnvironmentRole", like.role_arn)
-    for env in config.environments:
-        if env.name == like.name:
+    for env in [*config.environments, *(i for e in config.environments for i in _bluegreen_instances(e))]:
+        if like.name in (env.name, env.like):
             continue
         builder.deny("DenyPathEnvironments", ["s3:PutObject", "s3:DeleteObject"], [
             ctx.repository.objects(pattern) for pattern in (
@@ -407,7 +451,8 @@ def _role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
     if not env.role_arn:
         raise UsageError(f"environment {env.name!r} has no role_arn: its stages run with the bound credentials, "
                          f"whose policy 'envpipe iam apply {env.name}' prints")
-    _tool(builder, ctx, env)
+    for each in (env, *_bluegreen_instances(env)):
+        _tool(builder, ctx, each)
 
 
 def _state_role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) -> None:
@@ -418,7 +463,8 @@ def _state_role(builder: PolicyBuilder, ctx: PolicyContext, env: Environment) ->
     _state(builder, ctx, env)
 
 
-_ENVIRONMENT_STAGES = {"promote": _promote, "apply": _apply, "test": _test, "unlock": _unlock, "freeze": _freeze_stage,
+_ENVIRONMENT_STAGES = {"promote": _promote, "apply": _apply, "test": _test, "bluegreen": _bluegreen,
+                       "unlock": _unlock, "freeze": _freeze_stage,
                        "role": _role, "state-role": _state_role}
 
 
@@ -453,6 +499,8 @@ def environment_policies(config: Config, repository_url: Optional[str]) -> Dict[
             _publish(builder, ctx)
         for stage in ENVIRONMENT_STAGES:
             _ENVIRONMENT_STAGES[stage](builder, ctx, env)
+        if env.bluegreen is not None:  # its pipeline stage runs 'envpipe bluegreen'
+            _bluegreen(builder, ctx, env)
         policies[env.name] = builder.document()
     return policies
 

@@ -405,3 +405,46 @@ def test_production_applies_through_its_role_with_its_state_behind_a_role_of_its
     # The bound credentials themselves never reach the state.
     with pytest.raises(ClientError, match="AccessDenied"):
         account.s3(bound).get_object(Bucket="production-state", Key="production/terraform.tfstate")
+
+
+BLUEGREEN_CONFIG = f"""\
+project: our-project
+source: infra
+repository: {REPOSITORY}
+version: "1.0.{{build}}"
+environments:
+  - name: test
+  - name: production
+    approval: manual
+    bluegreen: {{router: router/}}
+tests:
+  path: tests/
+"""
+ROUTER = """\
+variable "envpipe_live_color" {}
+variable "envpipe_live_environment" {}
+variable "envpipe_live_outputs" {}
+resource "terraform_data" "route" { input = var.envpipe_live_environment }
+"""
+
+
+def test_a_blue_green_release_runs_with_the_environments_own_policy(account, working_copy):
+    root = working_copy
+    (root / "envpipe.yml").write_text(BLUEGREEN_CONFIG)
+    (root / "infra" / "router").mkdir()
+    (root / "infra" / "router" / "main.tf").write_text(ROUTER)
+    production = account.user("pipeline-production", policy(root, "--role-per-environment")["production"])
+    status = account.user("status", policy(root, "status"))
+    for build in ("7", "8"):
+        envpipe_as(account.admin, root, "publish", check=0, build=build)
+        for stage in ("promote", "apply", "test"):
+            envpipe_as(account.admin, root, *((stage, f"1.0.{build}", "--to", "test") if stage == "promote"
+                                              else (stage, "test")), check=0, build=build)
+        # the second release swaps to green and destroys blue, the old instance
+        envpipe_as(production, root, "bluegreen", "production", f"1.0.{build}", check=0, build=build)
+    entries = json.loads(envpipe_as(status, root, "status", "--json", check=0).stdout)["environments"]
+    assert [(e["environment"], e["version"]) for e in entries] == [("test", "1.0.8"), ("production", "1.0.8")]
+    s3 = account.s3()
+    live = json.loads(s3.get_object(Bucket=BUCKET, Key="pipelines/.envpipe/live/production.json")["Body"].read())
+    assert (live["color"], live["version"]) == ("green", "1.0.8")
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="pipelines/production-blue/")
