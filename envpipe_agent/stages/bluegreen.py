@@ -38,8 +38,8 @@ from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.policy import gate_hold, override_details, policy_holds, refusal
-from envpipe_agent.records import iso, latest_test, recorded_outputs, utc_now
-from envpipe_agent.stages.apply import StageResult, _failure, _run_stage, apply, destroy_instance, last_applied
+from envpipe_agent.records import iso, last_applied, latest_test, recorded_outputs, utc_now
+from envpipe_agent.stages.apply import StageResult, _failure, _run_stage, apply, destroy_instance
 from envpipe_agent.stages.ondemand import forget_instance_data
 from envpipe_agent.stages.promote import PromotionCheck, check_promotion, load_version, promote, sync_environment
 from envpipe_agent.stages.testing import TestResult, run_tests

@@ -335,10 +335,10 @@ def promote(ctx: StageContext, environment: str, version: Optional[str] = None,
     env = ctx.environment(environment)
     refuse_bluegreen_target(env, "promote")
     version = ctx.resolve_version(version, f"give the version: envpipe promote VERSION --to {env.name}")
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    with background() as submit:
         # The environment's folder is read while the promotion is admitted: when it
         # already holds the version (a retried stage), nothing is locked or written.
-        folder_read = reader.submit(_read_folder, ctx, env.name)
+        folder_read = submit(_read_folder, ctx, env.name)
         try:
             who, manifest, overridden, held, held_by = _admitted(ctx, env, version, force, approved_by, now)
         except Refused as exc:
