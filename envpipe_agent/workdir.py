@@ -82,6 +82,13 @@ def sweep_stale_work_folders(parent: Path, now: Optional[float] = None,
         if info.st_uid != os.getuid() or now - info.st_mtime < max_age or _held_elsewhere(lock_path):
             continue
         folder = lock_path.with_name(lock_path.name[:-len(LOCK_SUFFIX)])
+        try:
+            made = folder.lstat()
+        except FileNotFoundError:
+            made = None
+        if made is not None and not (stat.S_ISDIR(made.st_mode) and made.st_uid == os.getuid()
+                                     and stat.S_IMODE(made.st_mode) == stat.S_IRWXU):
+            continue  # not a work folder envpipe made: never someone else's to remove
         shutil.rmtree(folder, ignore_errors=True)
         lock_path.unlink(missing_ok=True)
         log.info("removed the work folder of a run that was killed: %s", folder)

@@ -35,7 +35,8 @@ def test_a_write_removes_stale_temporary_files_of_its_folder_and_keeps_young_one
 
 def killed_run_folder(parent: Path, name: str, seconds_ago: float) -> Path:
     folder = parent / name
-    (folder / ".terraform").mkdir(parents=True)
+    folder.mkdir(mode=0o700)
+    (folder / ".terraform").mkdir()
     (folder / "terraform.tfvars.json").write_text('{"pw": "secret"}')
     lock = parent / f"{name}.lock"
     lock.write_bytes(b"")
@@ -49,11 +50,15 @@ def test_work_folders_of_killed_runs_older_than_a_day_are_removed(tmp_path):
     alive = killed_run_folder(tmp_path, "envpipe-test-alive", STALE_WORK_SECONDS + 60)
     other = tmp_path / "not-envpipe"
     other.mkdir()
+    shared = tmp_path / "envpipe-shared"  # not private: not a work folder envpipe made
+    shared.mkdir(mode=0o755)
+    (tmp_path / "envpipe-shared.lock").touch()
+    age(tmp_path / "envpipe-shared.lock", STALE_WORK_SECONDS + 60)
     with open(tmp_path / "envpipe-test-alive.lock", "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # a run still going after a day
         assert sweep_stale_work_folders(tmp_path) == 1
     assert not dead.exists() and not (tmp_path / "envpipe-test-dead1.lock").exists()
-    assert recent.exists() and alive.exists() and other.exists()
+    assert recent.exists() and alive.exists() and other.exists() and shared.exists()
 
 
 def test_a_work_folder_is_private_removed_afterwards_and_sweeps_first(tmp_path):

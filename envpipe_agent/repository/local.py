@@ -19,7 +19,7 @@ from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound
 TEMP_MARK = ".envpipe-tmp-"
 # A temporary file untouched this long is a killed writer's (a live one writes to it,
 # or renames it away, within seconds): the first write into its folder removes it.
-STALE_TEMP_SECONDS = 3600
+STALE_TEMP_SECONDS = 600
 _PRUNE_RETRIES = 20
 # envpipe's own folders at the root (locks, records, summaries) are written to all the
 # time by every agent; they are never pruned.
