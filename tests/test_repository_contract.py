@@ -28,6 +28,17 @@ def test_write_then_read_returns_the_bytes_and_the_listed_tag(repo, repository_u
     assert tag == hashlib.md5(b"resource {}\n").hexdigest()
 
 
+def test_https_url_is_the_objects_url_on_s3_and_none_for_a_folder(repo, repository_url):
+    # What CloudFormation's TemplateURL takes; a folder has none (the runner says so).
+    url = repo.https_url(".envpipe/templates/test/a b.yaml")
+    if repository_url.startswith("s3://"):
+        bucket, _, prefix = repository_url[len("s3://"):].partition("/")
+        region = os.environ["AWS_DEFAULT_REGION"]
+        assert url == f"https://{bucket}.s3.{region}.amazonaws.com/{prefix}/.envpipe/templates/test/a%20b.yaml"
+    else:
+        assert url is None
+
+
 def test_folders_are_listed_by_a_partial_name_without_their_contents(repo):
     for key in ("r/test/2026-11-28/a.json", "r/test/2026-11-29/b.json", "r/test/2026-11-29/c/d.json",
                 "r/test/20261127T000000Z-x.json", "r/test/2025-12-31/e.json", "r/other/2026-01-01/f.json"):

@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from conftest import Project, read_repository_file
 
 CONFIG = """\
@@ -124,29 +126,20 @@ def test_run_outside_ci_without_a_version_says_to_pass_one(tmp_path: Path) -> No
     assert "pass --version" in result.stderr
 
 
-def test_run_with_nothing_to_test_exits_2_before_publishing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edit, message", [
+    (("tests:\n  path: tests/\n", ""), "nothing to test: set tests.path"),
+    (("path: tests/", "path: checks/"), "tests.path 'checks/' is not a folder in the definition"),
+])
+def test_run_that_could_not_test_exits_2_before_publishing(tmp_path: Path, edit, message) -> None:
     project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
     project.root.mkdir()
     configure(project)
     config = project.root / "envpipe.yml"
-    config.write_text(config.read_text().replace("tests:\n  path: tests/\n", ""))
+    config.write_text(config.read_text().replace(*edit))
 
     result = project.envpipe("run", "--version", "1.0.1", check=2)
 
-    assert "nothing to test: set tests.path" in result.stderr
-    assert not (tmp_path / "repository").exists()  # truly nothing changed
-
-
-def test_run_with_a_test_folder_missing_from_the_definition_exits_2_before_publishing(tmp_path: Path) -> None:
-    project = Project(root=tmp_path / "work", repository=str(tmp_path / "repository"))
-    project.root.mkdir()
-    configure(project)
-    config = project.root / "envpipe.yml"
-    config.write_text(config.read_text().replace("path: tests/", "path: checks/"))
-
-    result = project.envpipe("run", "--version", "1.0.1", check=2)
-
-    assert "tests.path 'checks/' is not a folder in the definition" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "repository").exists()  # truly nothing changed
 
 
