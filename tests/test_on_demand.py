@@ -17,6 +17,7 @@ from conftest import REGION, list_repository, read_repository_file, run_envpipe
 
 from envpipe_agent import StageContext, promote, publish
 from envpipe_agent.registrations import registration_key
+from test_cloudformation import CONFIG as CFN_PATH_CONFIG
 from test_cloudformation import TEMPLATE as CFN_TEMPLATE
 
 DEFINITION = """\
@@ -265,25 +266,22 @@ def test_a_registration_whose_create_never_promoted_is_reaped(project):
     assert left_of(project, "review-8") == {}
 
 
-CFN_CONFIG = """\
-project: our-project
-source: infra
-repository: {repository}
-tool: cloudformation
-environments:
-  - name: test
-    vars: {{QueueDelay: 5}}
-  - name: staging
-cloudformation:
-  template: stack.yaml
-on_demand:
-  vars: {{QueueDelay: 1}}
-"""
-def test_cloudformation_on_demand_stack_is_created_updated_and_deleted(s3_bucket, moto_server, tmp_path):
+# on-demand stacks get QueueDelay 1 over test's 5
+CFN_CONFIG = CFN_PATH_CONFIG + "on_demand:\n  vars: {{QueueDelay: 1}}\n"
+
+
+@pytest.fixture
+def cfn_working_copy(s3_bucket: str, tmp_path: Path) -> Path:
+    """A CloudFormation working copy whose repository is on moto S3."""
     root = tmp_path / "work"
     (root / "infra").mkdir(parents=True)
     (root / "envpipe.yml").write_text(CFN_CONFIG.format(repository=f"s3://{s3_bucket}/pipelines"))
     (root / "infra" / "stack.yaml").write_text(CFN_TEMPLATE)
+    return root
+
+
+def test_cloudformation_on_demand_stack_is_created_updated_and_deleted(cfn_working_copy, moto_server):
+    root = cfn_working_copy
     cloudformation = boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_server)
     ssm = boto3.client("ssm", region_name=REGION, endpoint_url=moto_server)
     run_envpipe(["publish", "--version", "1.0.1"], cwd=root, check=0)
@@ -306,7 +304,7 @@ def test_cloudformation_on_demand_stack_is_created_updated_and_deleted(s3_bucket
                 if s["StackName"] == "our-project-review-5" and s["StackStatus"] != "DELETE_COMPLETE"]
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name="/our-project/review-5/version")
-    assert read_repository_file(f"s3://{s3_bucket}/pipelines", registration_key("review-5")) is None
+    assert read_repository_file("s3://our-project-repository/pipelines", registration_key("review-5")) is None
 
 
 @FOLDER_ONLY

@@ -13,7 +13,7 @@ from envpipe_agent.manifest import content_digest
 from envpipe_agent.registrations import registration_key
 from envpipe_agent.source import read_definition
 from envpipe_agent.stages.sandbox import default_name
-from test_on_demand import CFN_CONFIG, CFN_TEMPLATE, DEFINITION, left_of, one_line
+from test_on_demand import CFN_TEMPLATE, DEFINITION, cfn_working_copy, left_of, one_line  # noqa: F401 - a fixture
 
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 SUITE = """\
@@ -108,11 +108,8 @@ def test_the_default_name_is_the_ci_user_made_a_valid_name():
     assert default_name(None) == "sandbox-unknown"
 
 
-def test_a_cloudformation_sandbox_is_created_updated_and_deleted(s3_bucket, moto_server, tmp_path):
-    root = tmp_path / "work"
-    (root / "infra").mkdir(parents=True)
-    (root / "envpipe.yml").write_text(CFN_CONFIG.format(repository=f"s3://{s3_bucket}/pipelines"))
-    (root / "infra" / "stack.yaml").write_text(CFN_TEMPLATE)
+def test_a_cloudformation_sandbox_is_created_updated_and_deleted(cfn_working_copy, moto_server):
+    root = cfn_working_copy
     cloudformation = boto3.client("cloudformation", region_name=REGION, endpoint_url=moto_server)
     ssm = boto3.client("ssm", region_name=REGION, endpoint_url=moto_server)
 
