@@ -364,3 +364,18 @@ resource "terraform_data" "slow" {
 
     assert process.returncode == 130 and "terminated (SIGTERM)" in stderr
     assert left_of(project, "slow-a") == {} and left_of(project, "slow-b") == {}
+
+
+@FOLDER_ONLY
+def test_create_with_failing_tests_exits_1_and_keeps_the_environment(project):
+    config = project.root / "envpipe.yml"
+    config.write_text(config.read_text() + "tests: {path: tests}\n")
+    project.write("tests/test_it.py", "import os\n\ndef test_name():\n    assert os.environ['ENVPIPE_ENVIRONMENT'] == 'x'\n")
+    published(project, "1.0.1", into="")
+
+    failed = project.envpipe("env", "create", "review-3", "--version", "1.0.1", "--test", check=1)
+
+    assert "review-3: version 1.0.1 failed its tests (review-3.tests.test_it.test_name)" in failed.stderr.splitlines()[-1]
+    assert registration(project, "review-3") is not None  # kept for a look, and reaped when it expires
+    result = json.loads(read_repository_file(project.repository, ".envpipe/results/review-3/1.0.1.json"))
+    assert result["result"] == "failed"
