@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# Re-render Jenkinsfile.example and examples/gocd/ from examples/envpipe.yml
+# Re-render Jenkinsfile.example, examples/gocd/ and examples/jenkins-library/ from examples/envpipe.yml
 # (tests/test_generate_examples.py fails until they match).
 examples: $(STAMP)
 	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins -o Jenkinsfile.example
@@ -28,6 +28,10 @@ examples: $(STAMP)
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml -o examples/gocd/pipelines.xml
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml --full -o examples/gocd/cruise-config.xml
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml -o examples/gocd/our-project.gocd.yaml
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-xml --full --template -o examples/gocd/cruise-config-template.xml
+	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml --template -o examples/gocd/our-project-template.gocd.yaml
+	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins-library -o examples/jenkins-library
+	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins --use-library envpipe -o examples/jenkins-library/Jenkinsfile
 	mkdir -p examples/on-demand
 	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins --job reap -o examples/on-demand/Jenkinsfile.reap
 	$(BIN)/envpipe --config examples/envpipe.yml generate jenkins --job environments -o examples/on-demand/Jenkinsfile.environments

@@ -45,6 +45,20 @@ ON_DEMAND_TARGETS: Dict[str, str] = {
     "gocd-xml": "gocd-on-demand.xml.j2",
     "gocd-yaml": "gocd-on-demand.yaml.j2",
 }
+# The Jenkins Shared Library (`generate jenkins-library -o DIR`): step → how it is called.
+# Each step is vars/<step>.groovy with its help page vars/<step>.txt (Jenkins' convention).
+LIBRARY_STEPS: Dict[str, str] = {
+    "envpipeInstall": "envpipeInstall()",
+    "envpipePublish": "String version = envpipePublish()",
+    "envpipeDeploy": "envpipeDeploy(environment: 'staging', version: version)",
+    "envpipeApprove": "envpipeApprove(environment: 'production', version: version)",
+    "envpipe": "envpipe(['status']) or envpipe(args: ['history', 'production'], environment: 'production')",
+}
+# GoCD pipeline templates (`generate gocd-xml|gocd-yaml --template`): one for the
+# environments that deploy on their own, one for approval: manual ones (GoCD cannot take
+# a stage's approval type from a parameter); the environment is their one parameter.
+GOCD_TEMPLATES = {False: "envpipe-environment", True: "envpipe-environment-manual"}
+GOCD_TEMPLATE_PARAMETER = "ENVIRONMENT"
 # When the reap job runs: Jenkins cron (H spreads jobs over the hour) and GoCD's
 # Quartz cron (seconds first), both hourly.
 REAP_CRON = {"jenkins": "H * * * *", "gocd": "0 0 * * * ?"}
@@ -185,47 +199,9 @@ def pipeline_model(config: Config) -> Pipeline:
     paths = []
     upstream = (config.project, "publish")
     for index, env in enumerate(config.environments):
-        credentials = dict(aws_credential=jenkins.aws_credentials.get(env.name),
-                           gocd_aws=env.name in gocd.aws_credentials, credentials_of=env.name,
-                           secrets=_secrets(config, env.name), lock=f"{config.project}-{env.name}",
-                           # the first environment takes every branch's builds; the path beyond
-                           # it only the configured branch's (a feature branch never asks for production)
-                           branch_only=index > 0 or env.manual)
-        junit = f"{REPORTS}/{env.name}.xml"
-        stages = []
-        apply_args = ("apply", env.name, "--version", BUILD_VERSION)
-        plan_file = None
-        if env.manual:
-            # The approver sees what promoting this build's version would change before
-            # being asked (SPEC §8): planned against the environment and saved, and the
-            # deploy applies exactly that plan. First the gate and the policy (SPEC §10):
-            # nobody is asked to approve what would be refused.
-            plan_file = f"{REPORTS}/{env.name}.plan"
-            stages.append(Stage(f"plan-{env.name}", "plan",
-                                (Command(("promote", BUILD_VERSION, "--to", env.name, "--check")),
-                                 Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file))),
-                                environment=env, plan_file=plan_file, **credentials))
-            stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
-                                branch_only=credentials["branch_only"]))
-            apply_args += ("--plan", plan_file)
-        stages.append(Stage(
-            f"deploy-{env.name}", "deploy",
-            (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
-             Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit))),
-            environment=env, approvers=env.approvers, junit=junit, plan_file=plan_file,
-            # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
-            # failed apply or a refused test would report an earlier build's results.
-            before=(("rm", "-f", junit),), **credentials,
-        ))
-        name = f"{config.project}-{env.name}"
-        paths.append(EnvironmentPath(
-            environment=env, pipeline=name, upstream=upstream, stages=tuple(stages),
-            secrets=credentials["secrets"],
-            # A manual environment's pipeline stays locked at its approval and after a
-            # failure until someone looks (GoCD's lockOnFailure); the others run one at a time.
-            lock_behavior="lockOnFailure" if env.manual else "unlockWhenFinished",
-        ))
-        upstream = (name, "deploy")
+        path = environment_path(config, index, env, upstream)
+        paths.append(path)
+        upstream = (path.pipeline, "deploy")
     # A private virtualenv in the workspace: agents' system Pythons refuse pip installs
     # (PEP 668), and each job may land on a fresh agent. `venv` leaves an existing one be.
     executable = f"{VENV}/bin/envpipe"
@@ -236,6 +212,75 @@ def pipeline_model(config: Config) -> Pipeline:
     variables = tuple(sorted(config.ci.variables.items()))
     return Pipeline(config, publish, tuple(paths), executable, install, variables)
 
+
+def environment_path(config: Config, index: int, env: Environment, upstream: Tuple[str, str]) -> EnvironmentPath:
+    """``env``'s stages: (plan, approval) deploy, with its credentials, lock and report.
+
+    ``env`` may be a stand-in whose name is a GoCD parameter (``#{ENVIRONMENT}``): the
+    pipeline template's stages are these same stages (template_paths)."""
+    jenkins, gocd = config.ci.jenkins, config.ci.gocd
+    credentials = dict(aws_credential=jenkins.aws_credentials.get(env.name),
+                       gocd_aws=env.name in gocd.aws_credentials, credentials_of=env.name,
+                       secrets=_secrets(config, env.name), lock=f"{config.project}-{env.name}",
+                       # the first environment takes every branch's builds; the path beyond
+                       # it only the configured branch's (a feature branch never asks for production)
+                       branch_only=index > 0 or env.manual)
+    junit = f"{REPORTS}/{env.name}.xml"
+    stages = []
+    apply_args = ("apply", env.name, "--version", BUILD_VERSION)
+    plan_file = None
+    if env.manual:
+        # The approver sees what promoting this build's version would change before
+        # being asked (SPEC §8): planned against the environment and saved, and the
+        # deploy applies exactly that plan. First the gate and the policy (SPEC §10):
+        # nobody is asked to approve what would be refused.
+        plan_file = f"{REPORTS}/{env.name}.plan"
+        stages.append(Stage(f"plan-{env.name}", "plan",
+                            (Command(("promote", BUILD_VERSION, "--to", env.name, "--check")),
+                             Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file))),
+                            environment=env, plan_file=plan_file, **credentials))
+        stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
+                            branch_only=credentials["branch_only"]))
+        apply_args += ("--plan", plan_file)
+    stages.append(Stage(
+        f"deploy-{env.name}", "deploy",
+        (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
+         Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit))),
+        environment=env, approvers=env.approvers, junit=junit, plan_file=plan_file,
+        # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
+        # failed apply or a refused test would report an earlier build's results.
+        before=(("rm", "-f", junit),), **credentials,
+    ))
+    return EnvironmentPath(
+        environment=env, pipeline=f"{config.project}-{env.name}", upstream=upstream, stages=tuple(stages),
+        secrets=credentials["secrets"],
+        # A manual environment's pipeline stays locked at its approval and after a
+        # failure until someone looks (GoCD's lockOnFailure); the others run one at a time.
+        lock_behavior="lockOnFailure" if env.manual else "unlockWhenFinished",
+    )
+
+
+
+@dataclass(frozen=True)
+class PipelineTemplate:
+    """A GoCD pipeline template: an environment's stages with #{ENVIRONMENT} for its name."""
+
+    name: str
+    manual: bool
+    stages: Tuple[Stage, ...]
+
+
+def pipeline_templates(config: Config) -> Tuple[PipelineTemplate, ...]:
+    """The templates the environments' pipelines use: the stages environment_path gives an
+    environment, built for a stand-in named by the parameter. Approvers are left to the
+    pipeline group's operate permission: a template is shared by projects whose approvers differ."""
+    templates = []
+    for manual in sorted({env.manual for env in config.environments}):
+        stand_in = Environment(name=gocd_parameter(GOCD_TEMPLATE_PARAMETER), approval="manual" if manual else "auto")
+        path = environment_path(config, 1, stand_in, (config.project, "publish"))
+        templates.append(PipelineTemplate(GOCD_TEMPLATES[manual], manual,
+                                          tuple(stage for stage in path.stages if stage.kind != "approval")))
+    return tuple(templates)
 
 @dataclass(frozen=True)
 class Parameter:
@@ -408,16 +453,26 @@ def groovy_string(value: str) -> Literal:
     return Literal("'" + "".join(out) + "'")
 
 
+def gocd_parameter(name: str) -> str:
+    """Where a pipeline template's stages take GoCD's ``#{name}``: a mark that escaping
+    turns into the reference (config values, escaped, cannot make one: '#' is doubled)."""
+    return f"\x00{name}\x00"
+
+
+_GOCD_PARAMETER_RE = re.compile(r"\x00([A-Z][A-Z0-9_]*)\x00")
+
+
 def _gocd_text(value: str) -> str:
     # GoCD substitutes #{param} in every pipeline field; '##' is its literal '#'.
-    return value.replace("#", "##")
+    return _GOCD_PARAMETER_RE.sub(r"#{\1}", value.replace("#", "##"))
 
 
 def xml_value(value: str) -> Markup:
     """Text or attribute content, with line breaks kept (attributes would turn them into spaces)."""
-    if _XML_FORBIDDEN_RE.search(value):
+    text = _gocd_text(value)
+    if _XML_FORBIDDEN_RE.search(text):
         raise UsageError(f"{value!r} holds a control character that GoCD XML cannot carry: remove it from envpipe.yml")
-    escaped = str(escape(_gocd_text(value)))
+    escaped = str(escape(text))
     return Markup(escaped.replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#9;"))
 
 
@@ -548,31 +603,71 @@ def _secret_reference(secret_config: str, key: str) -> str:
     return "{{SECRET:[%s][%s]}}" % (secret_config, key)
 
 
-def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False,
-           job: str = "path") -> str:
-    """The pipeline config for ``target`` (jenkins, gocd-xml, gocd-yaml); same input, same text.
-
-    ``job``: the path (publish and the environments), or the on-demand ``reap`` or
-    ``environments`` job."""
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
-    if job not in JOBS:
-        raise UsageError(f"unknown job {job!r}: choose one of {', '.join(JOBS)}")
-    if full and target != "gocd-xml":
-        raise UsageError("--full applies to gocd-xml only (a complete <cruise> document)")
-    pipeline = pipeline_model(config)
-    values = _check(config, target, pipeline)
-    if job != "path":
-        values.update(job=on_demand_job(config, job, pipeline),
-                      cron=REAP_CRON["jenkins" if target == "jenkins" else "gocd"])
-    env = _environment(target, templates)
-    name = TARGETS[target] if job == "path" else ON_DEMAND_TARGETS[target]
+def _render(env: jinja2.Environment, name: str, **values: Any) -> str:
     try:
-        template = env.get_template(name)
-        return template.render(pipeline=pipeline, config=config, ci=config.ci, full=full, **values)
+        return env.get_template(name).render(**values)
     except jinja2.TemplateNotFound as exc:
         raise UsageError(f"template {exc.name} not found: the package is incomplete; reinstall envpipe-agent") from None
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {name}: {exc}: fix the template (see --templates)") from None
     except jinja2.TemplateSyntaxError as exc:
         raise UsageError(f"template {exc.filename or exc.name}: line {exc.lineno}: {exc.message}") from None
+
+
+def render(config: Config, target: str, templates: Optional[Path] = None, full: bool = False,
+           job: str = "path", template: bool = False, library: Optional[str] = None) -> str:
+    """The pipeline config for ``target`` (jenkins, gocd-xml, gocd-yaml); same input, same text.
+
+    ``job``: the path (publish and the environments), or the on-demand ``reap`` or
+    ``environments`` job. ``template`` (GoCD): the environments' pipelines use the
+    pipeline templates, which the XML also defines. ``library`` (Jenkins): the short
+    Jenkinsfile calling the steps of that Shared Library (render_library)."""
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    if job not in JOBS:
+        raise UsageError(f"unknown job {job!r}: choose one of {', '.join(JOBS)}")
+    if full and target != "gocd-xml":
+        raise UsageError("--full applies to gocd-xml only (a complete <cruise> document)")
+    if template and not target.startswith("gocd-"):
+        raise UsageError("--template applies to gocd-xml and gocd-yaml (GoCD pipeline templates); "
+                         "for Jenkins, see 'generate jenkins-library' and --use-library")
+    if library is not None and target != "jenkins":
+        raise UsageError("--use-library applies to jenkins only (a Jenkinsfile using the Shared Library)")
+    if job != "path" and (template or library is not None):
+        raise UsageError(f"--job {job} renders a job of its own: it takes neither --template nor --use-library")
+    if library is not None and not library.strip():
+        raise UsageError("--use-library needs the library's name as configured in Jenkins, e.g. --use-library envpipe")
+    pipeline = pipeline_model(config)
+    values = _check(config, target, pipeline)
+    if job != "path":
+        values.update(job=on_demand_job(config, job, pipeline),
+                      cron=REAP_CRON["jenkins" if target == "jenkins" else "gocd"])
+    if template:
+        values.update(templates=pipeline_templates(config), template_of=GOCD_TEMPLATES,
+                      parameter=GOCD_TEMPLATE_PARAMETER)
+    if library is not None:
+        values.update(library=library)
+    if job != "path":
+        name = ON_DEMAND_TARGETS[target]
+    elif template:
+        name = f"gocd-template.{target[len('gocd-'):]}.j2"
+    elif library is not None:
+        name = "Jenkinsfile-library.j2"
+    else:
+        name = TARGETS[target]
+    return _render(_environment(target, templates), name, pipeline=pipeline, config=config, ci=config.ci, full=full,
+                   **values)
+
+
+def render_library(config: Config, templates: Optional[Path] = None) -> Dict[str, str]:
+    """The Jenkins Shared Library: {path inside the library: text}, vars/<step>.groovy and
+    vars/<step>.txt for each of LIBRARY_STEPS, in a fixed order."""
+    pipeline = pipeline_model(config)
+    values = dict(_check(config, "jenkins", pipeline), pipeline=pipeline, config=config, ci=config.ci,
+                  usages=LIBRARY_STEPS, venv=VENV)
+    env = _environment("jenkins", templates)
+    files = {}
+    for step in LIBRARY_STEPS:
+        files[f"vars/{step}.groovy"] = _render(env, f"jenkins-library-{step}.groovy.j2", step=step, **values)
+        files[f"vars/{step}.txt"] = _render(env, "jenkins-library-help.txt.j2", step=step, **values)
+    return files

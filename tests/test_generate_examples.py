@@ -1,4 +1,5 @@
-"""Jenkinsfile.example and examples/gocd/ are what examples/envpipe.yml renders (SPEC §8).
+"""Jenkinsfile.example, examples/gocd/ and examples/jenkins-library/ are what
+examples/envpipe.yml renders (SPEC §8).
 
 Regenerate them with `make examples` after changing the templates or the example config.
 """
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from envpipe_agent.config import load_config
-from envpipe_agent.generate import render
+from envpipe_agent.generate import render, render_library
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "examples" / "envpipe.yml"
@@ -56,3 +57,32 @@ def test_on_demand_example_is_what_the_example_config_renders(name):
     assert path.read_text(encoding="utf-8") == render(load_config(EXAMPLE_CONFIG), target, job=job), \
         f"{name} is out of date: run 'make examples'"
     assert f"generate {target} --job {job} -o {name}" in (ROOT / "Makefile").read_text()
+
+
+# Pipeline templates and the Shared Library: file → (target, render options), and the
+# Makefile line that writes it.
+TEMPLATE_GOLDEN = {
+    "examples/gocd/cruise-config-template.xml": ("gocd-xml", {"full": True, "template": True}, "--full --template"),
+    "examples/gocd/our-project-template.gocd.yaml": ("gocd-yaml", {"template": True}, "--template"),
+    "examples/jenkins-library/Jenkinsfile": ("jenkins", {"library": "envpipe"}, "--use-library envpipe"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_GOLDEN))
+def test_template_and_library_examples_are_what_the_example_config_renders(name):
+    target, options, flags = TEMPLATE_GOLDEN[name]
+    path = ROOT / name
+    assert path.is_file(), f"{name} is missing: run 'make examples'"
+    assert path.read_text(encoding="utf-8") == render(load_config(EXAMPLE_CONFIG), target, **options), \
+        f"{name} is out of date: run 'make examples'"
+    assert f"generate {target} {flags} -o {name}" in (ROOT / "Makefile").read_text()
+
+
+def test_jenkins_library_example_is_what_the_example_config_renders():
+    folder = ROOT / "examples" / "jenkins-library"
+    files = render_library(load_config(EXAMPLE_CONFIG))
+    for name, text in files.items():
+        assert (folder / name).is_file() and (folder / name).read_text(encoding="utf-8") == text, \
+            f"examples/jenkins-library/{name} is out of date: run 'make examples'"
+    assert sorted(str(p.relative_to(folder)) for p in (folder / "vars").iterdir()) == sorted(files)
+    assert "generate jenkins-library -o examples/jenkins-library" in (ROOT / "Makefile").read_text()

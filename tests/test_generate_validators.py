@@ -12,8 +12,9 @@ from typing import Dict
 import pytest
 
 from envpipe_agent.config import load_config
-from envpipe_agent.generate import JOBS, render
+from envpipe_agent.generate import JOBS, render, render_library
 from test_generate import CONFIG, FIRST_WITH_CREDENTIALS, config_from, hostile_config
+from test_generate_library import expand_templates
 
 ROOT = Path(__file__).resolve().parents[1]
 # beside the checkout, or where ENVPIPE_VALIDATORS points (a worktree elsewhere)
@@ -51,13 +52,22 @@ def jenkins_lint(tmp_path_factory) -> subprocess.CompletedProcess:
             path = folder / f"{name}-{job}.Jenkinsfile"
             path.write_text(render(config, "jenkins", job=job))
             files.append(str(path))
+        # the Shared Library's steps and the short Jenkinsfile using them
+        path = folder / f"{name}-library.Jenkinsfile"
+        path.write_text(render(config, "jenkins", library="envpipe"))
+        files.append(str(path))
+        for step, text in render_library(config).items():
+            if step.endswith(".groovy"):
+                path = folder / f"{name}-{Path(step).name}"
+                path.write_text(text)
+                files.append(str(path))
     return subprocess.run([str(VALIDATORS / "validate-jenkinsfile"), *files], capture_output=True, text=True,
                           timeout=600)
 
 
 def test_generated_jenkinsfiles_pass_npm_groovy_lint(jenkins_lint):
     assert jenkins_lint.returncode == 0, jenkins_lint.stdout + jenkins_lint.stderr
-    assert f"{4 * len(JOBS)} linted files" in jenkins_lint.stdout.replace("\n", " ")
+    assert f"{4 * (len(JOBS) + 1 + 5)} linted files" in jenkins_lint.stdout.replace("\n", " ")
 
 
 @needs_validators
@@ -73,6 +83,29 @@ def test_generated_gocd_xml_is_valid_against_gocds_schema(tmp_path, full):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": OK") == len(files)
+
+
+@needs_validators
+def test_generated_gocd_templates_are_valid_against_gocds_schema(tmp_path):
+    """--template: the pipelines using the templates and the templates, in a <cruise>
+    document as rendered with --full, and the two fragments placed in one; the
+    validator's cross-reference checks do not know templates, so they read the
+    pipelines as GoCD expands them."""
+    files, expanded = [], []
+    for name, config in configs(tmp_path).items():
+        full = tmp_path / f"{name}-template-full.xml"
+        full.write_text(render(config, "gocd-xml", full=True, template=True))
+        fragments = tmp_path / f"{name}-template-fragments.xml"
+        fragments.write_text('<cruise schemaVersion="139">\n' + render(config, "gocd-xml", template=True) + "</cruise>\n")
+        files += [str(full), str(fragments)]
+        path = tmp_path / f"{name}-template-expanded.xml"
+        path.write_text(expand_templates(full.read_text()))
+        expanded.append(str(path))
+    for options, paths in (((), files), (("--semantic",), expanded)):
+        result = subprocess.run([sys.executable, str(VALIDATORS / "validate-gocd-xml"), *options, *paths],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count(": OK") == len(paths)
 
 
 @needs_validators
