@@ -19,7 +19,7 @@ from envpipe_agent.repository import Repository, open_repository
 VERSION_TEMPLATE_VARIABLE = "ENVPIPE_VERSION_TEMPLATE"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageContext:
     config: Config
     repository: Repository

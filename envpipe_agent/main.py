@@ -25,7 +25,7 @@ from envpipe_agent.redact import Redactor, RedactingFilter
 # import their stage when they run, so a command loads only what it uses (the CLI's
 # start-up is part of every pipeline stage's time).
 COMMAND_MODULES = (
-    "envpipe_agent.commands.repository",
+    "envpipe_agent.commands.versions",
     "envpipe_agent.commands.policy",
     "envpipe_agent.commands.apply",
     "envpipe_agent.commands.testing",

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from envpipe_agent.config import Config
 from envpipe_agent.errors import PolicyHold
-from envpipe_agent.records import iso, latest_test, parse_iso, read_json, test_passed
+from envpipe_agent.records import iso, latest_test, parse_iso, read_json, version_passed
 from envpipe_agent.repository import Repository
 from envpipe_agent.timespec import format_duration, next_opening, window_is_open
 
@@ -67,7 +67,7 @@ def gate_hold(config: Config, repository: Repository, environment: str, version:
     """The gate (SPEC §6) as a hold: None when ``version`` passed its tests in the
     environment before this one (or there is none before)."""
     previous = config.previous_environment(environment)
-    if previous is None or test_passed(repository, previous.name, version):
+    if previous is None or version_passed(repository, previous.name, version):
         return None
     summary = f"not passed in {previous.name}"
     if not config.tests.path and not config.tests.http:

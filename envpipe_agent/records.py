@@ -211,7 +211,8 @@ def latest_test(repository: Repository, environment: str, version: str) -> Optio
     return _read_record(repository, f"{RESULTS_PREFIX}{environment}/{version}.json")
 
 
-def test_passed(repository: Repository, environment: str, version: str) -> bool:
+def version_passed(repository: Repository, environment: str, version: str) -> bool:
+    """Whether the latest test of ``version`` in ``environment`` passed (the gate's question)."""
     record = latest_test(repository, environment, version)
     return bool(record and record.get("result") == "passed")
 

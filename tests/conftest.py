@@ -15,6 +15,8 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from envpipe_agent.context import StageContext
+
 REGION = "us-east-1"
 CI_VARIABLES = ("BUILD_NUMBER", "BUILD_URL", "BUILD_USER_ID", "JOB_NAME", "JENKINS_URL", "GIT_COMMIT",
                 "NODE_NAME", "ENVPIPE_REPO", "ENVPIPE_TERRAFORM")
@@ -124,6 +126,11 @@ class Project:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(content))
         return path
+
+    def context(self, **environ: str) -> StageContext:
+        """The stage context of this working copy as envpipe.yml says now, with this
+        process's environment (plus ``environ``): what the CLI would load here."""
+        return StageContext.load(self.root / "envpipe.yml", environ={**os.environ, **environ})
 
     def envpipe(self, *args: str, env: Optional[Mapping[str, str]] = None, check: Optional[int] = None,
                 timeout: float = 120) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from conftest import REGION, list_repository, read_repository_file
 
-from envpipe_agent import StageContext, promote, publish
+from envpipe_agent import promote, publish
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.records import recorded_outputs
@@ -61,7 +61,7 @@ def published(project, version: str = "1.0.1", env: str = "test", content: str =
     """Publish ``content`` as ``version`` and promote it into ``env`` (in-process: only
     the stages under test run as subprocesses)."""
     project.write("main.tf", content)
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version=version)
     promote(ctx, env, version, force=True, reason="test setup", approved_by="test setup")
 
@@ -125,7 +125,7 @@ def test_plan_of_a_candidate_version_shows_its_changes_before_it_is_promoted(pro
     published(project, "1.0.1")
     project.envpipe("apply", "test", check=0)
     project.write("main.tf", DEFINITION.replace("instance_count}", "instance_count}-v2"))
-    publish(StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ)), version="1.0.2")
+    publish(project.context(), version="1.0.2")
 
     candidate = project.envpipe("plan", "test", "--version", "1.0.2", "--detailed-exitcode", check=2)
     assert candidate.stdout.strip() == "test: Plan: 0 to add, 1 to change, 0 to destroy. (version 1.0.2)"

@@ -8,7 +8,6 @@ import os
 import pytest
 
 from conftest import list_repository, read_repository_file
-from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError
 from envpipe_agent.manifest import Manifest, check_folder, read_manifest
 from envpipe_agent.repository import open_repository
@@ -31,7 +30,7 @@ def copy_folder(repository, source: str, target: str) -> None:
 def published(project):
     """1.0.1 published, in process; the repository opened directly."""
     project.write("modules/net/net.tf", "# net\n")
-    publish(StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ)), version="1.0.1")
+    publish(project.context(), version="1.0.1")
     return open_repository(project.repository, dict(os.environ))
 
 
@@ -58,7 +57,7 @@ def test_promoting_again_repairs_a_version_copied_into_an_environment(project, p
 
 @FOLDER_ONLY
 def test_a_forced_promote_repairs_an_environment_copied_from_another_and_says_it_was_forced(project, published):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     promote(ctx, "test", "1.0.1")
     copy_folder(published, "test", "staging")
     assert "holds the manifest of 'test', not 'staging'" in project.envpipe("verify", "staging", check=3).stderr
@@ -80,7 +79,7 @@ def test_the_test_stage_refuses_an_environment_holding_a_versions_manifest(proje
     (project.root / "envpipe.yml").write_text(
         (project.root / "envpipe.yml").read_text() + "tests:\n  path: tests/\n")
     project.write("tests/test_ok.py", "def test_ok():\n    assert True\n")
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.2")
     promote(ctx, "test", "1.0.2")
     ctx.records.write("test", "apply", "1.0.2", "done", {"outputs": {}})
@@ -92,7 +91,7 @@ def test_the_test_stage_refuses_an_environment_holding_a_versions_manifest(proje
 
 def test_a_version_folder_holding_an_environments_manifest_or_another_project_is_refused(project, published,
                                                                                          tmp_path):
-    promote(StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ)), "test", "1.0.1")
+    promote(project.context(), "test", "1.0.1")
     copy_folder(published, "test", "1.0.7")
     with pytest.raises(IntegrityError, match="holds the manifest of 'test', not '1.0.7'"):
         check_folder(published, "1.0.7", tmp_path / "a")

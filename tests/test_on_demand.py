@@ -15,7 +15,7 @@ import boto3
 import pytest
 from conftest import REGION, list_repository, read_repository_file, run_envpipe
 
-from envpipe_agent import StageContext, promote, publish
+from envpipe_agent import promote, publish
 from envpipe_agent.registrations import registration_key
 from test_cloudformation import CONFIG as CFN_PATH_CONFIG
 from test_cloudformation import TEMPLATE as CFN_TEMPLATE
@@ -49,7 +49,7 @@ def terraform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def published(project, version: str = "1.0.1", into: str = "test", content: str = DEFINITION) -> None:
     """Publish ``content`` as ``version`` and promote it into ``into`` (in-process)."""
     project.write("main.tf", content)
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version=version)
     if into:
         promote(ctx, into, version, force=True, reason="test setup")

@@ -45,7 +45,7 @@ def records_of(project, environment: str, action: str) -> list:
 
 
 def publish_in_process(project, version: str) -> None:
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version=version)
 
 
@@ -306,7 +306,7 @@ def test_s3_request_counts_stay_close_to_what_a_sync_needs(s3_bucket, tmp_path):
 
 
 def test_a_promote_cut_short_before_its_manifest_leaves_a_folder_that_fails_verification(project, two_versions):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     promote(ctx, "test", "1.0.1")
     real_write = ctx.repository.write
 

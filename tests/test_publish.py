@@ -282,7 +282,7 @@ def test_publish_when_the_manifest_vanishes_between_listing_and_reading(project,
     """A version deleted while we looked is published afresh, not a crash."""
     from envpipe_agent.stages import publish as publish_module
 
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.1")
     real_read = publish_module.read_manifest
     calls = []
@@ -319,7 +319,7 @@ def test_a_source_file_vanishing_mid_publish_is_a_clear_error(project, monkeypat
         return files
 
     monkeypatch.setattr("envpipe_agent.stages.publish.read_definition", then_delete)
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     with pytest.raises(UsageError, match="main.tf disappeared while publishing"):
         publish(ctx, version="1.0.1")
     assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is None
@@ -371,7 +371,7 @@ class InterruptedAtFirstUpload(Exception):
 
 
 def test_a_version_claimed_by_an_interrupted_publish_refuses_other_content_until_that_one_completes(project):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     real_upload = ctx.repository.upload
 
     def killed(*args, **kwargs):

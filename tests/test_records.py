@@ -10,7 +10,6 @@ import pytest
 
 from conftest import list_repository
 from envpipe_agent.ci_context import CIContext, detect
-from envpipe_agent.context import StageContext
 from envpipe_agent import records
 from envpipe_agent.records import RecordWriter, history, latest_test, read_summary
 from envpipe_agent.parallel import parallel_map
@@ -55,10 +54,10 @@ def test_records_at_the_same_moment_never_replace_each_other(repo):
 
 def test_summary_and_test_result_follow_the_latest_record(repo):
     writer(repo).write("test", "test", "1.0.1", "failed")
-    assert latest_test(repo, "test", "1.0.1")["result"] == "failed" and not records.test_passed(repo, "test", "1.0.1")
+    assert latest_test(repo, "test", "1.0.1")["result"] == "failed" and not records.version_passed(repo, "test", "1.0.1")
     writer(repo).write("test", "test", "1.0.1", "passed")
     writer(repo).write("test", "apply", "1.0.1", "done")
-    assert records.test_passed(repo, "test", "1.0.1") and not records.test_passed(repo, "test", "1.0.2")
+    assert records.version_passed(repo, "test", "1.0.1") and not records.version_passed(repo, "test", "1.0.2")
     summary = read_summary(repo, "test")
     assert set(summary) == {"test", "apply"} and summary["test"]["result"] == "passed"
 
@@ -136,7 +135,7 @@ def test_sparse_days_and_last_years_records_are_found_in_a_few_listings(repo):
 
 
 def test_status_lists_which_version_each_environment_holds(project):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.1")
     promote(ctx, "test", "1.0.1")
     table = project.envpipe("status", check=0).stdout
@@ -154,7 +153,7 @@ def test_status_lists_which_version_each_environment_holds(project):
 
 @FOLDER_ONLY
 def test_history_lists_records_newest_first(project):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.1")
     project.write("main.tf", "# two\n")
     publish(ctx, version="1.0.2")
@@ -185,7 +184,7 @@ def test_ci_context_of_a_gocd_agent_reaches_the_record(repo):
 @FOLDER_ONLY
 @pytest.mark.parametrize("body", [b"[1]\n", b'"passed"\n', b"null\n", b"42\n"])
 def test_a_summary_result_or_record_that_is_json_but_no_object_reads_as_absent(project, body):
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.1")
     promote(ctx, "test", "1.0.1")
     for key in (".envpipe/results/test/1.0.1.json", ".envpipe/summary/test/test.json",
@@ -201,7 +200,7 @@ def test_a_summary_result_or_record_that_is_json_but_no_object_reads_as_absent(p
 
 
 def test_status_table_never_shows_an_older_versions_apply_or_test_as_the_current_ones():
-    from envpipe_agent.commands.repository import status_table
+    from envpipe_agent.commands.versions import status_table
 
     applied = {"key": "x/20261129T070000.000000Z-apply-1.0.1.json", "version": "1.0.1", "at": "07:00", "result": "done"}
     tested = {"key": "x/20261129T070100.000000Z-test-1.0.1.json", "version": "1.0.1", "at": "07:01", "result": "passed"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,12 +12,12 @@ import pytest
 from conftest import run_envpipe
 
 from envpipe_agent.ci_context import CIContext
+from envpipe_agent.commands.status_page import render_status_page
 from envpipe_agent.context import StageContext
 from envpipe_agent.records import RecordWriter
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.status import status
-from envpipe_agent.commands.status_page import render_status_page
 
 CONFIG = """\
 project: our-project
@@ -111,8 +112,8 @@ def test_status_page_shows_the_current_versions_state_not_an_older_ones(working_
 def test_status_page_escapes_record_text_and_links_only_http_urls(working_copy: Path) -> None:
     ctx = context(working_copy)
     publish(ctx, version="1.0.1")
-    ctx.ci = CIContext(server="jenkins", build="7", build_url="javascript:alert(1)", user="<b>mallory</b>",
-                       job="infra")
+    ctx = replace(ctx, ci=CIContext(server="jenkins", build="7", build_url="javascript:alert(1)",
+                                    user="<b>mallory</b>", job="infra"))
     promote(ctx, "test", "1.0.1")
     promote(ctx, "staging", "1.0.1", force=True, reason="<script>alert('x')</script> hotfix")
 
@@ -152,11 +153,8 @@ class CountingRepository:
 
 def requests_for_status(ctx: StageContext) -> Counter:
     counting = CountingRepository(ctx.repository)
-    ctx.repository = counting
-    try:
-        render_status_page(ctx, status(ctx))
-    finally:
-        ctx.repository = counting.inner
+    counted = replace(ctx, repository=counting)
+    render_status_page(counted, status(counted))
     return counting.calls
 
 

@@ -9,7 +9,6 @@ import boto3
 import pytest
 
 from conftest import REGION, list_repository, read_repository_file
-from envpipe_agent.context import StageContext
 from envpipe_agent.errors import IntegrityError, UnsafePath
 from envpipe_agent.manifest import FileEntry, check_folder, content_digest
 from envpipe_agent.repository import open_repository
@@ -26,7 +25,7 @@ FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=Tru
 def promoted(project):
     """1.0.1 published and promoted into test, in process."""
     project.write("modules/net/net.tf", "# net\n")
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     publish(ctx, version="1.0.1")
     promote(ctx, "test", "1.0.1")
     return open_repository(project.repository, dict(os.environ))

@@ -53,11 +53,10 @@ def test_a_record_whose_answer_was_lost_is_written_once(proxy):
 @pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
 @pytest.mark.parametrize("key", [r"/1\.0\.1/\.envpipe/claim\.json$", r"/1\.0\.1/\.envpipe/manifest\.json$"])
 def test_a_publish_whose_claim_or_manifest_answer_was_lost_completes(project, proxy, key):
-    from envpipe_agent.context import StageContext
     from envpipe_agent.stages.publish import publish
 
     proxy.add("PUT", key, "lose")
-    ctx = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+    ctx = project.context()
     result = publish(ctx, version="1.0.1")
     assert not result.already_published and len(proxy.faults_applied()) == 1
     again = publish(ctx, version="1.0.1")

@@ -49,7 +49,7 @@ def test_seeded_fault_trials_keep_every_invariant(project, moto_server, monkeypa
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         # Fewer attempts than the default 5, so that faults also surface as errors.
         faulty = StageContext.load(project.root / "envpipe.yml", environ={**os.environ, "AWS_MAX_ATTEMPTS": "3"})
-        clean = StageContext.load(project.root / "envpipe.yml", environ=dict(os.environ))
+        clean = project.context()
         for trial in range(TRIALS):
             rng = random.Random(trial)
             version = f"1.0.{trial}"

@@ -1,4 +1,4 @@
-"""publish, promote, verify, unlock, status, history."""
+"""publish, promote, verify, unlock, status, history: the commands about versions and where they are."""
 from __future__ import annotations
 
 import argparse
