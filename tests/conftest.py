@@ -166,6 +166,17 @@ environments:
 """
 
 
+TESTED_TESTS = "tests:\n  path: tests/\n"
+
+
+def tested_config(repository: object, tests: str = TESTED_TESTS, test_vars: str = "") -> str:
+    """envpipe.yml of a sample project whose definition carries a pytest suite: test
+    (with ``test_vars`` lines), staging, production (manual), then ``tests``."""
+    return (f"project: our-project\nsource: infra\nrepository: {repository}\n"
+            f"environments:\n  - name: test\n{test_vars}  - name: staging\n  - name: production\n"
+            f"    approval: manual\n{tests}")
+
+
 @pytest.fixture
 def project(tmp_path: Path, repository_url: str) -> Project:
     """A working copy whose repository is a folder or moto S3 (both, by parametrisation)."""

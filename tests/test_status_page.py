@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import lxml.html
 import pytest
-from conftest import run_envpipe
+from conftest import run_envpipe, tested_config
 
 from envpipe_agent.ci_context import CIContext
 from envpipe_agent.commands.status_page import render_status_page
@@ -19,18 +19,6 @@ from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.status import status
 
-CONFIG = """\
-project: our-project
-source: infra
-repository: {repository}
-environments:
-  - name: test
-  - name: staging
-  - name: production
-    approval: manual
-tests:
-  path: tests/
-"""
 JENKINS = CIContext(server="jenkins", build="42", build_url="https://ci.example.com/job/infra/42/",
                     user="alice", job="infra")
 
@@ -40,7 +28,7 @@ def working_copy(tmp_path: Path) -> Path:
     root = tmp_path / "work"
     (root / "infra").mkdir(parents=True)
     (root / "infra" / "main.tf").write_text('resource "terraform_data" "a" {}\n')
-    (root / "envpipe.yml").write_text(CONFIG.format(repository=tmp_path / "repository"))
+    (root / "envpipe.yml").write_text(tested_config(tmp_path / "repository"))
     return root
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import pytest
-from conftest import run_envpipe
+from conftest import TESTED_TESTS, run_envpipe, tested_config
 
 from envpipe_agent.errors import UsageError
 from envpipe_agent.junit import ERROR, FAILED, PASSED, SKIPPED, Case, Suite, read_report, render_report
@@ -67,11 +67,8 @@ class WorkingCopy:
         self.root = root
         self.repository = root.parent / "repository"
 
-    def configure(self, tests: str = "tests:\n  path: tests/\n", test_vars: str = "") -> None:
-        (self.root / "envpipe.yml").write_text(
-            f"project: our-project\nsource: infra\nrepository: {self.repository}\n"
-            f"environments:\n  - name: test\n{test_vars}  - name: staging\n  - name: production\n"
-            f"    approval: manual\n{tests}")
+    def configure(self, tests: str = TESTED_TESTS, test_vars: str = "") -> None:
+        (self.root / "envpipe.yml").write_text(tested_config(self.repository, tests, test_vars))
 
     def write(self, relative: str, content: str) -> None:
         path = self.root / "infra" / relative
