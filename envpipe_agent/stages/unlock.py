@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
@@ -17,7 +17,7 @@ from envpipe_agent.tools.terraform import STATE_LOCK_FILES, STATE_PREFIX
 class StateUnlock:
     environment: str
     removed: Optional[Dict[str, Any]]  # Terraform's lock information (ID, Who, Operation, Created)
-    keys: tuple
+    keys: Tuple[str, ...]  # the lock files removed
     record: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
