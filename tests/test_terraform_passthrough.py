@@ -20,7 +20,7 @@ def state_addresses(project: Project, environment: str) -> list:
 
 def records(project: Project, environment: str, action: str) -> list:
     folder = Path(project.repository) / ".envpipe" / "records" / environment
-    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"*-{action}-*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob(f"*-{action}-*.json"), key=lambda p: p.name)]
 
 
 @pytest.fixture
