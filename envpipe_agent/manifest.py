@@ -234,7 +234,15 @@ def check_folder(repository: Repository, folder: str, destination: Optional[Path
     location = repository.location(folder)
     manifest = read_manifest(repository, folder)
     if manifest is None:
-        raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
+        if next(iter(repository.list(f"{folder}/")), None) is None:
+            raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
+        # Files without a manifest: the first promote into it, or a publish, cut short.
+        if ENVIRONMENT_RE.match(folder):
+            raise IntegrityError(f"{location} holds files but no manifest: a promote into it was cut short (or "
+                                 f"they were put there by hand); promote a version into it "
+                                 f"('envpipe promote VERSION --to {folder}')")
+        raise NotFound(f"{location} holds files but no manifest: its publish was cut short and the version does "
+                       "not exist; run that publish again to complete it")
     check_owner(repository, folder, manifest, project)
     prefix = f"{folder}/"
     listed = {}

@@ -44,6 +44,7 @@ def test_a_killed_publish_leaves_no_visible_version_and_a_rerun_completes_it(pro
     project.write("vars.tf", 'variable "instance_count" {\n  default = 1\n}\n')
     killed_at(project, point, "publish", "--version", "1.0.1")
     assert read_repository_file(project.repository, "1.0.1/.envpipe/manifest.json") is None
+    assert "its publish was cut short" in last_line(project.envpipe("verify", "1.0.1", check=2))
     refused = project.envpipe("promote", "1.0.1", "--to", "test", check=2)
     assert "not published" in last_line(refused)
     project.envpipe("publish", "--version", "1.0.1", check=0)
@@ -94,6 +95,14 @@ def test_a_promote_killed_after_copying_is_never_applied_and_says_how_to_complet
     project.envpipe("promote", "1.0.2", "--to", "test", check=0)
     project.envpipe("verify", "test", check=0)
     assert "cut short" not in project.envpipe("status", check=0).stdout
+
+
+@BOTH
+def test_a_first_promote_killed_after_copying_is_named_by_verify(project):
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    killed_at(project, "promote:copied", "promote", "1.0.1", "--to", "test")
+    assert "a promote into it was cut short" in last_line(project.envpipe("verify", "test", check=3))
+    assert "holds no version" in last_line(project.envpipe("apply", "test", check=2))
 
 
 @BOTH
