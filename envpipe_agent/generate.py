@@ -58,6 +58,8 @@ LIBRARY_STEPS: Dict[str, str] = {
 # environments that deploy on their own, one for approval: manual ones (GoCD cannot take
 # a stage's approval type from a parameter); the environment is their one parameter.
 GOCD_TEMPLATES = {False: "envpipe-environment", True: "envpipe-environment-manual"}
+# A blue-green environment's stages differ (one release command): templates of their own.
+GOCD_BLUEGREEN_SUFFIX = "-bluegreen"
 GOCD_TEMPLATE_PARAMETER = "ENVIRONMENT"
 # When the reap job runs: Jenkins cron (H spreads jobs over the hour) and GoCD's
 # Quartz cron (seconds first), both hourly.
@@ -235,17 +237,27 @@ def environment_path(config: Config, index: int, env: Environment, upstream: Tup
         # deploy applies exactly that plan. First the gate and the policy (SPEC §10):
         # nobody is asked to approve what would be refused.
         plan_file = f"{REPORTS}/{env.name}.plan"
+        # A blue-green environment's plan is of the instance the release goes into.
+        check = (("bluegreen", env.name, BUILD_VERSION, "--check") if env.bluegreen else
+                 ("promote", BUILD_VERSION, "--to", env.name, "--check"))
         stages.append(Stage(f"plan-{env.name}", "plan",
-                            (Command(("promote", BUILD_VERSION, "--to", env.name, "--check")),
+                            (Command(check),
                              Command(("plan", env.name, "--version", BUILD_VERSION, "--out", plan_file))),
                             environment=env, plan_file=plan_file, **credentials))
         stages.append(Stage(f"approve-{env.name}", "approval", (), environment=env, approvers=env.approvers,
                             branch_only=credentials["branch_only"]))
         apply_args += ("--plan", plan_file)
+    if env.bluegreen:
+        # SPEC §9: a new instance, its tests (the JUnit report), the swap, the old one
+        # destroyed: one command in place of promote, apply and test. The saved plan is
+        # what the approvers saw; the release applies the idle instance itself.
+        plan_file = None
+        deploy: Tuple[Command, ...] = (Command(("bluegreen", env.name, BUILD_VERSION, "--junit", junit)),)
+    else:
+        deploy = (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
+                  Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit)))
     stages.append(Stage(
-        f"deploy-{env.name}", "deploy",
-        (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
-         Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit))),
+        f"deploy-{env.name}", "deploy", deploy,
         environment=env, approvers=env.approvers, junit=junit, plan_file=plan_file,
         # GoCD reuses workspaces and Jenkins records reports 'always': without this, a
         # failed apply or a refused test would report an earlier build's results.
@@ -275,12 +287,19 @@ def pipeline_templates(config: Config) -> Tuple[PipelineTemplate, ...]:
     environment, built for a stand-in named by the parameter. Approvers are left to the
     pipeline group's operate permission: a template is shared by projects whose approvers differ."""
     templates = []
-    for manual in sorted({env.manual for env in config.environments}):
-        stand_in = Environment(name=gocd_parameter(GOCD_TEMPLATE_PARAMETER), approval="manual" if manual else "auto")
+    kinds = {(env.manual, env.bluegreen is not None): env for env in reversed(config.environments)}
+    for manual, bluegreen in sorted(kinds):
+        stand_in = Environment(name=gocd_parameter(GOCD_TEMPLATE_PARAMETER), approval="manual" if manual else "auto",
+                               bluegreen=kinds[manual, bluegreen].bluegreen)
         path = environment_path(config, 1, stand_in, (config.project, "publish"))
-        templates.append(PipelineTemplate(GOCD_TEMPLATES[manual], manual,
+        templates.append(PipelineTemplate(template_name(stand_in), manual,
                                           tuple(stage for stage in path.stages if stage.kind != "approval")))
     return tuple(templates)
+
+
+def template_name(env: Environment) -> str:
+    """The GoCD pipeline template ``env``'s pipeline uses."""
+    return GOCD_TEMPLATES[env.manual] + (GOCD_BLUEGREEN_SUFFIX if env.bluegreen else "")
 
 @dataclass(frozen=True)
 class Parameter:
@@ -643,7 +662,7 @@ def render(config: Config, target: str, templates: Optional[Path] = None, full: 
         values.update(job=on_demand_job(config, job, pipeline),
                       cron=REAP_CRON["jenkins" if target == "jenkins" else "gocd"])
     if template:
-        values.update(templates=pipeline_templates(config), template_of=GOCD_TEMPLATES,
+        values.update(templates=pipeline_templates(config), template_of=template_name,
                       parameter=GOCD_TEMPLATE_PARAMETER)
     if library is not None:
         values.update(library=library)

@@ -2,7 +2,8 @@
 
 Runs ``envpipe run`` on examples/ against a throw-away folder repository, approving
 production explicitly, then prints ``envpipe status`` and writes the HTML status
-page. Everything lives in build/demo/ (the repository, the JUnit reports, the page,
+page; then releases the next version the same way, which production, released
+blue-green, takes into its other instance before the router swaps traffic to it. Everything lives in build/demo/ (the repository, the JUnit reports, the page,
 the log); each run removes what the previous one left there first, so it starts from
 nothing and leaves nothing elsewhere.
 
@@ -26,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 EXAMPLES = Path(__file__).resolve().parent
 # ENVPIPE_DEMO_DIR moves it elsewhere (the demo's own test does).
 WORK = Path(os.environ.get("ENVPIPE_DEMO_DIR") or EXAMPLES.parent / "build" / "demo").resolve()
-VERSION = "1.0.1"
+VERSION, NEXT_VERSION = "1.0.1", "1.0.2"
 # A CI server's variables would make envpipe record that build as the one running it.
 CI_PREFIXES = ("GO_", "TF_VAR_")
 CI_VARIABLES = ("BUILD_NUMBER", "BUILD_URL", "BUILD_USER_ID", "JOB_NAME", "JENKINS_URL", "GIT_COMMIT", "NODE_NAME",
@@ -45,7 +46,7 @@ def demo_environ() -> Dict[str, str]:
 
 
 # envpipe run's line per stage: "<env>  <stage>  <detail>  <seconds>s", a waiting or failed stage.
-STAGE_LINE = re.compile(r"^[a-z0-9-]*\s+(publish|promote|apply|test|waiting)\s{2}|\sFAILED after ")
+STAGE_LINE = re.compile(r"^[a-z0-9-]*\s+(publish|promote|apply|test|bluegreen|waiting)\s{2}|\sFAILED after ")
 LOG = WORK / "demo.log"
 VERBOSE = False
 
@@ -127,6 +128,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"demo: repository {WORK / 'repository'} (a folder; s3://bucket/prefix works the same)")
     print(f"demo: full output of envpipe and Terraform in {LOG}" + ("" if VERBOSE else " (-v prints it here too)"))
     envpipe(["run", "--version", VERSION, "--approve", "production", "--junit-dir", str(WORK / "reports")], environ)
+    envpipe(["status", "--html", str(WORK / "status.html")], environ)
+    # The next version: production is released blue-green, so it goes into the idle
+    # instance (green), is tested there, the router swaps traffic to it, and blue goes.
+    print("\ndemo: the next version, released to production blue-green", flush=True)
+    envpipe(["run", "--version", NEXT_VERSION, "--approve", "production", "--junit-dir", str(WORK / "reports")],
+            environ)
     envpipe(["status", "--html", str(WORK / "status.html")], environ)
     envpipe(["history", "production", "--limit", "5"], environ)
     on_demand(environ)

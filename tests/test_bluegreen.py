@@ -408,3 +408,28 @@ def test_cloudformation_releases_swap_the_live_color_in_ssm(bg, cloudformation, 
                            "our-project-production-router"}
     bg.envpipe("bluegreen", "production", "--finish", check=0)
     assert stacks_up() == {"our-project-production-blue", "our-project-production-router"}
+
+
+# --- generated pipelines ----------------------------------------------------------
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("target", ["jenkins", "gocd-xml", "gocd-yaml"])
+def test_generated_pipelines_release_a_bluegreen_environment_with_bluegreen(bg, target):
+    from envpipe_agent.config import load_config
+    from envpipe_agent.generate import render
+
+    (bg.root / "envpipe.yml").write_text(CONFIG.format(repository=bg.repository).replace(
+        "    bluegreen:", "    approval: manual\n    bluegreen:") + "ci:\n  gocd: {git_url: https://git.example.com/x.git}\n")
+    text = render(load_config(bg.root / "envpipe.yml"), target)
+    # the check before the approval, then one release command with the idle instance's JUnit report
+    # The commands' words, whether a shell line (Jenkins), <arg>s (GoCD XML) or a YAML list.
+    words = [w for w in text.replace('"', " ").replace("'", " ").replace("<arg>", " ").replace("</arg>", " ").split()
+             if w != "-"]
+    pairs = list(zip(words, words[1:]))
+    release = [i for i, word in enumerate(words) if word.endswith("bluegreen")]
+    assert [words[i + 1] for i in release] == ["production"] * 2
+    assert "--check" in words[release[0]:release[1]] and "--junit" in words[release[1]:]
+    assert ("--to", "production") not in pairs and not {("apply", "production"), ("test", "production")} & set(pairs)
+    assert "envpipe-reports/production.xml" in text
+    assert ("--to", "test") in pairs  # the other environments as before

@@ -28,11 +28,19 @@ def test_demo_takes_the_example_to_production_writes_the_page_and_runs_again_afr
     tree = lxml.html.parse(str(work / "status.html"))
     shown = {li.get("data-environment"): (li.get("data-version"), li.get("data-state"))
              for li in tree.xpath("//li[@data-environment]")}
-    assert shown == {"test": ("1.0.1", "passed"), "staging": ("1.0.1", "passed"),
-                     "production": ("1.0.1", "passed")}
+    assert shown == {"test": ("1.0.2", "passed"), "staging": ("1.0.2", "passed"),
+                     "production": ("1.0.2", "passed")}
     assert sorted(p.name for p in (work / "reports").iterdir()) == ["production.xml", "staging.xml", "test.xml"]
     assert not (work / "repository" / "stale").exists()
     assert "production (manual)  1.0.1" in result.stdout  # the status table
+    # production is released blue-green: the first version goes live on blue, the next
+    # one on green, and the router's swap destroys blue
+    first, second_release = result.stdout.split("demo: the next version", 1)
+    assert "LIVE blue 1.0.1" in first and "LIVE green 1.0.2" in second_release
+    assert "production   bluegreen  1.0.2 live on production-green, production-blue destroyed" in second_release
+    assert tree.xpath("//p[@data-live='green']")
+    assert not (work / "repository" / "production-blue").exists()
+    assert (work / "repository" / "production-green" / ".envpipe" / "manifest.json").exists()
     # a tester's environment, reaped once expired; a developer's sandbox, up and destroyed
     assert "review-42: destroyed (env of" in result.stdout
     assert "ON-DEMAND" in result.stdout and "sandbox-tester  sandbox  wc-" in result.stdout
@@ -47,11 +55,11 @@ def test_demo_takes_the_example_to_production_writes_the_page_and_runs_again_afr
     assert "Terraform has been successfully initialized" in log.read_text()
     stages = [line.split()[:2] for line in result.stdout.split("$ envpipe run", 1)[1].split("\n$ ", 1)[0].splitlines()
               if line.endswith("s") and "  " in line]
-    assert stages[0] == ["publish", "1.0.1:"] and stages[-1] == ["production", "test"] and len(stages) == 10
+    assert stages[0] == ["publish", "1.0.1:"] and stages[-1] == ["production", "bluegreen"] and len(stages) == 8
     assert result.stderr == ""
-    assert len(result.stdout.splitlines()) < 70
+    assert len(result.stdout.splitlines()) < 90
 
     second = run_demo(work, "-v")  # -v: everything printed as well
     history = second.stdout.split("$ envpipe history production", 1)[1]
-    assert history.count(" promote ") == 1  # not two: the first run's repository is gone
+    assert history.count("released: live production-green") == 1  # the first run's repository is gone
     assert "Terraform has been successfully initialized" in second.stderr

@@ -279,6 +279,10 @@ def record_note(record: Mapping[str, Any]) -> str:
     """What an auditor needs beside a record's result: why an override was made, who
     approved, what a repair was, and why a stage was refused or failed."""
     notes = []
+    if record.get("action") == "bluegreen" and record.get("step"):
+        notes.append(_bluegreen_step(record))
+    elif record.get("bluegreen"):
+        notes.append(f"blue-green: {record['bluegreen']}")
     if record.get("repair"):
         notes.append("repair: the version it already held, promoted again without the gate")
     if record.get("reason"):
@@ -292,6 +296,16 @@ def record_note(record: Mapping[str, Any]) -> str:
     if record.get("result") in ("refused", "failed", "interrupted") and record.get("error"):
         notes.append(str(record["error"]))
     return "; ".join(notes)
+
+
+def _bluegreen_step(record: Mapping[str, Any]) -> str:
+    """``step swap: live production-green``: where a blue-green release was, and what it did."""
+    step = record["step"]
+    if step in ("released", "rolled back"):
+        return f"{step}: live {record.get('live')}" + (f", {record['kept']} kept" if record.get("kept") else "")
+    detail = {"deploy": record.get("instance"), "swap": f"live {record.get('live')}" if record.get("live") else None,
+              "destroy-old": record.get("destroyed")}.get(step)
+    return f"step {step}" + (f": {detail}" if detail and record.get("result") == "done" else "")
 
 
 def _positive_int(text: str) -> int:

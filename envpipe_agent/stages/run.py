@@ -1,6 +1,7 @@
 """run: the whole path locally, stage by stage, as the generated pipelines run it.
 
-Publish once, then for each environment in path order: promote, apply, test. What
+Publish once, then for each environment in path order: promote, apply, test (a
+blue-green environment: ``bluegreen``). What
 would stop every test stage (nothing to test, no pytest) is refused before anything
 is published. A failing stage stops the run with that stage's error, the stage
 named; once publish has run a usage error is a stage failure (exit 1), since exit 2
@@ -20,6 +21,7 @@ from envpipe_agent.approval import APPROVER_VARIABLE
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import EnvpipeError, StageFailed, UsageError
 from envpipe_agent.stages.apply import apply
+from envpipe_agent.stages.bluegreen import bluegreen
 from envpipe_agent.stages.promote import promote
 from envpipe_agent.stages.publish import publish
 from envpipe_agent.stages.testing import check_prerequisites, run_tests
@@ -62,7 +64,7 @@ def _apply_detail(outcome: Any) -> str:
 
 def _stage(result: RunResult, stage: str, environment: Optional[str], action: Callable[[], Any],
            describe: Callable[[Any], str]) -> Any:
-    label = f"{environment or '':<12} {stage:<8}"
+    label = f"{environment or '':<12} {stage:<10}"
     started = time.monotonic()
     try:
         outcome = action()
@@ -106,15 +108,26 @@ def run_pipeline(ctx: StageContext, version: Optional[str] = None, through: Opti
     for env in ctx.config.environments:
         if env.manual and env.name not in approved:
             result.waiting_for = env.name
-            log.info("%-12s %-8s approval: manual; rerun with --approve %s", env.name, "waiting", env.name)
+            log.info("%-12s %-10s approval: manual; rerun with --approve %s", env.name, "waiting", env.name)
             break
         # --approve ENV is the approval a pipeline's step gives: the person running this
         # (ENVPIPE_APPROVER when set) is recorded as the approver.
         approver = (ctx.environ.get(APPROVER_VARIABLE) or ctx.ci.user or "unknown") if env.name in approved else None
+        junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
+        if env.bluegreen:
+            # New instance, its tests, the swap, the old one destroyed (SPEC §9); a failing
+            # test raises, traffic untouched.
+            _stage(result, "bluegreen", env.name,
+                   lambda: bluegreen(ctx, env.name, version, approved_by=approver, junit=junit),
+                   lambda r: f"{r.version} live on {r.environment}-{r.live}"
+                             + (f", {r.old_destroyed} destroyed" if r.old_destroyed else ""))
+            result.completed.append(env.name)
+            if env.name == last:
+                break
+            continue
         _stage(result, "promote", env.name, lambda: promote(ctx, env.name, version, approved_by=approver),
                lambda r: f"{r.version} ({r.describe()})")
         _stage(result, "apply", env.name, lambda: apply(ctx, env.name, approved_by=approver), _apply_detail)
-        junit = Path(junit_dir) / f"{env.name}.xml" if junit_dir else None
         tested = _stage(result, "test", env.name, lambda: run_tests(ctx, env.name, junit=junit),
                         lambda r: f"{r.result}: {r.counts()}")
         if not tested.passed:

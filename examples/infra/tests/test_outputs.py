@@ -5,19 +5,25 @@ last apply's outputs, sensitive ones left out) and ENVPIPE_OUTPUT_<NAME> per out
 """
 import json
 import os
+import re
 
 ENVIRONMENT = os.environ["ENVPIPE_ENVIRONMENT"]
 with open(os.environ["ENVPIPE_OUTPUTS"], encoding="utf-8") as handle:
     OUTPUTS = json.load(handle)
 
 EXPECTED_INSTANCES = {"test": 1, "staging": 2, "production": 3}
-# On-demand environments and sandboxes (any other name) are like test (on_demand.like).
-EXPECTED = EXPECTED_INSTANCES.get(ENVIRONMENT, EXPECTED_INSTANCES["test"])
+# production's blue-green instances (production-blue, production-green) are like it;
+# on-demand environments and sandboxes (any other name) are like test (on_demand.like).
+PATH_ENVIRONMENT = re.sub(r"-(blue|green)$", "", ENVIRONMENT)
+EXPECTED = EXPECTED_INSTANCES.get(PATH_ENVIRONMENT, EXPECTED_INSTANCES["test"])
+# The instance the outputs come from: this one, or (testing production itself after
+# a blue-green release) its live instance.
+INSTANCE = OUTPUTS["environment"]
 
 
 def test_outputs_describe_this_environment():
-    assert OUTPUTS["environment"] == ENVIRONMENT
-    assert OUTPUTS["endpoint"] == f"https://our-project-{ENVIRONMENT}.example.com"
+    assert INSTANCE == ENVIRONMENT or re.fullmatch(re.escape(ENVIRONMENT) + "-(blue|green)", INSTANCE)
+    assert OUTPUTS["endpoint"] == f"https://our-project-{INSTANCE}.example.com"
 
 
 def test_applied_version_is_the_version_under_test():
