@@ -27,7 +27,7 @@ String call(Map args = [:]) {
                         withEnv(["ENVPIPE_PUBLISHED_VERSION=${args.version}"]) {
                             // our-project-aws-production carries the "production" policy of 'envpipe iam --role-per-environment'
                             withCredentials([usernamePassword(credentialsId: 'our-project-aws-production', usernameVariable: 'AWS_ACCESS_KEY_ID', passwordVariable: 'AWS_SECRET_ACCESS_KEY'), string(credentialsId: 'our-project-db-password-production', variable: 'DB_PASSWORD')]) {
-                                sh '.envpipe-venv/bin/envpipe promote "$ENVPIPE_PUBLISHED_VERSION" --to production --check'
+                                sh '.envpipe-venv/bin/envpipe bluegreen production "$ENVPIPE_PUBLISHED_VERSION" --check'
                                 sh '.envpipe-venv/bin/envpipe plan production --version "$ENVPIPE_PUBLISHED_VERSION" --out .envpipe-reports/production.plan'
                             }
                         }
