@@ -48,6 +48,10 @@ class SavedPlan:
             f" by {self.build}" if self.build else "")
 
 
+# What every check compares as text: anything else was not written by 'plan --out'.
+_TEXT_FIELDS = ("project", "environment", "version", "digest", "tool", "created")
+
+
 def prepare(path: Path) -> None:
     """Make ``path``'s folder (as --junit does), before the tool runs: a plan that cannot
     be saved is refused before anything is planned."""
@@ -84,13 +88,20 @@ def read(path: Path) -> Tuple[SavedPlan, Optional[bytes]]:
         raise UsageError(f"--plan {path}: no such file; pass the file 'envpipe plan ENV --out FILE' wrote") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
-    if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT:
-        raise UsageError(f"--plan {path}: saved by another envpipe (plan format {raw.get('format')!r}, expected "
+    if not isinstance(raw, dict):
+        raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({METADATA} is no JSON object)")
+    saved_format = raw.pop("format", None)
+    if saved_format != FORMAT:
+        raise UsageError(f"--plan {path}: saved by another envpipe (plan format {saved_format!r}, expected "
                          f"{FORMAT}); plan again with this one")
     try:
-        return SavedPlan(**raw), tool_plan
+        plan = SavedPlan(**raw)
     except TypeError as exc:
         raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
+    wrong = [name for name in _TEXT_FIELDS if not isinstance(getattr(plan, name), str)]
+    if wrong:
+        raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({', '.join(wrong)} not text)")
+    return plan, tool_plan
 
 
 def check(plan: SavedPlan, path: Path, project: str, environment: str, tool: str, tool_plan: Optional[bytes]) -> None:

@@ -16,6 +16,9 @@ DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?\Z")
 _TIME_RE = re.compile(r"(\d\d):(\d\d)\Z")
 DURATION_HINT = "a duration such as 30m, 2h, 1h30m or 7d (units d, h, m)"
+# Longer than any lifetime, soak or freeze means, and short enough that "now + it" is
+# still a date (Python's end at year 9999): 99999999999d would otherwise be exit 4.
+LONGEST_DURATION = dt.timedelta(days=100 * 366)
 WINDOW_HINT = ("'DAYS HH:MM-HH:MM ZONE', days as Mon-Fri, Mon,Wed,Fri or *, a zone such as "
                "Europe/London or UTC (e.g. 'Mon-Fri 09:00-16:00 Europe/London')")
 Zone = Union[ZoneInfo, dt.timezone]
@@ -31,9 +34,14 @@ def parse_duration(text: str) -> dt.timedelta:
     if not match or not any(match.groups()):
         raise TimeSpecError(f"{text!r} is not {DURATION_HINT}")
     days, hours, minutes = (int(part or 0) for part in match.groups())
-    duration = dt.timedelta(days=days, hours=hours, minutes=minutes)
+    try:
+        duration = dt.timedelta(days=days, hours=hours, minutes=minutes)
+    except OverflowError:
+        duration = LONGEST_DURATION + LONGEST_DURATION
     if duration <= dt.timedelta(0):
         raise TimeSpecError(f"{text!r} is no time at all: give {DURATION_HINT}")
+    if duration > LONGEST_DURATION:
+        raise TimeSpecError(f"{text!r} is longer than 100 years: give {DURATION_HINT}")
     return duration
 
 

@@ -397,3 +397,30 @@ def test_a_file_that_is_no_saved_plan_is_a_usage_error(project, tmp_path):
     assert "not a plan saved by 'envpipe plan --out'" in result.stderr
     result = project.envpipe("apply", "test", "--plan", str(tmp_path / "missing.plan"), check=2)
     assert "no such file" in result.stderr
+
+
+def saved_plan_holding(path: Path, metadata: str) -> Path:
+    """A file shaped like a saved plan (a zip with the metadata and a Terraform plan)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("envpipe-plan.json", metadata)
+        archive.writestr("plan.tfplan", b"not really a plan")
+    return path
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+@pytest.mark.parametrize("metadata, complaint", [
+    ("[1, 2]", "envpipe-plan.json is no JSON object"),
+    ("null", "envpipe-plan.json is no JSON object"),
+    ('{"format": 2, "project": "our-project"}', "saved by another envpipe (plan format 2, expected 1)"),
+    ('{"format": 1, "project": "our-project", "environment": ["test"], "version": 5, "digest": "x", '
+     '"tool": "terraform", "created": "2026-11-29T00:00:00Z"}', "environment, version not text"),
+])
+def test_a_saved_plan_with_odd_metadata_is_a_usage_error_not_a_bug(project, tmp_path, metadata, complaint):
+    published(project, "1.0.1")
+    plan_file = saved_plan_holding(tmp_path / "odd.plan", metadata)
+    result = project.envpipe("apply", "test", "--plan", str(plan_file), check=2)
+    assert complaint in result.stderr and "internal error" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("envpipe:")] == \
+        [result.stderr.strip().splitlines()[-1]]

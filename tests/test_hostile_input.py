@@ -113,3 +113,28 @@ def test_a_source_file_name_that_is_not_utf8_is_refused_by_name(project):
     result = project.envpipe("publish", "--version", "1.0.1", check=3)
     assert "names are not UTF-8: 'bad\\xff.tf'" in one_error_line(result.stderr)
     assert not (Path(project.repository) / "1.0.1").exists()
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("command", [
+    ["freeze", "production", "--reason", "year end", "--until", "99999999999d"],
+    ["freeze", "production", "--reason", "year end", "--until", "3000000d"],
+    ["env", "create", "review-1", "--version", "1.0.1", "--ttl", "99999999999d"],
+    ["env", "extend", "review-1", "--ttl", "99999999999d"],
+])
+def test_a_duration_too_long_for_the_calendar_is_a_usage_error(project, command):
+    result = project.envpipe(*command, check=2)
+    assert "is longer than 100 years" in one_error_line(result.stderr)
+    assert not Path(project.repository).exists()
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("setting", ["    soak: 99999999999d\n", "on_demand: {ttl: 3000000d, max_ttl: 3000000d}\n"])
+def test_a_configured_duration_too_long_for_the_calendar_is_a_configuration_error(project, setting):
+    config = project.root / "envpipe.yml"
+    text = config.read_text()
+    config.write_text(text.replace("    approval: manual\n", "    approval: manual\n" + setting)
+                      if setting.startswith(" ") else text + setting)
+    result = project.envpipe("env", "create", "review-1", "--version", "1.0.1", check=2)
+    assert "is longer than 100 years" in one_error_line(result.stderr)
+    assert not Path(project.repository).exists()

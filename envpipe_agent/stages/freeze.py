@@ -26,7 +26,9 @@ def freeze_until(text: Optional[str], now: dt.datetime) -> Optional[dt.datetime]
     if until is None:
         try:
             until = now + parse_duration(text)
-        except TimeSpecError:
+        except TimeSpecError as exc:
+            if text.strip()[-1:] in ("d", "h", "m"):  # meant as a duration: say what is wrong with it
+                raise UsageError(f"--until: {exc}: nothing was frozen") from None
             raise UsageError(f"--until {text!r} is neither an ISO 8601 time (2026-12-24T18:00:00Z) nor a "
                              "duration (8h, 2d): nothing was frozen") from None
     if until <= now:
