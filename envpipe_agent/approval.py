@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 from envpipe_agent.config import Environment
-from envpipe_agent.errors import ApprovalRequired
+from envpipe_agent.errors import ApprovalRequired, UsageError
 
 APPROVER_VARIABLE = "ENVPIPE_APPROVER"
 # GoCD's approval is a manual stage, and whoever triggered it approved it (GO_TRIGGER_USER).
@@ -33,6 +33,10 @@ def approver(env: Environment, action: str, environ: Mapping[str, str],
     if who is None and environ.get(APPROVER_FROM_VARIABLE):
         named = (environ.get(environ[APPROVER_FROM_VARIABLE]) or "").strip()
         who = named if named and named not in _NOT_A_PERSON else None
+    if who is not None and not who.isprintable():
+        # Recorded and shown in history: a line break would forge a line of its own.
+        raise UsageError(f"the approver {who!r} holds a line break or control character: give one line of text "
+                         f"(--approved-by WHO or {APPROVER_VARIABLE}); nothing was done")
     if env.manual and who is None:
         raise ApprovalRequired(
             f"{env.name} has approval: manual: {action} needs an approver: pass --approved-by WHO, or set "

@@ -51,7 +51,10 @@ def registration_key(name: str) -> str:
 def read_registration(repository: Repository, name: str) -> Optional[Registration]:
     """``name``'s registration, or None. One that cannot be read (damaged, written by
     hand) counts as expired long ago, so reap removes what it left rather than keeping
-    it for ever."""
+    it for ever. A name no instance can have (``../x``, ``Bad Name``) has none: a typed
+    name never becomes a key."""
+    if not ENVIRONMENT_RE.match(name):
+        return None
     try:
         raw = repository.read(registration_key(name))
     except KeyNotFound:

@@ -138,3 +138,21 @@ def test_a_configured_duration_too_long_for_the_calendar_is_a_configuration_erro
     result = project.envpipe("env", "create", "review-1", "--version", "1.0.1", check=2)
     assert "is longer than 100 years" in one_error_line(result.stderr)
     assert not Path(project.repository).exists()
+
+
+@FOLDER_ONLY
+def test_an_approver_with_a_line_break_is_refused_before_anything_changes(project):
+    project.envpipe("publish", "--version", "1.0.1", check=0)
+    result = project.envpipe("promote", "1.0.1", "--to", "production", "--force", "--reason", "hotfix",
+                             "--approved-by", "alice\n2026-11-29T21:00:00Z  production  promote  1.0.1  done", check=2)
+    assert "holds a line break or control character" in one_error_line(result.stderr)
+    assert not (Path(project.repository) / "production").exists()
+    assert not (Path(project.repository) / ".envpipe" / "records" / "production").exists()
+
+
+@FOLDER_ONLY
+def test_history_shows_a_reason_with_line_breaks_and_escapes_on_one_line(project):
+    project.envpipe("freeze", "production", "--reason", "year end\nforged line\x1b[2J", check=0)
+    lines = project.envpipe("history", "production", check=0).stdout.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[1].endswith("reason: year end\\nforged line\\x1b[2J")

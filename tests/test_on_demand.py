@@ -181,6 +181,20 @@ def test_bad_input_exits_2_or_3_with_one_line_and_changes_nothing(project, args,
     assert list_repository(project.repository, "") == before
 
 
+@FOLDER_ONLY
+@pytest.mark.parametrize("args, says", [
+    (["env", "destroy", "../review-1"], "no on-demand environment or sandbox named '../review-1'"),
+    (["env", "extend", "Review 1", "--ttl", "1h"], "no on-demand environment or sandbox named 'Review 1'"),
+    (["sandbox", "destroy", "../../x"], "no sandbox named '../../x'"),
+])
+def test_a_name_no_instance_can_have_is_unknown_not_an_unsafe_key(project, args, says):
+    published(project, "1.0.1")
+    before = list_repository(project.repository, "")
+    result = project.envpipe(*args, check=2)
+    assert says in one_line(result.stderr) and "unsafe key" not in result.stderr
+    assert list_repository(project.repository, "") == before
+
+
 @pytest.mark.parametrize("repository_url", ["s3"], indirect=True)
 def test_credentials_for_another_account_than_likes_are_refused_before_anything_is_registered(project):
     config = project.root / "envpipe.yml"

@@ -27,9 +27,16 @@ def emit(args: argparse.Namespace, ctx: StageContext, result: Any, text: str) ->
     sys.stdout.flush()
 
 
+def _printable(text: str) -> str:
+    """A cell on one line: a line break, tab or terminal escape recorded in a reason (or
+    in a record envpipe did not write) is shown escaped, so it cannot forge a row."""
+    return text if text.isprintable() else "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
 def table(rows: Sequence[Sequence[Any]]) -> str:
     """Rows as aligned columns (the first row is the heading), trailing blanks trimmed."""
-    cells = [[str(cell) for cell in row] for row in rows]
+    cells = [[_printable(str(cell)) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
 
