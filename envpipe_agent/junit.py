@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from envpipe_agent.errors import StageFailed
+from envpipe_agent.errors import StageFailed, UsageError
 from envpipe_agent.files import write_file
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
@@ -127,8 +127,22 @@ def render_report(name: str, suites: Sequence[Suite]) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def prepare_report(path: Path) -> None:
+    """Make the report's folder before any test runs: a report that cannot be written
+    is a usage error then (exit 2), not a failure after the tests ran."""
+    if path.is_dir():
+        raise UsageError(f"--junit {path}: a folder; give the file to write the report to")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--junit {path}: cannot create its folder: {exc.strerror or exc}") from None
+
+
 def write_report(path: Path, name: str, suites: Sequence[Suite]) -> Path:
     """Write the report to ``path`` in one step, so CI never reads half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(path, render_report(name, suites))
+    prepare_report(path)
+    try:
+        return write_file(path, render_report(name, suites))
+    except OSError as exc:
+        raise StageFailed(f"the JUnit report could not be written to {path}: {exc.strerror or exc}") from None

@@ -86,3 +86,15 @@ def test_the_lock_refuses_a_timeout_that_is_not_finite_seconds(tmp_path, seconds
         with environment_lock(repository, "test", "apply", CIContext(server="local"), timeout=seconds):
             pass  # pragma: no cover - never entered
     assert not list(repository.list(".envpipe/locks/"))
+
+
+@pytest.mark.parametrize("args", [
+    ["apply", "test", "--plan", ""],       # $PLAN unset: never a fresh plan in place of the approved one
+    ["plan", "test", "--out", " "],
+    ["test", "test", "--junit", ""],
+    ["run", "--version", "1.0.1", "--junit-dir", ""],
+])
+def test_an_empty_file_name_is_a_usage_error_not_no_file(tmp_path, args):
+    result = run_envpipe(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "an empty name: give the file or folder" in result.stderr and len(result.stderr.splitlines()) == 1

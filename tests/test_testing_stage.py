@@ -123,6 +123,32 @@ def test_passing_suite_exits_0_gets_the_outputs_and_writes_one_junit_report(copy
     assert "s3cr3t" not in result.stdout + result.stderr
 
 
+def test_a_junit_report_that_cannot_be_written_is_refused_before_the_tests_run(copy: WorkingCopy,
+                                                                             tmp_path: Path) -> None:
+    copy.write("tests/test_outputs.py", SUITE_CHECKING_OUTPUTS)
+    copy.deploy("1.0.1")
+    (tmp_path / "a-file").write_text("")
+
+    for report, complaint in ((tmp_path, "a folder; give the file"),
+                              (tmp_path / "a-file" / "test.xml", "cannot create its folder")):
+        result = copy.envpipe("test", "test", "--junit", str(report), check=2)
+        assert complaint in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert copy.latest_test("test", "1.0.1") is None
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a folder no file can be created in: /proc")
+def test_a_junit_report_that_fails_to_write_after_the_tests_exits_1_with_the_result_recorded(
+        copy: WorkingCopy) -> None:
+    copy.write("tests/test_outputs.py", SUITE_CHECKING_OUTPUTS)
+    copy.deploy("1.0.1")
+
+    result = copy.envpipe("test", "test", "--junit", "/proc/envpipe-report.xml", check=1)
+
+    assert "the JUnit report could not be written to /proc/envpipe-report.xml" in result.stderr
+    assert "internal error" not in result.stderr
+    assert copy.latest_test("test", "1.0.1")["result"] == "passed"
+
+
 def test_failing_suite_exits_1_names_the_failure_and_records_it(copy: WorkingCopy, tmp_path: Path) -> None:
     copy.write("tests/test_service.py", FAILING_SUITE)
     copy.deploy("1.0.1")

@@ -41,6 +41,14 @@ def table(rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells)
 
 
+def file_name(text: str) -> str:
+    """A FILE or DIR option's value: never empty, which would quietly mean "none"
+    (``apply --plan "$PLAN"`` with PLAN unset would apply a fresh plan, not the approved one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name: give the file or folder")
+    return text
+
+
 def add_approved_by(parser: argparse.ArgumentParser) -> None:
     """--approved-by, for the commands that change an ``approval: manual`` environment."""
     parser.add_argument("--approved-by", metavar="WHO",

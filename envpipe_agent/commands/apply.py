@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from envpipe_agent.commands import add_approved_by, emit, load_context
+from envpipe_agent.commands import add_approved_by, emit, file_name, load_context
 from envpipe_agent.errors import UsageError
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="exit 0 for no changes, 2 for changes, 1 for an error")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="plan published version V (alone: this CI build's) instead of the one ENV holds")
-    parser.add_argument("--out", metavar="FILE",
+    parser.add_argument("--out", metavar="FILE", type=file_name,
                         help="save the plan to FILE for 'apply ENV --plan FILE' (Terraform; FILE holds secrets)")
     parser.set_defaults(handler=run_plan, takes_tool_args=True)
 
@@ -110,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("environment", metavar="ENV", help="environment to apply")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
-    parser.add_argument("--plan", metavar="FILE",
+    parser.add_argument("--plan", metavar="FILE", type=file_name,
                         help="apply exactly the plan 'envpipe plan ENV --out FILE' saved (refused if made for "
                              "another version or stale)")
     parser.add_argument("--replace-failed", action="store_true",

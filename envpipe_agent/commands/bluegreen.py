@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Mapping
 
-from envpipe_agent.commands import add_approved_by, emit, load_context
+from envpipe_agent.commands import add_approved_by, emit, file_name, load_context
 from envpipe_agent.errors import PolicyHold, UsageError
 
 
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--finish", action="store_true", help="destroy the old instance kept by --keep-old")
     parser.add_argument("--check", action="store_true",
                         help="change nothing: exit 0 if the release would be allowed now, 3 with the reasons if not")
-    parser.add_argument("--junit", metavar="FILE", help="write the JUnit report of the new instance's tests to FILE")
+    parser.add_argument("--junit", metavar="FILE", type=file_name, help="write the JUnit report of the new instance's tests to FILE")
     parser.add_argument("--force", action="store_true",
                         help="release despite the gate, a freeze, a soak or a window (needs --reason)")
     parser.add_argument("--reason", metavar="TEXT", help="why the guard is overridden (recorded; needs --force)")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from envpipe_agent.commands import emit, load_context, table
+from envpipe_agent.commands import emit, file_name, load_context, table
 from envpipe_agent.commands.testing import tests_failed
 from envpipe_agent.errors import StageFailed
 
@@ -184,7 +184,7 @@ def register_sandbox(subparsers: argparse._SubParsersAction, common: argparse.Ar
                                  "up against the sandbox")
     parser.add_argument("name", nargs="?", metavar="NAME", help=name_help)
     parser.add_argument("--source", metavar="DIR", help=source_help + "; an edit since the last up is named")
-    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    parser.add_argument("--junit", metavar="FILE", type=file_name, help="write a JUnit XML report")
     parser.set_defaults(handler=run_sandbox_test)
 
     parser = commands.add_parser("destroy", parents=[common, keep], help="destroy the sandbox as 'env destroy' does")

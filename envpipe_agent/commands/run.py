@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Mapping
 
-from envpipe_agent.commands import emit, load_context
+from envpipe_agent.commands import emit, file_name, load_context
 
 
 def run_run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -26,5 +26,5 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--approve", metavar="ENV", action="append",
                         help="go on into this 'approval: manual' environment, approved by you (ENVPIPE_APPROVER "
                              "or your user name, recorded; repeatable)")
-    parser.add_argument("--junit-dir", metavar="DIR", help="write each environment's JUnit report to DIR/ENV.xml")
+    parser.add_argument("--junit-dir", metavar="DIR", type=file_name, help="write each environment's JUnit report to DIR/ENV.xml")
     parser.set_defaults(handler=run_run)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from envpipe_agent.commands import emit, load_context
+from envpipe_agent.commands import emit, file_name, load_context
 from envpipe_agent.errors import StageFailed
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("environment", metavar="ENV", help="environment to test (its last applied version)")
     parser.add_argument("--version", nargs="?", const="", metavar="V",
                         help="refuse (exit 3) unless ENV holds version V (alone: this CI build's)")
-    parser.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (for Jenkins 'junit', GoCD)")
+    parser.add_argument("--junit", metavar="FILE", type=file_name, help="write a JUnit XML report (for Jenkins 'junit', GoCD)")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep the pytest suite's private work folder afterwards (to debug; it may hold secrets)")
     parser.set_defaults(handler=run_test)

@@ -29,7 +29,8 @@ from envpipe_agent.aws_credentials import Credentials
 from envpipe_agent.config import HttpCheck
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import NotFound, Refused, UsageError
-from envpipe_agent.junit import ERROR, FAILED, Case, Suite, read_report, redact_case, totals, write_report
+from envpipe_agent.junit import (ERROR, FAILED, Case, Suite, prepare_report, read_report, redact_case, totals,
+                                 write_report)
 from envpipe_agent.manifest import check_holds, read_manifest
 from envpipe_agent.parallel import parallel_map
 from envpipe_agent.paths import local_path
@@ -295,6 +296,8 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
     env = ctx.environment(environment)
     settings = ctx.config.tests
     check_prerequisites(ctx)
+    if junit:
+        prepare_report(Path(junit))
     manifest = read_manifest(ctx.repository, env.name)
     if manifest is None:
         raise NotFound(f"{env.name} holds no version: promote one ('envpipe promote VERSION --to {env.name}') "
@@ -320,10 +323,9 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
         for case in suite.cases:
             redact_case(case, ctx.redactor)  # the http checks' names quote their URLs
     failed = [case.title for suite in suites for case in suite.cases if case.outcome in (FAILED, ERROR)]
-    report = str(write_report(Path(junit), f"envpipe {ctx.config.project} {env.name}", suites)) if junit else None
     result = TestResult(environment=env.name, version=manifest.version,
                         passed=not counts["failures"] and not counts["errors"], seconds=seconds,
-                        failed=failed, junit=report, **counts)
+                        failed=failed, junit=str(junit) if junit else None, **counts)
     ctx.records.write(env.name, "test", manifest.version, result.result, {
         **counts,
         "seconds": round(seconds, 3),
@@ -331,5 +333,7 @@ def run_tests(ctx: StageContext, environment: str, junit: Optional[Path] = None,
         "suites": {suite.name.rsplit(".", 1)[-1]: suite.counts() for suite in suites},
         "failed": failed[:20],
     })
+    if junit:  # after the record: a report that cannot be written loses no result
+        write_report(Path(junit), f"envpipe {ctx.config.project} {env.name}", suites)
     log.info("%s", result.summary())
     return result
