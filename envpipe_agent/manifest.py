@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from envpipe_agent.config import ENVIRONMENT_RE
 from envpipe_agent.errors import IntegrityError, NotFound, UnsafePath, VersionMismatch
-from envpipe_agent.parallel import parallel_map
+from envpipe_agent.parallel import background, parallel_map
 from envpipe_agent.paths import check_relative_path, local_path
 from envpipe_agent.repository import KeyNotFound, Repository
 from envpipe_agent.repository.base import download, stream_sha256
@@ -232,21 +232,25 @@ def check_folder(repository: Repository, folder: str, destination: Optional[Path
     the manifest belongs to another folder or (given ``project``) another project."""
     started = time.monotonic()
     location = repository.location(folder)
-    manifest = read_manifest(repository, folder)
-    if manifest is None:
-        if next(iter(repository.list(f"{folder}/")), None) is None:
-            raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
-        # Files without a manifest: the first promote into it, or a publish, cut short.
-        if ENVIRONMENT_RE.match(folder):
-            raise IntegrityError(f"{location} holds files but no manifest: a promote into it was cut short (or "
-                                 f"they were put there by hand); promote a version into it "
-                                 f"('envpipe promote VERSION --to {folder}')")
-        raise NotFound(f"{location} holds files but no manifest: its publish was cut short and the version does "
-                       "not exist; run that publish again to complete it")
-    check_owner(repository, folder, manifest, project)
     prefix = f"{folder}/"
+    with background() as submit:
+        # The folder is listed while its manifest is read: one round trip, not two.
+        listing = submit(lambda: list(repository.list(prefix)))
+        manifest = read_manifest(repository, folder)
+        if manifest is None:
+            if not listing.result():
+                raise NotFound(f"{location} has no manifest: nothing was published or promoted there")
+            # Files without a manifest: the first promote into it, or a publish, cut short.
+            if ENVIRONMENT_RE.match(folder):
+                raise IntegrityError(f"{location} holds files but no manifest: a promote into it was cut short (or "
+                                     f"they were put there by hand); promote a version into it "
+                                     f"('envpipe promote VERSION --to {folder}')")
+            raise NotFound(f"{location} holds files but no manifest: its publish was cut short and the version "
+                           "does not exist; run that publish again to complete it")
+        check_owner(repository, folder, manifest, project)
+        infos = listing.result()
     listed = {}
-    for info in repository.list(prefix):
+    for info in infos:
         relative = info.key[len(prefix):]
         if relative in (MANIFEST_KEY, CLAIM_KEY):  # envpipe's own, not the definition's
             continue

@@ -25,6 +25,7 @@ from envpipe_agent.instances import refuse_bluegreen_target
 from envpipe_agent.live import read_live
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
+from envpipe_agent.parallel import background
 from envpipe_agent.policy import enforce_policy, override_details
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.records import last_applied, utc_now
@@ -136,21 +137,25 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     # candidate version (what an approver looks at before promoting) from that
     # version's own folder, verified against its manifest all the same.
     folder = candidate or (definition[0] if definition else env.name)
-    promoted = read_manifest(ctx.repository, folder)
-    if promoted is None and candidate:
-        raise NotFound(f"version {candidate} is not published in {ctx.repository.location()}: "
-                       "run 'envpipe publish' first")
-    if promoted is None and definition:
-        raise NotFound(f"{folder} holds no version in {ctx.repository.location()}: {env.name} is run from it")
-    if promoted is None:
-        raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote one "
-                       f"first ('envpipe promote VERSION --to {env.name}')")
-    version = promoted.version
-    # The promotion policy of a path environment, after the gate; plan changes nothing,
-    # and an on-demand instance has no policy.
-    held_by = (enforce_policy(ctx.config, ctx.repository, env.name, version, now or utc_now(), action,
-                              force=override is not None)
-               if action in LOCKED_ACTIONS and env.on_path else [])
+    with background() as submit:
+        # The credentials (an assumed role, the account check) are fetched while the
+        # environment's manifest and policy are read; their errors still come in this order.
+        credentials_read = submit(ctx.credentials, env)
+        promoted = read_manifest(ctx.repository, folder)
+        if promoted is None and candidate:
+            raise NotFound(f"version {candidate} is not published in {ctx.repository.location()}: "
+                           "run 'envpipe publish' first")
+        if promoted is None and definition:
+            raise NotFound(f"{folder} holds no version in {ctx.repository.location()}: {env.name} is run from it")
+        if promoted is None:
+            raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote "
+                           f"one first ('envpipe promote VERSION --to {env.name}')")
+        version = promoted.version
+        # The promotion policy of a path environment, after the gate; plan changes nothing,
+        # and an on-demand instance has no policy.
+        held_by = (enforce_policy(ctx.config, ctx.repository, env.name, version, now or utc_now(), action,
+                                  force=override is not None)
+                   if action in LOCKED_ACTIONS and env.on_path else [])
     if candidate:
         details_candidate = {"candidate": True}
     else:
@@ -192,7 +197,7 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
             details["approved_by"] = who
         check_holds(env.name, version, expected, action)
         # Credentials first: a wrong account is refused before anything is locked or run.
-        credentials = ctx.credentials(env)
+        credentials = credentials_read.result()
         redactor = redactor.with_values(credentials.secrets)
         records = records.with_secrets(credentials.secrets)
         if credentials.account:
