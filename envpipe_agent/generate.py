@@ -205,12 +205,9 @@ def pipeline_model(config: Config) -> Pipeline:
         paths.append(path)
         upstream = (path.pipeline, "deploy")
     # A private virtualenv in the workspace: agents' system Pythons refuse pip installs
-    # (PEP 668), and each job may land on a fresh agent. `venv` leaves an existing one be.
+    # (PEP 668), and each job may land on a fresh agent.
     executable = f"{VENV}/bin/envpipe"
-    install: Tuple[Tuple[str, ...], ...] = (
-        ("python3", "-m", "venv", VENV),
-        (f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", *pip_arguments(config)),
-    )
+    install: Tuple[Tuple[str, ...], ...] = (("sh", "-c", install_script(config)),)
     variables = tuple(sorted(config.ci.variables.items()))
     return Pipeline(config, publish, tuple(paths), executable, install, variables)
 
@@ -368,6 +365,37 @@ def on_demand_job(config: Config, kind: str, pipeline: Pipeline) -> OnDemandJob:
         Parameter("TTL", "", "create, extend: its lifetime from now, e.g. 8h or 2d (create's default: "
                              f"{format_duration(settings.ttl)}; at most {format_duration(settings.max_ttl)})"),
     ))
+
+
+# What the venv was installed with, written once pip succeeded: a later job (the next
+# stage of the build, or a later build on the same agent) finds the same line there and
+# skips pip, which costs seconds to minutes per job.
+INSTALL_MARKER = f"{VENV}/.envpipe-install"
+
+
+def install_script(config: Config) -> str:
+    """The shell line each job runs before envpipe: create the venv and pip install into
+    it, unless the venv already holds exactly that install (its marker says so and its
+    envpipe is there). The marker is removed before pip runs and written after it
+    succeeds, so a failed or interrupted install is redone by the next job."""
+    arguments = pip_arguments(config)
+    wanted = _double_quoted(" ".join(arguments))
+    if config.ci.requirements:
+        # the same file with other pins is another install: its checksum is part of the line
+        wanted += f" $(cksum < {shlex.quote(config.ci.requirements)})"
+    pip = shell_words((f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", *arguments))
+    return (f'wanted="{wanted}"; '
+            f'if [ -x {VENV}/bin/envpipe ] && [ "$(cat {INSTALL_MARKER} 2>/dev/null)" = "$wanted" ]; '
+            f'then echo "envpipe: {VENV} already holds $wanted"; '
+            f'else rm -f {INSTALL_MARKER} && python3 -m venv {VENV} && {pip} '
+            f'&& printf "%s\\n" "$wanted" > {INSTALL_MARKER}; fi')
+
+
+def _double_quoted(text: str) -> str:
+    """``text`` as it is, inside a shell's double quotes."""
+    for special in ("\\", '"', "`", "$"):
+        text = text.replace(special, "\\" + special)
+    return text
 
 
 _PIP_PREFIXES = (("pip", "install"), ("pip3", "install"), ("python", "-m", "pip", "install"),

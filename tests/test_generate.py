@@ -1,6 +1,7 @@
 """envpipe generate: the pipeline each target renders, escaping, and the CLI around it."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -17,7 +18,7 @@ import yaml
 import envpipe_agent
 from envpipe_agent.config import load_config, parse_config
 from envpipe_agent.errors import ConfigError, UsageError
-from envpipe_agent.generate import TARGETS, render
+from envpipe_agent.generate import TARGETS, install_script, render
 from envpipe_agent.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +296,7 @@ def test_every_generated_command_parses_with_the_real_cli_parser(tmp_path):
             others.add(tuple(argv[:2]))
     assert seen == {"publish", "promote", "plan", "apply", "test"}
     # besides envpipe: the virtualenv install and removing a stage's old report, nothing else
-    assert others == {("python3", "-m"), (".envpipe-venv/bin/python", "-m"), ("rm", "-f")}
+    assert others == {("sh", "-c"), ("rm", "-f")}
 
 
 def test_each_deploy_stage_removes_its_own_old_report_before_promoting(tmp_path):
@@ -416,16 +417,16 @@ def test_jenkins_passes_the_published_version_to_every_later_command_and_keeps_i
 
 
 def test_jenkins_creates_the_venv_in_every_stage_that_runs_envpipe(tmp_path):
-    text = render(config_from(CONFIG, tmp_path), "jenkins")
-    install = [["python3", "-m", "venv", ".envpipe-venv"],
-               [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0"]]
+    config = config_from(CONFIG, tmp_path)
+    text = render(config, "jenkins")
+    install = [["sh", "-c", install_script(config)]]
     for name, block in jenkins_stages(text).items():
         if name in ("production", "approve-production"):  # a group of stages; the approval runs nothing
             assert "envpipe-venv" not in block or name == "production"
             continue
         commands = jenkins_commands(block)
         first = next(i for i, c in enumerate(commands) if c[0].endswith("/envpipe"))
-        assert commands[first - 2:first] == install, name  # `python3 -m venv` leaves an existing venv be
+        assert commands[first - 1:first] == install, name
 
 
 def test_jenkins_deploys_beyond_the_first_environment_only_from_the_configured_branch(tmp_path):
@@ -628,8 +629,8 @@ def test_without_install_the_pipeline_installs_this_envpipe_pinned(tmp_path):
         """), tmp_path)
     text = render(config, "jenkins")
     assert "agent any" in text and "withCredentials" not in text and "environment {" not in text
-    install = [["python3", "-m", "venv", ".envpipe-venv"],
-               [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", PINNED]]
+    install = [["sh", "-c", install_script(config)]]
+    assert f".envpipe-venv/bin/python -m pip install --quiet '{PINNED}' &&" in install[0][2]
     assert jenkins_commands(text) == install + [
         [".envpipe-venv/bin/envpipe", "publish"], ["rm", "-f", ".envpipe-reports/dev.xml"], *install,
         [".envpipe-venv/bin/envpipe", "promote", VERSION, "--to", "dev"],
@@ -638,28 +639,67 @@ def test_without_install_the_pipeline_installs_this_envpipe_pinned(tmp_path):
     pipelines = gocd_pipelines(config)
     assert pipelines["gocd-xml"] == pipelines["gocd-yaml"]
     assert pipelines["gocd-xml"]["small"]["group"] == "small"
-    assert pipelines["gocd-xml"]["small-dev"]["stages"][0]["jobs"][0]["commands"][:3] == [
+    assert pipelines["gocd-xml"]["small-dev"]["stages"][0]["jobs"][0]["commands"][:2] == [
         ["rm", "-f", ".envpipe-reports/dev.xml"], *install]
     # with a pytest suite to run, pytest too
     suite = config_from("project: small\nenvironments: [{name: dev}]\ntests: {path: tests/}\n", tmp_path)
-    assert [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", PINNED, "pytest"] in \
-        jenkins_commands(render(suite, "jenkins"))
+    assert ["sh", "-c", install_script(suite)] in jenkins_commands(render(suite, "jenkins"))
+    assert f"pip install --quiet '{PINNED}' pytest &&" in install_script(suite)
+
+
+FAKE_PYTHON3 = """#!/bin/sh
+# python3 -m venv DIR: a venv whose python logs each pip install and puts envpipe in place
+mkdir -p "$3/bin"
+cat > "$3/bin/python" <<'END'
+#!/bin/sh
+echo "$*" >> "$(dirname "$0")/../../pip.log"
+touch "$(dirname "$0")/envpipe" && chmod +x "$(dirname "$0")/envpipe"
+END
+chmod +x "$3/bin/python"
+"""
+
+
+def test_a_job_reuses_the_venv_that_already_holds_the_pinned_envpipe(tmp_path):
+    bin_dir, workspace = tmp_path / "bin", tmp_path / "workspace"
+    bin_dir.mkdir()
+    workspace.mkdir()
+    (bin_dir / "python3").write_text(FAKE_PYTHON3)
+    (bin_dir / "python3").chmod(0o755)
+
+    def run_install(config) -> List[str]:
+        [argv] = [c for c in gocd_commands(gocd_pipelines(config)["gocd-xml"]) if c[0] == "sh"][:1]
+        assert argv in jenkins_commands(render(config, "jenkins"))
+        subprocess.run(argv, cwd=workspace, check=True, capture_output=True,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        log = workspace / "pip.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    pinned = config_from(CONFIG, tmp_path)
+    assert run_install(pinned) == ["-m pip install --quiet envpipe-agent[terraform]==0.1.0"]
+    assert run_install(pinned) == ["-m pip install --quiet envpipe-agent[terraform]==0.1.0"]  # reused
+    assert (workspace / ".envpipe-venv/.envpipe-install").read_text() == "envpipe-agent[terraform]==0.1.0\n"
+    # another pin is another install; a venv whose install did not finish is installed again
+    other = config_from(CONFIG.replace("==0.1.0", "==0.1.1"), tmp_path)
+    assert run_install(other)[-1] == "-m pip install --quiet envpipe-agent[terraform]==0.1.1"
+    (workspace / ".envpipe-venv/bin/envpipe").unlink()
+    assert len(run_install(other)) == 3
 
 
 def test_install_given_as_a_pip_command_line_installs_its_arguments(tmp_path):
     config = config_from(CONFIG.replace('"envpipe-agent[terraform]==0.1.0"',
                                         "\"pip install 'envpipe-agent[terraform]==0.1.0' --index-url https://pypi.example\""),
                          tmp_path)
-    install = gocd_pipelines(config)["gocd-xml"]["our-project"]["stages"][0]["jobs"][0]["commands"][1]
-    assert install == [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0",
-                       "--index-url", "https://pypi.example"]
+    install = gocd_pipelines(config)["gocd-xml"]["our-project"]["stages"][0]["jobs"][0]["commands"][0]
+    assert install == ["sh", "-c", install_script(config)]
+    assert ("pip install --quiet 'envpipe-agent[terraform]==0.1.0' --index-url https://pypi.example &&"
+            in install[2])
 
 
 def test_a_requirements_file_installs_with_hashes_required(tmp_path):
     config = config_from(CONFIG.replace('  install: "envpipe-agent[terraform]==0.1.0"\n',
                                         "  requirements: ci/requirements.txt\n"), tmp_path)
-    expected = [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "--require-hashes", "-r",
-                "ci/requirements.txt"]
+    expected = ["sh", "-c", install_script(config)]
+    assert "pip install --quiet --require-hashes -r ci/requirements.txt &&" in expected[2]
     assert expected in jenkins_commands(render(config, "jenkins"))
     assert expected in gocd_commands(gocd_pipelines(config)["gocd-yaml"])
     with pytest.raises(ConfigError, match="ci.requirements: give ci.install or ci.requirements, not both"):

@@ -1,8 +1,9 @@
 """The generated pipelines' own commands, run in order as Jenkins and GoCD run them, on a
 folder repository with the embedded Terraform: the build's version reaches every
 environment, production applies the plan made before its approval, and the approver is
-recorded. Only what needs a CD server is stood in for: the install lines (envpipe is
-already installed), stash/unstash (one workspace) and GoCD's artifact fetch (a copy)."""
+recorded. Only what needs a CD server is stood in for: the venv the install lines make
+(envpipe is already installed, and the install lines find it there and reuse it),
+stash/unstash (one workspace) and GoCD's artifact fetch (a copy)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ from conftest import list_repository
 from test_generate import gocd_xml_pipelines, groovy_literals, jenkins_stages
 
 from envpipe_agent.config import load_config
-from envpipe_agent.generate import render
+from envpipe_agent.generate import INSTALL_MARKER, pip_arguments, render
 
 CONFIG = """\
 project: our-project
@@ -69,12 +70,15 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def workspace(checkout: Path, where: Path) -> Path:
-    """A job's workspace: the checkout, with envpipe where the install lines would put it."""
+    """A job's workspace: the checkout, with envpipe where the install lines would put it,
+    and their marker saying it is the pinned one: the install lines run and reuse it."""
     shutil.copytree(checkout, where)
     venv = where / ".envpipe-venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "envpipe").write_text(f'#!/bin/sh\nexec {sys.executable} -m envpipe_agent "$@"\n')
     (venv / "envpipe").chmod(stat.S_IRWXU)
+    wanted = " ".join(pip_arguments(load_config(checkout / "envpipe.yml")))
+    (where / INSTALL_MARKER).write_text(wanted + "\n")
     return where
 
 
@@ -85,8 +89,6 @@ def run(argv: List[str], cwd: Path, environ: Mapping[str, str]) -> subprocess.Co
     return result
 
 
-def is_install(command: str) -> bool:
-    return command.startswith(("python3 -m venv", ".envpipe-venv/bin/python -m pip"))
 
 
 def records(repository: Path, env: str, action: str) -> List[Dict]:
@@ -109,10 +111,9 @@ def test_the_jenkinsfile_deploys_its_version_and_applies_the_approved_plan(check
             line = line.strip()
             if line.startswith(("sh '", "env.ENVPIPE_PUBLISHED_VERSION = sh(script: '")):
                 command = groovy_literals(line)[0]
-                if not is_install(command):
-                    result = run(["sh", "-c", command], work, jenkins)
-                    if "returnStdout: true" in line:
-                        jenkins["ENVPIPE_PUBLISHED_VERSION"] = result.stdout.strip()
+                result = run(["sh", "-c", command], work, jenkins)
+                if "returnStdout: true" in line:
+                    jenkins["ENVPIPE_PUBLISHED_VERSION"] = result.stdout.strip()
 
     repository = tmp_path / "repository"
     assert jenkins["ENVPIPE_PUBLISHED_VERSION"] == "1.0.7"
@@ -143,8 +144,7 @@ def test_the_gocd_pipelines_pass_the_version_by_label_and_apply_the_approved_pla
                        "GO_PIPELINE_LABEL": label or f"1.0.{counter}", "GO_STAGE_NAME": stage["name"],
                        "GO_TRIGGER_USER": "alice" if stage["manual"] else "changes"}
             for command in job["commands"]:
-                if not is_install(" ".join(command)):
-                    run(command, work, environ)
+                run(command, work, environ)
             for source, dest in job["build_artifacts"]:
                 artifacts[f"{stage['name']}/{dest}/{Path(source).name}"] = work / source
         label = label or f"1.0.{counter}"  # what ${upstream} gives the pipelines after it

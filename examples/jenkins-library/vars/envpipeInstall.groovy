@@ -4,6 +4,5 @@
 // Installs envpipe into the workspace's own virtualenv, pinned as envpipe.yml's ci: says:
 // idempotent, so every step that runs envpipe calls it on whichever agent it landed on.
 void call() {
-    sh 'python3 -m venv .envpipe-venv'
-    sh '.envpipe-venv/bin/python -m pip install --quiet \'envpipe-agent[terraform]==0.1.0\' pytest'
+    sh 'sh -c \'wanted="envpipe-agent[terraform]==0.1.0 pytest"; if [ -x .envpipe-venv/bin/envpipe ] && [ "$(cat .envpipe-venv/.envpipe-install 2>/dev/null)" = "$wanted" ]; then echo "envpipe: .envpipe-venv already holds $wanted"; else rm -f .envpipe-venv/.envpipe-install && python3 -m venv .envpipe-venv && .envpipe-venv/bin/python -m pip install --quiet \'"\'"\'envpipe-agent[terraform]==0.1.0\'"\'"\' pytest && printf "%s\\n" "$wanted" > .envpipe-venv/.envpipe-install; fi\''
 }
