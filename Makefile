@@ -38,11 +38,13 @@ examples: $(STAMP)
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml --job reap -o examples/on-demand/our-project-reap.gocd.yaml
 	$(BIN)/envpipe --config examples/envpipe.yml generate gocd-yaml --job environments -o examples/on-demand/our-project-environments.gocd.yaml
 
-# envpipe against `aws s3 sync` on a local moto S3 (about 12 minutes on 2 cores);
-# awscli is installed for the benchmark only. `make bench BENCH_ARGS=--quick`: 2 minutes.
+# envpipe against `aws s3 sync` on a local moto S3 (about 12 minutes on 2 cores), then
+# the scale table (publish ... history at 100 to 20,000 files and 1,000/100,000 records);
+# awscli is installed for the benchmark only. `make bench BENCH_ARGS=--quick`: both quick.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet awscli
 	$(BIN)/python benchmarks/s3_sync.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 
 # The sdist and the wheel users install, in dist/ (the wheel is built from the sdist,
 # so a file missing from the sdist shows here too).
