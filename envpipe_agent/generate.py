@@ -155,6 +155,7 @@ class Pipeline:
     executable: str
     install: Tuple[Tuple[str, ...], ...]  # argv lists run before envpipe on a fresh agent
     variables: Tuple[Tuple[str, str], ...]
+    pip_arguments: Tuple[str, ...] = ()  # what the install line has pip install
 
     @property
     def stages(self) -> Tuple[Stage, ...]:
@@ -207,9 +208,10 @@ def pipeline_model(config: Config) -> Pipeline:
     # A private virtualenv in the workspace: agents' system Pythons refuse pip installs
     # (PEP 668), and each job may land on a fresh agent.
     executable = f"{VENV}/bin/envpipe"
-    install: Tuple[Tuple[str, ...], ...] = (("sh", "-c", install_script(config)),)
+    arguments = pip_arguments(config)
+    install: Tuple[Tuple[str, ...], ...] = (("sh", "-c", install_script(config, arguments)),)
     variables = tuple(sorted(config.ci.variables.items()))
-    return Pipeline(config, publish, tuple(paths), executable, install, variables)
+    return Pipeline(config, publish, tuple(paths), executable, install, variables, arguments)
 
 
 def environment_path(config: Config, index: int, env: Environment, upstream: Tuple[str, str]) -> EnvironmentPath:
@@ -373,12 +375,12 @@ def on_demand_job(config: Config, kind: str, pipeline: Pipeline) -> OnDemandJob:
 INSTALL_MARKER = f"{VENV}/.envpipe-install"
 
 
-def install_script(config: Config) -> str:
+def install_script(config: Config, arguments: Optional[Tuple[str, ...]] = None) -> str:
     """The shell line each job runs before envpipe: create the venv and pip install into
     it, unless the venv already holds exactly that install (its marker says so and its
     envpipe is there). The marker is removed before pip runs and written after it
     succeeds, so a failed or interrupted install is redone by the next job."""
-    arguments = pip_arguments(config)
+    arguments = pip_arguments(config) if arguments is None else arguments
     wanted = _double_quoted(" ".join(arguments))
     if config.ci.requirements:
         # the same file with other pins is another install: its checksum is part of the line

@@ -17,7 +17,7 @@ from test_generate import (CONFIG, HOSTILE, braced, code_outside_strings, config
                            gocd_yaml_pipelines, groovy_literals, hostile_config, jenkins_commands, jenkins_stages)
 
 from envpipe_agent.errors import UsageError
-from envpipe_agent.generate import GOCD_TEMPLATE_PARAMETER, LIBRARY_STEPS, render, render_library
+from envpipe_agent.generate import GOCD_TEMPLATE_PARAMETER, LIBRARY_STEPS, install_script, render, render_library
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,7 @@ def test_install_step_is_the_jenkinsfiles_pinned_idempotent_install(tmp_path):
     install = sh_lines(render_library(config)["vars/envpipeInstall.groovy"])
     publish_stage = jenkins_stages(render(config, "jenkins"))["publish"]
     assert install == [c for c in sh_lines(publish_stage) if "publish" not in c]
-    assert install == [["python3", "-m", "venv", ".envpipe-venv"],
-                       [".envpipe-venv/bin/python", "-m", "pip", "install", "--quiet", "envpipe-agent[terraform]==0.1.0"]]
+    assert install == [["sh", "-c", install_script(config)]]
 
 
 def test_deploy_runs_the_jenkinsfiles_deploy_stage_under_its_lock_with_only_its_credentials(tmp_path):
@@ -88,7 +87,7 @@ def test_deploy_runs_the_jenkinsfiles_deploy_stage_under_its_lock_with_only_its_
     for name, block in blocks.items():
         stage = stages[f"deploy-{name}"]
         # the same commands as the generated stage, install apart (envpipeInstall, above)
-        assert sh_lines(block) == [c for c in sh_lines(stage) if c[0] != "python3" and "pip" not in c]
+        assert sh_lines(block) == [c for c in sh_lines(stage) if c != ["sh", "-c", install_script(config)]]
         lock = braced(block, f"lock(resource: 'our-project-{name}') {{")
         agent = braced(lock, "node(args.agent ?: 'terraform') {")
         assert "timeout(time: 45, unit: 'MINUTES')" in lock
