@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
 
+from envpipe_agent.errors import UsageError
+
 # The mode of a new file (an existing one keeps its own): what open() gives under the
 # usual umask of 022.
 NEW_FILE_MODE = 0o644
@@ -44,3 +46,15 @@ def write_file(path: Path, content: Union[bytes, str], mode: Optional[int] = Non
     with replacing(path, mode) as stream:
         stream.write(content.encode("utf-8") if isinstance(content, str) else content)
     return Path(path)
+
+
+def write_named_file(path: Path, content: Union[bytes, str], option: str) -> Path:
+    """``write_file`` for a file the user named with ``option`` (``-o``, ``--html``): a
+    folder or a place that cannot be written is one line and exit 2, not a bug."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: a folder; give the file to write")
+    try:
+        return write_file(path, content)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write it: {exc.strerror or exc}") from None

@@ -177,6 +177,9 @@ def tested_config(repository: object, tests: str = TESTED_TESTS, test_vars: str 
             f"    approval: manual\n{tests}")
 
 
+tested_config.__test__ = False  # a helper, though its name starts with "test" (pytest would collect it)
+
+
 @pytest.fixture
 def project(tmp_path: Path, repository_url: str) -> Project:
     """A working copy whose repository is a folder or moto S3 (both, by parametrisation)."""

@@ -98,3 +98,24 @@ def test_an_empty_file_name_is_a_usage_error_not_no_file(tmp_path, args):
     result = run_envpipe(args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "an empty name: give the file or folder" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def minimal_working_copy(tmp_path) -> None:
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "envpipe.yml").write_text(f"project: our-project\nsource: infra\nrepository: {tmp_path / 'repo'}\n"
+                                          "environments:\n  - name: test\n")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["status", "--html", "{tmp}"], "--html {tmp}: a folder; give the file to write"),
+    (["status", "--html", "{tmp}/envpipe.yml/page.html"], "--html {tmp}/envpipe.yml/page.html: cannot create its folder"),
+    (["generate", "jenkins", "-o", "{tmp}"], "-o {tmp}: a folder; give the file to write"),
+    (["generate", "jenkins-library", "-o", "{tmp}/envpipe.yml"], "-o {tmp}/envpipe.yml: cannot create"),
+    (["--repo", "file://relative", "status"], "repository 'file://relative': a file URL names an absolute path"),
+])
+def test_an_output_or_repository_that_cannot_be_used_is_a_usage_error_not_a_bug(tmp_path, args, says):
+    minimal_working_copy(tmp_path)
+    result = run_envpipe([arg.format(tmp=tmp_path) for arg in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert says.format(tmp=tmp_path) in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["envpipe.yml", "infra"]

@@ -9,7 +9,7 @@ from typing import Dict, Mapping
 
 from envpipe_agent.config import load_config
 from envpipe_agent.errors import StageFailed, UsageError
-from envpipe_agent.files import write_file
+from envpipe_agent.files import write_named_file
 from envpipe_agent.generate import JOBS, TARGETS, render, render_library
 
 log = logging.getLogger("envpipe_agent")
@@ -32,8 +32,11 @@ def _generate_library(args: argparse.Namespace, files: Dict[str, str]) -> int:
     if not root.parent.is_dir():
         raise UsageError(f"-o {root}: folder {root.parent} does not exist; create it first")
     for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        write_file(root / name, text)  # each in one step, as a single pipeline file
+        try:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"-o {root}: cannot create {(root / name).parent}: {exc.strerror or exc}") from None
+        write_named_file(root / name, text, "-o")  # each in one step, as a single pipeline file
     log.info("wrote %s (%d files)", root, len(files))
     return 0
 
@@ -66,7 +69,7 @@ def run_generate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         folder = output.parent if str(output.parent) else Path(".")
         if not folder.is_dir():
             raise UsageError(f"-o {output}: folder {folder} does not exist; create it first")
-        write_file(output, text)  # in one step: a CD server never reads half a pipeline
+        write_named_file(output, text, "-o")  # in one step: a CD server never reads half a pipeline
         log.info("wrote %s", args.output)
     else:
         sys.stdout.write(text)

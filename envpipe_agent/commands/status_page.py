@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import jinja2
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.files import write_file
+from envpipe_agent.errors import UsageError
+from envpipe_agent.files import write_named_file
 from envpipe_agent.records import iso, latest_test, record_order, utc_now
 from envpipe_agent.stages.status import on_demand_status, status
 
@@ -99,5 +100,8 @@ def write_status_page(ctx: StageContext, path: Path, entries: Optional[Sequence[
                       instances: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
     """Write the page to ``path`` in one step and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(path, render_status_page(ctx, entries, instances))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--html {path}: cannot create its folder: {exc.strerror or exc}") from None
+    return write_named_file(path, render_status_page(ctx, entries, instances), "--html")

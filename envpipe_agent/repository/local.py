@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, List, Mapping, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
-from envpipe_agent.errors import RepositoryError
+from envpipe_agent.errors import RepositoryError, UsageError
 from envpipe_agent.paths import check_relative_path
 from envpipe_agent.repository.base import CHUNK_SIZE, AlreadyExists, KeyNotFound, ObjectInfo
 
@@ -56,7 +56,15 @@ class LocalRepository:
     def from_url(cls, url: str, environ: Mapping[str, str], client_factory: Any = None,
                  kms_key_id: Optional[str] = None) -> "LocalRepository":
         # kms_key_id (repository_encryption) is server-side encryption: S3's, not a folder's.
-        path = unquote(urlparse(url).path) if url.startswith("file://") else url
+        path = url
+        if url.startswith("file://"):
+            parsed = urlparse(url)
+            # file://relative/x names host "relative" and no path: it would resolve to
+            # the current folder, the working copy itself.
+            if parsed.netloc not in ("", "localhost") or not parsed.path:
+                raise UsageError(f"repository {url!r}: a file URL names an absolute path, with three slashes: "
+                                 f"file:///{url[len('file://'):]} or a folder path")
+            path = unquote(parsed.path)
         return cls(Path(path).expanduser().resolve())
 
     def _path(self, key: str) -> Path:
