@@ -93,7 +93,11 @@ def renderings(value: str) -> Set[str]:
         # HCL (Terraform's plan and errors) escapes like JSON, and doubles the
         # template introducers ${ and %{.
         hcl = json_text.replace("${", "$${").replace("%{", "%%{")
-        escaped = {part, json_ascii, json_text, hcl, *_python_escaped(part)}
+        # JSON inside a string, escaped once more: `terraform output` shows a
+        # jsonencode()d value as an HCL string, a record or log line quotes a JSON blob.
+        nested = {json.dumps(form, ensure_ascii=False)[1:-1] for form in (json_ascii, json_text)}
+        nested |= {form.replace("${", "$${").replace("%{", "%%{") for form in nested}
+        escaped = {part, json_ascii, json_text, hcl, *nested, *_python_escaped(part)}
         urls = {quote(part, safe=""), quote(part), quote_plus(part)}
         urls |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), u) for u in urls}
         forms |= escaped | urls

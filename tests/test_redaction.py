@@ -151,6 +151,9 @@ def _renderings_seen(secret: str):
     yield "json", json.dumps(secret), json.dumps({"pw": secret})
     yield "json-unicode", json.dumps(secret, ensure_ascii=False), json.dumps({"pw": secret}, ensure_ascii=False)
     yield "hcl", hcl, f"      + password = {hcl}"
+    nested = json.dumps(json.dumps({"p": secret}), ensure_ascii=False)  # `terraform output` of a jsonencode()
+    yield "json-in-hcl", nested[1:-1], f"json = {nested.replace('${', '$${').replace('%{', '%%{')}"
+    yield "json-in-json", nested[1:-1], json.dumps({"config": json.dumps({"pw": secret})})
     yield "repr", repr(secret), f"AssertionError: assert {secret!r} == 'wrong'"
     yield "repr-in-list", repr([secret, "x'y\"z"]), repr([secret, "x'y\"z"])
     yield "url", quote(secret, safe=""), f"https://db.example.com/?pw={quote(secret, safe='')}&u=1"
