@@ -168,6 +168,12 @@ def test_failing_tests_leave_traffic_and_the_live_instance_alone(bg):
     production = [e for e in status["environments"] if e["environment"] == "production"][0]
     assert production["bluegreen"]["live"] == "blue"
     assert production["bluegreen"]["release"]["state"] == "failed"
+    assert production["bluegreen"]["idle"] == "production-green" and production["bluegreen"]["idle_version"] == "1.0.2"
+    table = bg.envpipe("status", "--html", str(bg.root / "status.html"), check=0).stdout
+    assert "LIVE blue 1.0.1; idle production-green 1.0.2; release of 1.0.2 failed at test: traffic on " \
+           "production-blue" in table
+    page = (bg.root / "status.html").read_text()
+    assert 'data-live="blue"' in page and "Release of 1.0.2 into production-green failed at step test" in page
 
     # The next good release goes into the same idle instance, and then completes.
     publish(bg, "1.0.3")
@@ -185,6 +191,20 @@ def test_a_failing_router_reports_traffic_not_swapped_and_destroys_nothing(bg):
     assert live(bg)["color"] == "blue" and live(bg)["release"]["step"] == "swap"
     assert holds(bg, "production-blue") == "1.0.1" and holds(bg, "production-green") == "1.0.2"
     assert holds(bg, "production") == "1.0.1"
+
+
+@FOLDER_ONLY
+def test_a_manual_environment_needs_an_approver_recorded_with_the_release(bg):
+    (bg.root / "envpipe.yml").write_text(CONFIG.format(repository=bg.repository).replace(
+        "    bluegreen:", "    approval: manual\n    bluegreen:"))
+    publish(bg, "1.0.1")
+    refused = bg.envpipe("bluegreen", "production", "1.0.1", *FORCE, check=3)
+    assert "needs an approver" in refused.stderr
+    assert read_repository_file(bg.repository, ".envpipe/live/production.json") is None
+    bg.envpipe("bluegreen", "production", "1.0.1", *FORCE, "--approved-by", "alice", check=0)
+    released = records(bg, "production", "bluegreen")[-1]
+    assert released["step"] == "released" and released["approved_by"] == "alice"
+    bg.envpipe("bluegreen", "production", "--finish", check=3)  # --finish changes production too
 
 
 @FOLDER_ONLY
@@ -222,6 +242,9 @@ def test_guards(bg):
         refused = bg.envpipe(*args, check=2)
         assert "production is released blue-green" in refused.stderr and "envpipe bluegreen production" \
             in refused.stderr
+    for name in ("production", "production-blue"):
+        refused = bg.envpipe("destroy", name, check=2)
+        assert "production is released blue-green" in refused.stderr
     bg.envpipe("bluegreen", "test", "1.0.1", check=2)  # not a blue-green environment
     bg.envpipe("bluegreen", "production", "1.0.1", "--force", check=2)  # --force needs --reason
     # A second release while one holds the lock.

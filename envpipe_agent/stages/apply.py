@@ -422,6 +422,13 @@ def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
     """
     _need_reason(force, reason)
     env = ctx.environment(environment)
+    bluegreen = env.bluegreen if env.on_path else (ctx.config.environment(env.like).bluegreen if env.like else None)
+    if bluegreen is not None:
+        # Its infrastructure is two instances and a router, never a stack of its own name.
+        owner = env.name if env.on_path else env.like
+        raise UsageError(f"{owner} is released blue-green: 'envpipe bluegreen {owner} --finish' destroys the old "
+                         f"instance; destroying {owner}'s live instance and router is not something envpipe "
+                         "does yet; nothing was done")
     if not env.on_path:
         raise UsageError(f"{env.name} is an on-demand environment: 'envpipe env destroy {env.name}' destroys it "
                          "and removes its registration; nothing was done")
