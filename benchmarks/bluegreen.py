@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,10 @@ from typing import Dict, List, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from ondemand import envpipe  # noqa: E402
 
 DEFINITION = """\
 variable "envpipe_environment" {}
@@ -80,16 +83,6 @@ repository: {repository}
 environments:
   - name: router
 """
-
-
-def envpipe(args: Sequence[str], work: Path, env: Dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "envpipe_agent", *args], cwd=work, env=env,
-                            capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"envpipe {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return seconds
 
 
 def project(root: Path, config: str) -> Path:

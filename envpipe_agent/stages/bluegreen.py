@@ -21,13 +21,14 @@ apply. This module orchestrates other stages, as ``run`` and on-demand do.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from envpipe_agent.approval import approver
 from envpipe_agent.config import Environment
@@ -123,10 +124,12 @@ class _Release:
         write_live(self.ctx.repository, live)
         self.live = live
 
-    def begin(self, step: str) -> None:
+    def begin(self, step: str, track: bool = True) -> None:
+        """Start ``step``; ``track``: the live object's release names it (a release's
+        steps, not a rollback's or a finish's, which are no release)."""
         self.step = step
         self.step_started = time.monotonic()
-        if self.live.release is not None:
+        if track and self.live.release is not None:
             self.save(self.live.with_release(step=step, state="running"))
         pause_point(f"bluegreen:{step}", self.ctx.environ)
 
@@ -153,6 +156,24 @@ class _Release:
             log.warning("%s: could not record the stopped release: %s", self.env.name, problem)
 
 
+@contextlib.contextmanager
+def _locked(ctx: StageContext, env: Environment, approved_by: Optional[str], runner: Optional[ToolRunner],
+            version: Callable[[Live], Optional[str]]) -> Iterator[_Release]:
+    """A release, rollback or finish of ``env``: its approver, under its lock, with
+    whatever stops it recorded (the step, how, where traffic is)."""
+    who = approver(env, "bluegreen", ctx.environ, approved_by)
+    with environment_lock(ctx.repository, env.name, "bluegreen", ctx.ci, timeout=ctx.lock_timeout) as lease:
+        release = _Release(ctx, env, lease, None, runner)
+        release.version = version(release.live)
+        if who:
+            release.details["approved_by"] = who
+        try:
+            yield release
+        except BaseException as exc:
+            release.failed(exc)
+            raise
+
+
 def bluegreen(ctx: StageContext, environment: str, version: Optional[str] = None, keep_old: bool = False,
               force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None,
               junit: Optional[Path] = None, runner: Optional[ToolRunner] = None,
@@ -160,19 +181,11 @@ def bluegreen(ctx: StageContext, environment: str, version: Optional[str] = None
     """Release ``version`` (default: this build's) into the blue-green ``environment``."""
     env = bluegreen_environment(ctx, environment)
     _need_reason(force, reason)
-    who = approver(env, "bluegreen", ctx.environ, approved_by)
     version = ctx.resolve_version(version, f"give the version: envpipe bluegreen {env.name} VERSION")
     manifest = load_version(ctx, version)
     check_router(ctx, env, manifest)
-    with environment_lock(ctx.repository, env.name, "bluegreen", ctx.ci, timeout=ctx.lock_timeout) as lease:
-        release = _Release(ctx, env, lease, version, runner)
-        if who:
-            release.details["approved_by"] = who
-        try:
-            return _release(release, manifest, keep_old, force, reason, junit, now or utc_now())
-        except BaseException as exc:
-            release.failed(exc)
-            raise
+    with _locked(ctx, env, approved_by, runner, lambda live: version) as release:
+        return _release(release, manifest, keep_old, force, reason, junit, now or utc_now())
 
 
 def _release(release: _Release, manifest: Manifest, keep_old: bool, force: bool, reason: Optional[str],
@@ -324,36 +337,27 @@ def rollback(ctx: StageContext, environment: str, approved_by: Optional[str] = N
              runner: Optional[ToolRunner] = None) -> BlueGreenResult:
     """Swap traffic back to the old instance while it exists (exit 3 when there is none)."""
     env = bluegreen_environment(ctx, environment)
-    who = approver(env, "bluegreen", ctx.environ, approved_by)
-    with environment_lock(ctx.repository, env.name, "bluegreen", ctx.ci, timeout=ctx.lock_timeout) as lease:
-        live = read_live(ctx.repository, env.name)
-        release = _Release(ctx, env, lease, live.old.get("version") if live.old else None, runner)
-        if who:
-            release.details["approved_by"] = who
+    with _locked(ctx, env, approved_by, runner, lambda live: (live.old or {}).get("version")) as release:
+        live = release.live
         old_name = live.instance(live.old["color"]) if live.old else None
         held = read_manifest(ctx.repository, old_name) if old_name else None
         if live.old is None or held is None or held.version != live.old.get("version"):
             raise Refused(f"{env.name} has no old instance to roll back to (it was destroyed, or no release kept "
                           f"one): release the version you want with 'envpipe bluegreen {env.name} VERSION'")
-        try:
-            manifest = load_version(ctx, held.version)
-            release.details.update(rollback=True, instance=old_name, live_before=live.instance())
-            release.step_started = time.monotonic()
-            release.step = "swap"
-            _swap(ctx, env, live.old["color"], runner)
-            release.live = replace(live, color=live.old["color"], version=held.version, since=iso(utc_now()),
-                                   old={"color": live.color, "version": live.version}, release=None)
-            release.save(release.live)
-            release.done("swap", live=old_name)
-            release.step, release.step_started = "record", time.monotonic()
-            _hold_version(ctx, env, lease, release.live, manifest, release.details)
-            release.record("done", step="rolled back", live=old_name, kept=live.instance())
-        except BaseException as exc:
-            release.failed(exc)
-            raise
+        manifest = load_version(ctx, held.version)
+        release.details.update(rollback=True, instance=old_name, live_before=live.instance())
+        release.begin("swap", track=False)
+        _swap(ctx, env, live.old["color"], runner)
+        release.live = replace(live, color=live.old["color"], version=held.version, since=iso(utc_now()),
+                               old={"color": live.color, "version": live.version}, release=None)
+        release.save(release.live)
+        release.done("swap", live=old_name)
+        release.begin("record", track=False)
+        _hold_version(ctx, env, release.lease, release.live, manifest, release.details)
+        release.record("done", step="rolled back", live=old_name, kept=live.instance())
     log.info("%s: traffic back on %s (version %s); %s kept", env.name, old_name, held.version, live.instance())
     return BlueGreenResult(env.name, "rollback", held.version, live.old["color"], live.color, True,
-                           kept=live.instance(), approved_by=who, steps=release.steps,
+                           kept=live.instance(), approved_by=release.details.get("approved_by"), steps=release.steps,
                            seconds=round(time.monotonic() - release.started, 3))
 
 
@@ -361,26 +365,19 @@ def finish(ctx: StageContext, environment: str, approved_by: Optional[str] = Non
            runner: Optional[ToolRunner] = None) -> BlueGreenResult:
     """Destroy the old instance kept by ``--keep-old`` (nothing to do when there is none)."""
     env = bluegreen_environment(ctx, environment)
-    who = approver(env, "bluegreen", ctx.environ, approved_by)
-    with environment_lock(ctx.repository, env.name, "bluegreen", ctx.ci, timeout=ctx.lock_timeout) as lease:
-        live = read_live(ctx.repository, env.name)
-        release = _Release(ctx, env, lease, live.version, runner)
-        if who:
-            release.details["approved_by"] = who
+    with _locked(ctx, env, approved_by, runner, lambda live: live.version) as release:
+        live = release.live
         if live.old is None:
             log.info("%s: no old instance to destroy", env.name)
-            return BlueGreenResult(env.name, "finish", live.version, live.color, live.color, False, steps={})
+            return BlueGreenResult(env.name, "finish", live.version, live.color, live.color, False)
         old_name = live.instance(live.old["color"])
-        try:
-            release.step, release.step_started = "destroy-old", time.monotonic()
-            _destroy(ctx, old_name, runner)
-            release.save(replace(live, old=None))
-            release.done("destroy-old", destroyed=old_name)
-        except BaseException as exc:
-            release.failed(exc)
-            raise
+        release.begin("destroy-old", track=False)
+        _destroy(ctx, old_name, runner)
+        release.save(replace(live, old=None))
+        release.done("destroy-old", destroyed=old_name)
     return BlueGreenResult(env.name, "finish", live.version, live.color, live.color, False, old_destroyed=old_name,
-                           approved_by=who, steps=release.steps, seconds=round(time.monotonic() - release.started, 3))
+                           approved_by=release.details.get("approved_by"), steps=release.steps,
+                           seconds=round(time.monotonic() - release.started, 3))
 
 
 def _need_reason(force: bool, reason: Optional[str]) -> None:
