@@ -101,7 +101,7 @@ BAD_CALLS = {
     "envpipeDeploy(environment: 'staging', version: '1.0.7')":
         "envpipeDeploy: environment 'staging' is not one of test, production (envpipe.yml when this library was "
         "generated: regenerate it after changing the environments)",
-    "envpipeApprove(environment: 'test', version: '1.0.7')": "envpipeApprove: environment 'test' is not one of production",
+    "envpipeApprove(environment: 'test', version: '1.0.7')": "envpipeApprove: environment 'test' is not one of production, the approval: manual ones",
     "envpipeDeploy(environment: 'production', version: '1.0.7')":
         "envpipeDeploy: production has approval: manual: call envpipeApprove(environment: 'production', "
         "version: version) before it",

@@ -46,7 +46,7 @@ String call(Map args = [:]) {
             milestone(label: 'production approved')
             break
         default:
-            error('envpipeApprove: environment \'' + args.environment + '\' is not one of production (envpipe.yml when this library was generated: regenerate it after changing the environments)')
+            error('envpipeApprove: environment \'' + args.environment + '\' is not one of production, the approval: manual ones (envpipe.yml when this library was generated: regenerate it after changing the environments)')
     }
     // who approved, for envpipe's records of the deploy
     env.ENVPIPE_APPROVER = approver
