@@ -19,6 +19,9 @@ __version__ = "0.1.0"
 _API = {
     "StageContext": "envpipe_agent.context",
     "apply": "envpipe_agent.stages.apply",
+    "bluegreen": "envpipe_agent.stages.bluegreen",
+    "bluegreen_finish": "envpipe_agent.stages.bluegreen:finish",
+    "bluegreen_rollback": "envpipe_agent.stages.bluegreen:rollback",
     "check_promotion": "envpipe_agent.stages.promote",
     "destroy": "envpipe_agent.stages.apply",
     "freeze": "envpipe_agent.stages.freeze",
