@@ -199,6 +199,8 @@ def test_a_manual_environment_needs_an_approver_recorded_with_the_release(bg):
 def test_keep_old_then_rollback_and_finish(bg):
     publish(bg, "1.0.1")
     bg.envpipe("bluegreen", "production", "1.0.1", *FORCE, check=0)
+    again = bg.envpipe("bluegreen", "production", "1.0.1", *FORCE, check=0)  # a retried stage
+    assert "version 1.0.1 is already live on production-blue: nothing to do" in again.stdout
     none = bg.envpipe("bluegreen", "production", "--rollback", check=3)
     assert "no old instance to roll back to" in none.stderr
     publish(bg, "1.0.2")

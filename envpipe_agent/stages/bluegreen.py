@@ -196,8 +196,8 @@ def _release(release: _Release, manifest: Manifest, keep_old: bool, force: bool,
     if live.version == version and live.color is not None:
         # V is live already: a release cut short after its swap is completed; one
         # that finished has nothing left to do (a retried CD stage is safe).
-        if pending is None and read_manifest(ctx.repository, env.name) is not None \
-                and read_manifest(ctx.repository, env.name).version == version:
+        held = read_manifest(ctx.repository, env.name)
+        if pending is None and held is not None and held.version == version:
             log.info("%s: version %s is already live on %s: nothing to do", env.name, version, live.instance())
             return BlueGreenResult(env.name, "release", version, live.color, live.color, False,
                                    kept=live.instance(live.old["color"]) if live.old else None, steps={})
