@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -94,10 +94,15 @@ def read(path: Path) -> Tuple[SavedPlan, Optional[bytes]]:
     if saved_format != FORMAT:
         raise UsageError(f"--plan {path}: saved by another envpipe (plan format {saved_format!r}, expected "
                          f"{FORMAT}); plan again with this one")
-    try:
-        plan = SavedPlan(**raw)
-    except TypeError as exc:
-        raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({exc})") from None
+    known = {item.name: item for item in fields(SavedPlan)}
+    unknown = sorted(set(raw) - set(known))
+    missing = sorted(name for name, item in known.items()
+                     if name not in raw and item.default is MISSING and item.default_factory is MISSING)
+    if unknown or missing:
+        what = "; ".join(part for part in (f"unknown fields {', '.join(unknown)}" if unknown else "",
+                                           f"missing fields {', '.join(missing)}" if missing else "") if part)
+        raise UsageError(f"--plan {path}: saved by another envpipe ({what}); plan again with this one")
+    plan = SavedPlan(**raw)
     wrong = [name for name in _TEXT_FIELDS if not isinstance(getattr(plan, name), str)]
     if wrong:
         raise UsageError(f"--plan {path}: not a plan saved by 'envpipe plan --out' ({', '.join(wrong)} not text)")

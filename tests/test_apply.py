@@ -416,6 +416,9 @@ def saved_plan_holding(path: Path, metadata: str) -> Path:
     ('{"format": 2, "project": "our-project"}', "saved by another envpipe (plan format 2, expected 1)"),
     ('{"format": 1, "project": "our-project", "environment": ["test"], "version": 5, "digest": "x", '
      '"tool": "terraform", "created": "2026-11-29T00:00:00Z"}', "environment, version not text"),
+    ('{"format": 1, "project": "our-project", "environment": "test", "version": "1.0.1", "tool": "terraform", '
+     '"created": "2026-11-29T00:00:00Z", "signed_by": "x"}', "saved by another envpipe (unknown fields signed_by; "
+                                                            "missing fields digest)"),
 ])
 def test_a_saved_plan_with_odd_metadata_is_a_usage_error_not_a_bug(project, tmp_path, metadata, complaint):
     published(project, "1.0.1")
