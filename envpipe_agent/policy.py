@@ -8,13 +8,14 @@ parameter: nothing here reads the time by itself.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from envpipe_agent.config import Config
 from envpipe_agent.errors import PolicyHold
-from envpipe_agent.records import iso, latest_test, parse_iso, read_json, version_passed
-from envpipe_agent.repository import Repository
+from envpipe_agent.records import iso, latest_test, parse_iso, version_passed
+from envpipe_agent.repository import KeyNotFound, Repository
 from envpipe_agent.timespec import format_duration, next_opening, window_is_open
 
 FREEZE_PREFIX = ".envpipe/freeze/"
@@ -49,9 +50,29 @@ def freeze_expired(freeze: Dict[str, Any], now: dt.datetime) -> bool:
     return until is not None and until <= now
 
 
+def stored_freeze(repository: Repository, environment: str) -> Optional[Dict[str, Any]]:
+    """The freeze object of ``environment`` (expired or not), or None when there is none.
+
+    A freeze is a guard: one that cannot be read (not JSON, not an object, written by
+    hand) still freezes, saying so, rather than letting every change through unseen;
+    ``envpipe unfreeze`` removes it like any other."""
+    key = freeze_key(environment)
+    try:
+        freeze = json.loads(repository.read(key))
+    except KeyNotFound:
+        return None
+    except ValueError:  # not JSON, or not UTF-8
+        freeze = None
+    if isinstance(freeze, dict):
+        return freeze
+    return {"environment": environment, "by": None, "until": None,
+            "reason": f"its freeze object {key} cannot be read (not written by envpipe); 'envpipe unfreeze "
+                      f"{environment}' removes it"}
+
+
 def read_freeze(repository: Repository, environment: str, now: dt.datetime) -> Optional[Dict[str, Any]]:
     """The freeze on ``environment`` in force at ``now``, or None."""
-    freeze = read_json(repository, freeze_key(environment))
+    freeze = stored_freeze(repository, environment)
     if freeze is None or freeze_expired(freeze, now):
         return None
     return freeze

@@ -363,3 +363,19 @@ def test_a_forced_apply_and_destroy_of_a_frozen_environment_run_and_record_the_o
     assert "frozen by alice" in overrides[0]["holds"][0]["reason"]
     [applied_record] = records_of(staged, "staging", "apply")
     assert applied_record["forced"] is True and applied_record["overridden"] == ["freeze"]
+
+
+@FOLDER_ONLY
+@pytest.mark.parametrize("body", [b"not json", b"[]", b"\xff\xfe"])
+def test_a_freeze_object_that_cannot_be_read_still_freezes_and_unfreeze_removes_it(staged, body):
+    frozen = os.path.join(staged.repository, ".envpipe", "freeze", "production.json")
+    os.makedirs(os.path.dirname(frozen))
+    with open(frozen, "wb") as stream:
+        stream.write(body)
+
+    checked = staged.envpipe("promote", "1.0.1", "--to", "production", "--check", check=3).stderr
+    assert "freeze object .envpipe/freeze/production.json cannot be read" in checked
+    assert "'envpipe unfreeze production' removes it" in checked
+    assert "cannot be read" in staged.envpipe("unfreeze", "production", check=0).stdout
+    assert not os.path.exists(frozen)
+    staged.envpipe("promote", "1.0.1", "--to", "production", "--check", check=0)

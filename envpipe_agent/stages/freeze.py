@@ -12,8 +12,8 @@ from typing import Any, Dict, Optional
 
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import UsageError
-from envpipe_agent.policy import freeze_expired, freeze_key
-from envpipe_agent.records import iso, parse_iso, read_json, utc_now
+from envpipe_agent.policy import freeze_expired, freeze_key, stored_freeze
+from envpipe_agent.records import iso, parse_iso, utc_now
 from envpipe_agent.redact import redact_data
 from envpipe_agent.timespec import TimeSpecError, parse_duration
 
@@ -62,7 +62,7 @@ def unfreeze(ctx: StageContext, environment: str, now: Optional[dt.datetime] = N
     """Remove ``environment``'s freeze; return it (None when it was not frozen)."""
     now = now or utc_now()
     env = ctx.config.environment(environment)
-    previous = read_json(ctx.repository, freeze_key(env.name))
+    previous = stored_freeze(ctx.repository, env.name)
     if previous is None:
         return None
     ctx.repository.delete([freeze_key(env.name)])
