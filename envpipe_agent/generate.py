@@ -248,10 +248,10 @@ def environment_path(config: Config, index: int, env: Environment, upstream: Tup
         apply_args += ("--plan", plan_file)
     if env.bluegreen:
         # SPEC §9: a new instance, its tests (the JUnit report), the swap, the old one
-        # destroyed: one command in place of promote, apply and test. The saved plan is
-        # what the approvers saw; the release applies the idle instance itself.
-        plan_file = None
-        deploy: Tuple[Command, ...] = (Command(("bluegreen", env.name, BUILD_VERSION, "--junit", junit)),)
+        # destroyed: one command in place of promote, apply and test; the new instance
+        # gets the plan the approvers saw (planned of it), or none is applied.
+        deploy: Tuple[Command, ...] = (Command(("bluegreen", env.name, BUILD_VERSION, "--junit", junit)
+                                               + (("--plan", plan_file) if plan_file else ())),)
     else:
         deploy = (Command(("promote", BUILD_VERSION, "--to", env.name)), Command(apply_args),
                   Command(("test", env.name, "--version", BUILD_VERSION, "--junit", junit)))

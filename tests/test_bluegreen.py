@@ -446,3 +446,20 @@ def test_generated_pipelines_release_a_bluegreen_environment_with_bluegreen(bg, 
     assert ("--to", "production") not in pairs and not {("apply", "production"), ("test", "production")} & set(pairs)
     assert "envpipe-reports/production.xml" in text
     assert ("--to", "test") in pairs  # the other environments as before
+
+
+@FOLDER_ONLY
+def test_the_plan_the_approvers_saw_is_what_the_new_instance_gets(bg):
+    publish(bg, "1.0.1")
+    bg.envpipe("bluegreen", "production", "1.0.1", *FORCE, check=0)
+    publish(bg, "1.0.2")
+    planned = bg.envpipe("plan", "production", "--version", "1.0.2", "--out", "production.plan", check=0)
+    assert "production-green" in planned.stdout  # the instance the release goes into
+    bg.envpipe("bluegreen", "production", "1.0.2", "--plan", "production.plan", *FORCE, check=0)
+    (applied,) = [r for r in records(bg, "production-green", "apply") if r["result"] == "done"]
+    (plan,) = records(bg, "production-green", "plan")
+    assert applied["plan"]["sha256"] == plan["saved_plan"]["sha256"]
+    # A plan of the instance that is now live is not one a release may apply.
+    publish(bg, "1.0.3")
+    refused = bg.envpipe("bluegreen", "production", "1.0.3", "--plan", "production.plan", *FORCE, check=3)
+    assert live(bg)["color"] == "green" and routed(bg)["live_color"] == "green", refused.stderr

@@ -16,8 +16,8 @@ def run_bluegreen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                                        ("--check", args.check)) if given]
     if len(chosen) > 1:
         raise UsageError(f"give one of {', '.join(chosen)}")
-    if (args.rollback or args.finish) and (args.version or args.keep_old or args.force or args.junit):
-        raise UsageError(f"{chosen[0]} takes no VERSION, --keep-old, --force or --junit")
+    if (args.rollback or args.finish) and (args.version or args.keep_old or args.force or args.junit or args.plan):
+        raise UsageError(f"{chosen[0]} takes no VERSION, --keep-old, --force, --junit or --plan")
     if args.check and (args.force or args.reason):
         raise UsageError("--check asks whether the release is allowed as it stands: drop --force and --reason")
     ctx = load_context(args, environ)
@@ -40,7 +40,8 @@ def run_bluegreen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     else:
         result = stage.bluegreen(ctx, args.environment, args.version, keep_old=args.keep_old, force=args.force,
                                  reason=args.reason, approved_by=args.approved_by,
-                                 junit=Path(args.junit) if args.junit else None)
+                                 junit=Path(args.junit) if args.junit else None,
+                                 plan_file=Path(args.plan) if args.plan else None)
         if not result.swapped and not result.resumed:
             text = f"{result.environment}: version {result.version} is already live on " \
                    f"{result.environment}-{result.live}: nothing to do"
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--check", action="store_true",
                         help="change nothing: exit 0 if the release would be allowed now, 3 with the reasons if not")
     parser.add_argument("--junit", metavar="FILE", type=file_name, help="write the JUnit report of the new instance's tests to FILE")
+    parser.add_argument("--plan", metavar="FILE", type=file_name,
+                        help="apply exactly the plan 'envpipe plan ENV --version V --out FILE' saved of the instance "
+                             "the release goes into (refused if it no longer fits)")
     parser.add_argument("--force", action="store_true",
                         help="release despite the gate, a freeze, a soak or a window (needs --reason)")
     parser.add_argument("--reason", metavar="TEXT", help="why the guard is overridden (recorded; needs --force)")

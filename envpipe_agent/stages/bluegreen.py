@@ -177,19 +177,22 @@ def _locked(ctx: StageContext, env: Environment, approved_by: Optional[str], run
 def bluegreen(ctx: StageContext, environment: str, version: Optional[str] = None, keep_old: bool = False,
               force: bool = False, reason: Optional[str] = None, approved_by: Optional[str] = None,
               junit: Optional[Path] = None, runner: Optional[ToolRunner] = None,
-              now: Optional[dt.datetime] = None) -> BlueGreenResult:
-    """Release ``version`` (default: this build's) into the blue-green ``environment``."""
+              now: Optional[dt.datetime] = None, plan_file: Optional[Path] = None) -> BlueGreenResult:
+    """Release ``version`` (default: this build's) into the blue-green ``environment``.
+
+    ``plan_file``: the plan 'plan ENV --version V --out FILE' saved of the idle instance
+    (what the approvers saw), applied exactly; refused (exit 3) if it no longer fits."""
     env = bluegreen_environment(ctx, environment)
     _need_reason(force, reason)
     version = ctx.resolve_version(version, f"give the version: envpipe bluegreen {env.name} VERSION")
     manifest = load_version(ctx, version)
     check_router(ctx, env, manifest)
     with _locked(ctx, env, approved_by, runner, lambda live: version) as release:
-        return _release(release, manifest, keep_old, force, reason, junit, now or utc_now())
+        return _release(release, manifest, keep_old, force, reason, junit, now or utc_now(), plan_file)
 
 
 def _release(release: _Release, manifest: Manifest, keep_old: bool, force: bool, reason: Optional[str],
-             junit: Optional[Path], now: dt.datetime) -> BlueGreenResult:
+             junit: Optional[Path], now: dt.datetime, plan_file: Optional[Path] = None) -> BlueGreenResult:
     ctx, env, version = release.ctx, release.env, manifest.version
     live = release.live
     pending = live.release if live.release and live.release.get("version") == version else None
@@ -223,7 +226,7 @@ def _release(release: _Release, manifest: Manifest, keep_old: bool, force: bool,
 
     release.begin("deploy")
     promote(ctx, idle_name, version)
-    applied = apply(ctx, idle_name, runner=release.runner)
+    applied = apply(ctx, idle_name, runner=release.runner, plan_file=plan_file)
     release.done("deploy", changed=applied.changed, summary=applied.summary)
 
     release.begin("test")

@@ -73,13 +73,15 @@ void call(Map args = [:]) {
                     node(args.agent ?: 'terraform') {
                         checkout scm
                         sh 'rm -f .envpipe-reports/production.xml'
+                        // the plan the approvers were shown: applied as it is, or refused if it no longer fits
+                        unstash 'plan-production'
                         envpipeInstall()
                         // the version reaches the shell as a variable, never as text
                         withEnv(["ENVPIPE_PUBLISHED_VERSION=${args.version}"]) {
                             try {
                                 // our-project-aws-production carries the "production" policy of 'envpipe iam --role-per-environment'
                                 withCredentials([usernamePassword(credentialsId: 'our-project-aws-production', usernameVariable: 'AWS_ACCESS_KEY_ID', passwordVariable: 'AWS_SECRET_ACCESS_KEY'), string(credentialsId: 'our-project-db-password-production', variable: 'DB_PASSWORD')]) {
-                                    sh '.envpipe-venv/bin/envpipe bluegreen production "$ENVPIPE_PUBLISHED_VERSION" --junit .envpipe-reports/production.xml'
+                                    sh '.envpipe-venv/bin/envpipe bluegreen production "$ENVPIPE_PUBLISHED_VERSION" --junit .envpipe-reports/production.xml --plan .envpipe-reports/production.plan'
                                 }
                             } finally {
                                 junit(testResults: '.envpipe-reports/production.xml', allowEmptyResults: true)
