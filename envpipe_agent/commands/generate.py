@@ -25,7 +25,7 @@ def _generate_library(args: argparse.Namespace, files: Dict[str, str]) -> int:
         stale = [name for name, text in files.items()
                  if not (root / name).is_file() or (root / name).read_text(encoding="utf-8") != text]
         if stale:
-            raise StageFailed(f"{', '.join(stale)} in {root} not what envpipe.yml renders: run "
+            raise StageFailed(f"{root}: {', '.join(stale)} differ from what envpipe.yml renders: run "
                               f"'envpipe generate jenkins-library -o {root}'")
         log.info("%s is up to date", root)
         return 0
