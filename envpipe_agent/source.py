@@ -181,7 +181,8 @@ def _walk(root: Path, spec: pathspec.PathSpec) -> Tuple[List[str], List[str]]:
 def read_definition(root: Path, threads: int = 8) -> List[SourceFile]:
     """Every file of the definition under ``root``, hashed; refuse unsafe ones."""
     if not root.is_dir():
-        raise UsageError(f"source folder {root} does not exist: fix 'source' in envpipe.yml or pass --source")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise UsageError(f"source folder {root} {what}: fix 'source' in envpipe.yml or pass --source")
     spec = _ignore_spec(root)
     relatives, outside = _walk(root, spec)
     if outside:

@@ -409,3 +409,12 @@ def test_an_unreadable_claim_is_refused_rather_than_overwritten(project):
     assert "claim.json is unreadable" in result.stderr
     assert path.read_text() == "[1]\n"
     assert not path.with_name("manifest.json").exists()
+
+
+@pytest.mark.parametrize("repository_url", ["folder"], indirect=True)
+def test_a_source_that_is_a_file_or_missing_is_named_as_such(project):
+    result = project.envpipe("publish", "--version", "1.0.1", "--source", "infra/main.tf", check=2)
+    assert "source folder infra/main.tf is a file, not a folder" in result.stderr
+    result = project.envpipe("publish", "--version", "1.0.1", "--source", "infra/gone", check=2)
+    assert "source folder infra/gone does not exist" in result.stderr
+    assert not Path(project.repository).exists()
