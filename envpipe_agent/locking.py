@@ -161,14 +161,11 @@ def _release(lease: "Lease", sleep: Callable[[float], None]) -> None:
     key = lock_key(lease.environment)
     for pause in (*RELEASE_PAUSES, None):
         try:
-            # While the lease is surely unexpired nobody else can hold it, so one delete
-            # releases it; after that, check first that it is still ours.
-            if lease.lost is None and time.monotonic() - lease.renewed < lease.ttl * 0.9:
+            # Even an unexpired lease may have been broken ('envpipe unlock') and the
+            # lock taken by another run since: delete it only while it is still ours.
+            current = read_lock(lease.repository, lease.environment)
+            if current and current.get("id") == lease["id"]:
                 lease.repository.delete([key])
-            else:
-                current = read_lock(lease.repository, lease.environment)
-                if current and current.get("id") == lease["id"]:
-                    lease.repository.delete([key])
             return
         except RepositoryError as exc:
             if pause is None:
@@ -202,11 +199,7 @@ class Lease:
         """Extend the lease by its length from now; False (and ``lost`` says why) when
         the lock is no longer ours. A failed write leaves the lease as it was: the
         next renewal tries again, well before it runs out."""
-        current = read_lock(self.repository, self.environment)
-        if current is None or current.get("id") != self.record["id"]:
-            who = "nobody" if current is None else _describe(current)
-            self.lost = (f"the lock on environment {self.environment!r} was taken from this run "
-                         f"(now held by {who}): someone ran 'envpipe unlock' or the lease ran out")
+        if self._taken():
             return False
         started = time.monotonic()
         renewed = dict(self.record, expires=iso(self.clock() + dt.timedelta(seconds=self.ttl)))
@@ -216,6 +209,16 @@ class Lease:
             log.warning("could not renew the lock on %s (will retry): %s", self.environment, exc)
             return True
         self.record, self.renewed = renewed, started
+        return True
+
+    def _taken(self) -> bool:
+        """Whether the lock is no longer this lease's (``lost`` then says who has it)."""
+        current = read_lock(self.repository, self.environment)
+        if current is not None and current.get("id") == self.record["id"]:
+            return False
+        who = "nobody" if current is None else _describe(current)
+        self.lost = (f"the lock on environment {self.environment!r} was taken from this run "
+                     f"(now held by {who}): someone ran 'envpipe unlock' or the lease ran out")
         return True
 
     def heartbeat(self, interval: float) -> None:
@@ -237,6 +240,10 @@ class Lease:
         if self.lost is None and time.monotonic() - self.renewed >= self.ttl:
             self.lost = (f"the lock on environment {self.environment!r} could not be renewed for "
                          f"{self.ttl:g}s and its lease ran out")
+        if self.lost is None:
+            # The heartbeat notices a broken lock only at its next renewal, minutes away:
+            # before a step that changes something, look (one read).
+            self._taken()
         if self.lost is not None:
             raise LockLost(f"{self.lost}; stopped before the next step, so nothing more was changed "
                            f"under a lock that is not ours. Check 'envpipe status' and run the stage again")

@@ -222,3 +222,30 @@ def test_a_lock_that_is_json_but_no_object_reads_as_expired_and_is_broken(projec
     project.envpipe("promote", "1.0.1", "--to", "test", check=0)
     assert read_repository_file(project.repository, "test/main.tf") is not None
     assert read_repository_file(project.repository, ".envpipe/locks/test.json") is None
+
+
+@FOLDER_ONLY
+def test_a_run_whose_lock_was_broken_and_taken_stops_and_leaves_the_new_holders_lock(project):
+    """'envpipe unlock' of a build that only looked dead, then another run takes the
+    lock: the first run must neither go on under it nor release it on its way out."""
+    import subprocess
+    import sys
+
+    publish_in_process(project)
+    project.envpipe("promote", "1.0.1", "--to", "test", check=0)
+    paused = subprocess.Popen([sys.executable, "-m", "envpipe_agent", "apply", "test"], cwd=project.root,
+                              env={**os.environ, "ENVPIPE_PAUSE_AT": "apply:fetched", "ENVPIPE_PAUSE_SECONDS": "8"},
+                              stderr=subprocess.PIPE, text=True)
+    assert paused.stderr is not None
+    while "paused at apply:fetched" not in paused.stderr.readline():
+        assert paused.poll() is None, "the apply ended before its pause"
+    # 'envpipe unlock', and the next run takes the lock: in one write, well within the pause
+    plant_lock(project, held_lock(3600, holder="bob@agent-9"))
+
+    stderr = paused.communicate(timeout=120)[1]
+
+    assert paused.returncode == 3, stderr
+    assert "was taken from this run (now held by bob@agent-9" in stderr and "nothing more was changed" in stderr
+    assert json.loads(read_repository_file(project.repository, ".envpipe/locks/test.json"))["holder"] == \
+        "bob@agent-9"
+    assert read_repository_file(project.repository, ".envpipe/state/test/terraform.tfstate") is None
