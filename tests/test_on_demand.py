@@ -15,6 +15,7 @@ import pytest
 from conftest import REGION, list_repository, read_repository_file, run_envpipe
 
 from envpipe_agent import promote, publish
+from envpipe_agent.locking import environment_lock
 from envpipe_agent.registrations import registration_key
 from test_cloudformation import CONFIG as CFN_PATH_CONFIG
 from test_cloudformation import TEMPLATE as CFN_TEMPLATE
@@ -222,6 +223,25 @@ def test_reap_destroys_the_expired_goes_on_past_a_failure_and_exits_1(project):
     assert registration(project, "old-b") is not None  # the next reap tries again
     assert registration(project, "fresh") is not None and read_repository_file(
         project.repository, ".envpipe/state/fresh/terraform.tfstate") is not None
+
+
+def test_reap_skips_an_expired_instance_someone_holds_locked_and_exits_0(project):
+    published(project, "1.0.1")
+    for name in ("old-a", "busy"):
+        project.envpipe("env", "create", name, "--version", "1.0.1", check=0)
+        expire(project, name)
+    ctx = project.context()
+
+    # A create or apply still running on "busy" (or one killed within its lease).
+    with environment_lock(ctx.repository, "busy", "apply", ctx.ci):
+        reaped = project.envpipe("env", "reap", check=0)
+
+    lines = dict(line.split(": ", 1) for line in reaped.stdout.splitlines())
+    assert lines["old-a"].startswith("destroyed")
+    assert lines["busy"].startswith("locked: ") and "locked by" in lines["busy"]
+    assert registration(project, "old-a") is None
+    assert registration(project, "busy") is not None  # the next reap tries again
+    assert read_repository_file(project.repository, "busy/.envpipe/manifest.json") is not None
 
 
 @FOLDER_ONLY

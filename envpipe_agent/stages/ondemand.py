@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from envpipe_agent import registrations
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import EnvpipeError, NotFound, Refused, UsageError
+from envpipe_agent.errors import EnvpipeError, LockHeld, NotFound, Refused, UsageError
 from envpipe_agent.instances import check_instance_name, on_demand_instance, path_owner
 from envpipe_agent.locking import environment_lock
 from envpipe_agent.manifest import read_manifest
@@ -82,7 +82,7 @@ class ReapOutcome:
     kind: str
     owner: str
     expires: str
-    outcome: str  # destroyed | would destroy | kept | failed
+    outcome: str  # destroyed | would destroy | kept | locked | failed
     error: Optional[str] = None
 
     @property
@@ -279,6 +279,12 @@ def reap(ctx: StageContext, dry_run: bool = False, now: Optional[dt.datetime] = 
         try:
             result = destroy(ctx, registration.name, runner=runner_factory() if runner_factory else None,
                              expired_by=now)
+        except LockHeld as exc:
+            # Someone is working on it (a create still running, or one killed within the
+            # lease): not a failure of the reap, which an hourly job would report every
+            # time. The next reap tries again once the lock is free or expired.
+            log.info("%s: skipped, locked: %s", registration.name, exc)
+            return outcome("locked", str(exc))
         except EnvpipeError as exc:
             log.warning("%s: not reaped: %s", registration.name, exc)
             return outcome("failed", str(exc))
