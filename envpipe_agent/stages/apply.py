@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from envpipe_agent import saved_plan
 from envpipe_agent.approval import approver
+from envpipe_agent.config import Environment
 from envpipe_agent.context import StageContext
 from envpipe_agent.errors import (EnvpipeError, LockHeld, NotFound, Refused, RepositoryError, StageFailed,
                                   Terminated, UsageError)
@@ -26,7 +27,7 @@ from envpipe_agent.live import read_live
 from envpipe_agent.locking import Lease, environment_lock
 from envpipe_agent.manifest import MANIFEST_KEY, Manifest, check_holds, read_manifest
 from envpipe_agent.parallel import background
-from envpipe_agent.policy import enforce_policy, override_details
+from envpipe_agent.policy import Hold, enforce_policy, override_details
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.records import last_applied, utc_now
 from envpipe_agent.redact import Redactor, redact_data
@@ -103,74 +104,133 @@ def _empty_folder(ctx: StageContext, environment: str) -> int:
     return len(others)
 
 
-def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: bool = False,
-               options: Optional[Mapping[str, Any]] = None, runner: Optional[ToolRunner] = None,
-               candidate: Optional[str] = None, override: Optional[str] = None,
-               expected: Optional[str] = None, held: Optional[Lease] = None,
-               approved_by: Optional[str] = None, now: Optional[dt.datetime] = None,
-               save_to: Optional[Path] = None, saved: Optional[Path] = None,
-               definition: Optional[Tuple[str, str]] = None,
-               variables: Optional[Mapping[str, str]] = None) -> StageResult:
-    """Run ``action`` on ``environment``; ``override``, the reason given with --force,
-    overrides the promotion policy (SPEC §10) and is recorded with what it overrode.
+class ActionSteps:
+    """An action's own parts of a run, which the shared skeleton (_run_stage) calls at
+    fixed points; each does nothing here. One instance per run: it may keep what it read."""
 
-    ``definition`` (folder, subfolder): run the stack in that subfolder of another
-    environment's folder (a blue-green router, taken from the live instance's
-    version), with envpipe's extra ``variables`` (RunRequest.variables)."""
-    started = time.monotonic()
-    env = ctx.environment(environment)
-    tool = ctx.config.tool
-    runner = runner or get_runner(tool)
-    options = dict(options or {})
-    approved: Optional[saved_plan.SavedPlan] = None
-    if saved is not None:
+    def prepare(self, ctx: StageContext, env: Environment, options: Dict[str, Any]) -> None:
+        """Before anything is read or locked: refuse early, add the tool's options."""
+
+    def verified(self, env: Environment, manifest: Manifest, details: Dict[str, Any]) -> None:
+        """The definition is fetched and verified, the lock held; the tool has not run."""
+
+    def ran(self, ctx: StageContext, env: Environment, manifest: Manifest, outcome: RunOutcome,
+            details: Dict[str, Any]) -> None:
+        """The tool has run; its work folder is still there."""
+
+    def finished(self, ctx: StageContext, env: Environment, result: StageResult, details: Dict[str, Any]) -> None:
+        """The run is over and the lock still ours (checked); before the result is recorded."""
+
+
+class _AppliesSavedPlan(ActionSteps):
+    """apply --plan FILE: the plan saved by 'plan --out', applied as it was made."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.approved: Optional[saved_plan.SavedPlan] = None
+        self.sha256 = ""
+
+    def prepare(self, ctx: StageContext, env: Environment, options: Dict[str, Any]) -> None:
         # Read and checked before anything is locked or run: a plan for another
         # environment, project or tool is refused before its content is looked at.
-        approved, options["saved_plan"] = saved_plan.read(saved)
-        saved_plan.check(approved, saved, ctx.config.project, env.name, tool, options["saved_plan"])
-        options["saved_plan_details"] = approved.tool_plan
-        options["plan_sha256"] = saved_plan.sha256(saved)
-    options["save_plan"] = save_to is not None
-    if save_to is not None:
-        saved_plan.prepare(save_to)
-    # The definition comes from the environment's folder, or for a plan of a
-    # candidate version (what an approver looks at before promoting) from that
-    # version's own folder, verified against its manifest all the same.
-    folder = candidate or (definition[0] if definition else env.name)
+        self.approved, options["saved_plan"] = saved_plan.read(self.path)
+        saved_plan.check(self.approved, self.path, ctx.config.project, env.name, ctx.config.tool,
+                         options["saved_plan"])
+        options["saved_plan_details"] = self.approved.tool_plan
+        options["plan_sha256"] = self.sha256 = saved_plan.sha256(self.path)
+
+    def verified(self, env: Environment, manifest: Manifest, details: Dict[str, Any]) -> None:
+        assert self.approved is not None
+        saved_plan.check_holds(self.approved, self.path, env.name, manifest.version, manifest.digest)
+        details["plan"] = {"sha256": self.sha256, "planned": self.approved.created, "by": self.approved.build}
+
+    def finished(self, ctx: StageContext, env: Environment, result: StageResult, details: Dict[str, Any]) -> None:
+        result.plan_file, result.plan_sha256 = str(self.path), self.sha256
+
+
+class _SavesPlan(ActionSteps):
+    """plan --out FILE: the plan the tool makes is saved there for 'apply --plan FILE'."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sha256 = ""
+
+    def prepare(self, ctx: StageContext, env: Environment, options: Dict[str, Any]) -> None:
+        options["save_plan"] = True
+        saved_plan.prepare(self.path)
+
+    def ran(self, ctx: StageContext, env: Environment, manifest: Manifest, outcome: RunOutcome,
+            details: Dict[str, Any]) -> None:
+        details["saved_plan"] = _save_plan(ctx, self.path, env.name, manifest, outcome)
+        self.sha256 = details["saved_plan"]["sha256"]
+
+    def finished(self, ctx: StageContext, env: Environment, result: StageResult, details: Dict[str, Any]) -> None:
+        result.plan_file, result.plan_sha256 = str(self.path), self.sha256
+
+
+class _EmptiesFolder(ActionSteps):
+    """destroy: once the infrastructure is gone, the environment's folder is emptied."""
+
+    def finished(self, ctx: StageContext, env: Environment, result: StageResult, details: Dict[str, Any]) -> None:
+        result.emptied = _empty_folder(ctx, env.name)
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What one run of apply, plan or destroy is asked to do (see _run_stage)."""
+    action: str
+    environment: str
+    keep_workdir: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)  # for the tool (RunRequest.options)
+    runner: Optional[ToolRunner] = None
+    # plan of a published version (what an approver looks at before promoting): its
+    # own folder, verified against its manifest, instead of the environment's
+    candidate: Optional[str] = None
+    override: Optional[str] = None  # the reason given with --force: the policy overridden, recorded
+    expected: Optional[str] = None  # --version: the version the environment must hold
+    held: Optional[Lease] = None  # the environment's lock, already held by the caller
+    approved_by: Optional[str] = None
+    now: Optional[dt.datetime] = None
+    # (folder, subfolder): the stack in that subfolder of another environment's folder
+    # (a blue-green router, from the live instance's version), with envpipe's extra
+    # ``variables`` (RunRequest.variables)
+    definition: Optional[Tuple[str, str]] = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    steps: ActionSteps = field(default_factory=ActionSteps)  # the action's own parts
+
+
+def _run_stage(ctx: StageContext, asked: StageRequest) -> StageResult:
+    """Run ``asked.action`` on ``asked.environment``: the skeleton every action shares
+    (credentials and manifest read together, approver and policy, lock, fetch and
+    verify, the tool, the result recorded), with the action's own steps at fixed points.
+    ``asked.override``, the reason given with --force, overrides the promotion policy
+    (SPEC §10) and is recorded with what it overrode."""
+    started = time.monotonic()
+    action, steps = asked.action, asked.steps
+    env = ctx.environment(asked.environment)
+    tool = ctx.config.tool
+    runner = asked.runner or get_runner(tool)
+    options = {**asked.options, "save_plan": False}
+    steps.prepare(ctx, env, options)
+    folder = _definition_folder(env, asked)
     with background() as submit:
         # The credentials (an assumed role, the account check) are fetched while the
         # environment's manifest and policy are read; their errors still come in this order.
         credentials_read = submit(ctx.credentials, env)
         promoted = read_manifest(ctx.repository, folder)
-        if promoted is None and candidate:
-            raise NotFound(f"version {candidate} is not published in {ctx.repository.location()}: "
-                           "run 'envpipe publish' first")
-        if promoted is None and definition:
-            raise NotFound(f"{folder} holds no version in {ctx.repository.location()}: {env.name} is run from it")
         if promoted is None:
-            raise NotFound(f"environment {env.name!r} holds no version in {ctx.repository.location()}: promote "
-                           f"one first ('envpipe promote VERSION --to {env.name}')")
+            raise NotFound(_holds_nothing(ctx, env, asked, folder))
         version = promoted.version
         # The promotion policy of a path environment, after the gate; plan changes nothing,
         # and an on-demand instance has no policy.
-        held_by = (enforce_policy(ctx.config, ctx.repository, env.name, version, now or utc_now(), action,
-                                  force=override is not None)
+        held_by = (enforce_policy(ctx.config, ctx.repository, env.name, version, asked.now or utc_now(), action,
+                                  force=asked.override is not None)
                    if action in LOCKED_ACTIONS and env.on_path else [])
-    if candidate:
-        details_candidate = {"candidate": True}
-    else:
-        details_candidate = {}
     redactor = ctx.redactor
     # Records are masked with secrets and credentials only (ctx.record_redactor): a
     # TF_VAR_* value masked there would corrupt an output that merely equals it.
     records = ctx.records
-    details: Dict[str, Any] = {"tool": tool, **details_candidate}
-    if definition:
-        details["definition"] = f"{definition[0]}/{definition[1]}"
-    if (options or {}).get("tool_args"):
-        details["tool_args"] = list(options["tool_args"])  # a targeted or forced-replace run, on record
-    if override:
-        details.update(forced=True, reason=override, **override_details(held_by))
+    details = _details(asked, tool, options, held_by)
 
     def record(result: str, extra: Mapping[str, Any]) -> Dict[str, Any]:
         body = {**details, **extra, "seconds": round(time.monotonic() - started, 3)}
@@ -192,10 +252,10 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
 
     try:
         # Before anything is locked or run: the approver (SPEC §6), recorded when given.
-        who = approver(env, action, ctx.environ, approved_by) if action in LOCKED_ACTIONS else None
+        who = approver(env, action, ctx.environ, asked.approved_by) if action in LOCKED_ACTIONS else None
         if who:
             details["approved_by"] = who
-        check_holds(env.name, version, expected, action)
+        check_holds(env.name, version, asked.expected, action)
         # Credentials first: a wrong account is refused before anything is locked or run.
         credentials = credentials_read.result()
         redactor = redactor.with_values(credentials.secrets)
@@ -203,50 +263,42 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
         if credentials.account:
             details["aws"] = credentials.as_record()
         lock = (environment_lock(ctx.repository, env.name, action, ctx.ci, timeout=ctx.lock_timeout)
-                if action in LOCKED_ACTIONS and held is None else contextlib.nullcontext(held))
+                if action in LOCKED_ACTIONS and asked.held is None else contextlib.nullcontext(asked.held))
         with lock as lease:
             try:
-                if override:
+                if asked.override:
                     # Recorded before anything is run: the override stands whatever follows.
                     records.write(env.name, "override", version, "forced",
-                                  {"reason": override, "overrides": action, "approval": env.approval,
+                                  {"reason": asked.override, "overrides": action, "approval": env.approval,
                                    **override_details(held_by)})
-                with fetched(ctx.repository, folder, keep_workdir, ctx.environ, ctx.config.project) as work:
+                with fetched(ctx.repository, folder, asked.keep_workdir, ctx.environ, ctx.config.project) as work:
                     version = work.manifest.version
-                    check_holds(env.name, version, expected, action)  # promoted again while we waited?
-                    if approved is not None and saved is not None:
-                        saved_plan.check_holds(approved, saved, env.name, version, work.manifest.digest)
-                        details["plan"] = {"sha256": options["plan_sha256"], "planned": approved.created,
-                                           "by": approved.build}
+                    check_holds(env.name, version, asked.expected, action)  # promoted again while we waited?
+                    steps.verified(env, work.manifest, details)
                     details["digest"] = work.manifest.digest
                     fetch_seconds = work.verified.seconds
                     request = RunRequest(config=ctx.config, environment=env, version=version,
                                          manifest=work.manifest,
-                                         workdir=work.path / definition[1] if definition else work.path,
+                                         workdir=work.path / asked.definition[1] if asked.definition else work.path,
                                          environ=credentials.environ,
                                          redactor=redactor, repository=ctx.repository_as(credentials),
                                          ci=ctx.ci, options=options, client_factory=ctx.client_factory,
-                                         variables=dict(variables or {}))
+                                         variables=dict(asked.variables))
                     log.info("%s: %s of version %s with %s", env.name, action, version, tool)
                     pause_point(f"{action}:fetched", ctx.environ)
                     if lease is not None:
                         lease.check()  # the fetch can be long: the lock must still be ours
                     outcome: RunOutcome = getattr(runner, action)(request)
                     pause_point(f"{action}:done", ctx.environ)
-                    if save_to is not None:
-                        details["saved_plan"] = _save_plan(ctx, save_to, env.name, work.manifest, outcome)
-                    kept = str(work.path) if keep_workdir else None
+                    steps.ran(ctx, env, work.manifest, outcome, details)
+                    kept = str(work.path) if asked.keep_workdir else None
                 if lease is not None:
                     lease.check()
-                emptied = _empty_folder(ctx, env.name) if action == "destroy" else None
                 result = _finish(ctx, action, env.name, version, tool, outcome, redactor, records.redactor)
-                result.emptied, result.workdir, result.fetch_seconds = emptied, kept, round(fetch_seconds, 3)
-                result.forced = bool(override)
+                result.workdir, result.fetch_seconds = kept, round(fetch_seconds, 3)
+                result.forced = bool(asked.override)
                 result.approved_by = details.get("approved_by")
-                if save_to is not None:
-                    result.plan_file, result.plan_sha256 = str(save_to), details["saved_plan"]["sha256"]
-                if saved is not None:
-                    result.plan_file, result.plan_sha256 = str(saved), options["plan_sha256"]
+                steps.finished(ctx, env, result, details)
                 written = record(result.result, _record_of(action, result, outcome))
                 recorded = True
             except BaseException as exc:
@@ -263,6 +315,37 @@ def _run_stage(ctx: StageContext, action: str, environment: str, keep_workdir: b
     result.record = written["key"]
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _definition_folder(env: Environment, asked: StageRequest) -> str:
+    """Where the definition comes from: the environment's folder, a candidate version's
+    own folder (plan VERSION), or the folder a blue-green router is run from."""
+    return asked.candidate or (asked.definition[0] if asked.definition else env.name)
+
+
+def _holds_nothing(ctx: StageContext, env: Environment, asked: StageRequest, folder: str) -> str:
+    """Why there is nothing to run: ``folder`` holds no version."""
+    where = ctx.repository.location()
+    if asked.candidate:
+        return f"version {asked.candidate} is not published in {where}: run 'envpipe publish' first"
+    if asked.definition:
+        return f"{folder} holds no version in {where}: {env.name} is run from it"
+    return (f"environment {env.name!r} holds no version in {where}: promote "
+            f"one first ('envpipe promote VERSION --to {env.name}')")
+
+
+def _details(asked: StageRequest, tool: str, options: Mapping[str, Any], held_by: List[Hold]) -> Dict[str, Any]:
+    """What every record of this run holds, known before the lock is taken."""
+    details: Dict[str, Any] = {"tool": tool}
+    if asked.candidate:
+        details["candidate"] = True
+    if asked.definition:
+        details["definition"] = f"{asked.definition[0]}/{asked.definition[1]}"
+    if options.get("tool_args"):
+        details["tool_args"] = list(options["tool_args"])  # a targeted or forced-replace run, on record
+    if asked.override:
+        details.update(forced=True, reason=asked.override, **override_details(held_by))
+    return details
 
 
 def _save_plan(ctx: StageContext, path: Path, environment: str, manifest: Manifest,
@@ -379,10 +462,11 @@ def apply(ctx: StageContext, environment: str, keep_workdir: bool = False, repla
     if plan_file is not None and tool_args:
         raise UsageError("a saved plan is applied as it was made: give -target/-replace to 'envpipe plan ENV --out "
                          "FILE -- ...' instead")
-    return _run_stage(ctx, "apply", environment, keep_workdir,
-                      {"replace_failed": replace_failed, **_tool_args(ctx, tool_args)}, runner,
-                      override=reason.strip() if force and reason else None, expected=version,
-                      approved_by=approved_by, now=now, saved=plan_file)
+    return _run_stage(ctx, StageRequest(
+        "apply", environment, keep_workdir, {"replace_failed": replace_failed, **_tool_args(ctx, tool_args)},
+        runner, override=reason.strip() if force and reason else None, expected=version,
+        approved_by=approved_by, now=now,
+        steps=_AppliesSavedPlan(plan_file) if plan_file is not None else ActionSteps()))
 
 
 def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
@@ -401,8 +485,8 @@ def plan(ctx: StageContext, environment: str, keep_workdir: bool = False,
         live = read_live(ctx.repository, env.name)
         environment = live.instance(live.idle_color)
         log.info("%s is released blue-green: planning its idle instance, %s", env.name, environment)
-    return _run_stage(ctx, "plan", environment, keep_workdir, _tool_args(ctx, tool_args), runner, candidate=version,
-                      save_to=out)
+    return _run_stage(ctx, StageRequest("plan", environment, keep_workdir, _tool_args(ctx, tool_args), runner,
+                                        candidate=version, steps=_SavesPlan(out) if out is not None else ActionSteps()))
 
 
 def _need_reason(force: bool, reason: Optional[str]) -> None:
@@ -432,8 +516,9 @@ def destroy(ctx: StageContext, environment: str, keep_workdir: bool = False,
     if not env.on_path:
         raise UsageError(f"{env.name} is an on-demand environment: 'envpipe env destroy {env.name}' destroys it "
                          "and removes its registration; nothing was done")
-    return _run_stage(ctx, "destroy", environment, keep_workdir, {}, runner,
-                      override=reason.strip() if force and reason else None, approved_by=approved_by, now=now)
+    return _run_stage(ctx, StageRequest("destroy", environment, keep_workdir, runner=runner,
+                                        override=reason.strip() if force and reason else None,
+                                        approved_by=approved_by, now=now, steps=_EmptiesFolder()))
 
 
 def destroy_instance(ctx: StageContext, name: str, lease: Lease, keep_workdir: bool = False,
@@ -441,4 +526,5 @@ def destroy_instance(ctx: StageContext, name: str, lease: Lease, keep_workdir: b
     """Destroy the infrastructure of the instance ``name`` (off the path) and empty its
     folder, recorded as any destroy. The caller holds the instance's lock (``lease``),
     so that it can remove what is left (state, registration) before anyone gets in."""
-    return _run_stage(ctx, "destroy", name, keep_workdir, {}, runner, held=lease)
+    return _run_stage(ctx, StageRequest("destroy", name, keep_workdir, runner=runner, held=lease,
+                                        steps=_EmptiesFolder()))

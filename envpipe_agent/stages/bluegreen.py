@@ -40,7 +40,7 @@ from envpipe_agent.manifest import Manifest, read_manifest
 from envpipe_agent.pause_points import pause_point
 from envpipe_agent.policy import gate_hold, override_details, policy_holds, refusal
 from envpipe_agent.records import iso, last_applied, latest_test, recorded_outputs, utc_now
-from envpipe_agent.stages.apply import StageResult, _failure, _run_stage, apply, destroy_instance
+from envpipe_agent.stages.apply import StageRequest, StageResult, _failure, _run_stage, apply, destroy_instance
 from envpipe_agent.stages.ondemand import forget_instance_data
 from envpipe_agent.stages.promote import PromotionCheck, check_promotion, load_version, promote, sync_environment
 from envpipe_agent.stages.testing import TestResult, run_tests
@@ -286,8 +286,8 @@ def _swap(ctx: StageContext, env: Environment, color: str, runner: Optional[Tool
     variables = {"live_color": color, "live_environment": instance,
                  "live_outputs": json.dumps(recorded_outputs(ctx.repository, instance), sort_keys=True)}
     try:
-        return _run_stage(ctx, "apply", f"{env.name}-router", runner=runner,
-                          definition=(instance, env.bluegreen.router), variables=variables)
+        return _run_stage(ctx, StageRequest("apply", f"{env.name}-router", runner=runner,
+                                            definition=(instance, env.bluegreen.router), variables=variables))
     except StageFailed as exc:
         raise exc.reworded(f"the router's apply failed, so traffic was not swapped to {instance} (nothing was "
                            f"destroyed): {exc}") from None
