@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
@@ -26,9 +26,10 @@ class StageContext:
     ci: CIContext
     environ: Mapping[str, str]
     redactor: Redactor  # for everything printed (SPEC §7)
-    lock_timeout: float = 0.0
     # For records (SPEC §6): secrets and AWS credentials, not every TF_VAR_* value.
-    record_redactor: Redactor = field(default_factory=Redactor)
+    # Required, with no default: a context cannot write a record unredacted.
+    record_redactor: Redactor
+    lock_timeout: float = 0.0
     # Every AWS client (the S3 repository, STS, CloudFormation) is made by this.
     client_factory: aws_credentials.ClientFactory = aws_credentials.client
 

@@ -93,7 +93,8 @@ class Pipeline:
         environ = dict(os.environ)
         config = load_config(self.config_path)  # as the command line reads it: vars as written too
         self.ctx = StageContext(config=config, repository=open_repository(repository, environ),
-                                ci=detect(environ), environ=environ, redactor=Redactor.from_environ(environ))
+                                ci=detect(environ), environ=environ, redactor=Redactor.from_environ(environ),
+                                record_redactor=Redactor.for_records(environ, config.secrets))
         self.fetches = 0
 
     def release(self, version: str, template: str = TEMPLATE, environment: str = "test") -> None:
