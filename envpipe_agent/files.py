@@ -48,6 +48,20 @@ def write_file(path: Path, content: Union[bytes, str], mode: Optional[int] = Non
     return Path(path)
 
 
+def prepare_named_file(path: Path, option: str, give: str = "the file to write") -> Path:
+    """Before any work is done, check that the file the user named with ``option`` can be
+    written: not a folder, and its folder made. Either problem is one line and exit 2,
+    not a failure after the work ran."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: a folder; give {give}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create its folder: {exc.strerror or exc}") from None
+    return path
+
+
 def write_named_file(path: Path, content: Union[bytes, str], option: str) -> Path:
     """``write_file`` for a file the user named with ``option`` (``-o``, ``--html``): a
     folder or a place that cannot be written is one line and exit 2, not a bug."""

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from envpipe_agent.errors import StageFailed, UsageError
-from envpipe_agent.files import write_file
+from envpipe_agent.errors import StageFailed
+from envpipe_agent.files import prepare_named_file, write_file
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 # A CI log or report page needs the start of a failure, not megabytes of it.
@@ -130,12 +130,7 @@ def render_report(name: str, suites: Sequence[Suite]) -> bytes:
 def prepare_report(path: Path) -> None:
     """Make the report's folder before any test runs: a report that cannot be written
     is a usage error then (exit 2), not a failure after the tests ran."""
-    if path.is_dir():
-        raise UsageError(f"--junit {path}: a folder; give the file to write the report to")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--junit {path}: cannot create its folder: {exc.strerror or exc}") from None
+    prepare_named_file(path, "--junit", "the file to write the report to")
 
 
 def write_report(path: Path, name: str, suites: Sequence[Suite]) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from envpipe_agent.errors import Refused, UsageError
-from envpipe_agent.files import replacing
+from envpipe_agent.files import prepare_named_file, replacing
 
 FORMAT = 1
 METADATA = "envpipe-plan.json"
@@ -55,12 +55,7 @@ _TEXT_FIELDS = ("project", "environment", "version", "digest", "tool", "created"
 def prepare(path: Path) -> None:
     """Make ``path``'s folder (as --junit does), before the tool runs: a plan that cannot
     be saved is refused before anything is planned."""
-    if path.is_dir():
-        raise UsageError(f"--out {path}: a folder; give the file to save the plan in")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {path}: cannot create its folder: {exc}") from None
+    prepare_named_file(path, "--out", "the file to save the plan in")
 
 
 def write(path: Path, plan: SavedPlan, tool_plan: Optional[Path]) -> str:

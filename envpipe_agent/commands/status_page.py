@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from envpipe_agent.context import StageContext
-from envpipe_agent.errors import UsageError
-from envpipe_agent.files import write_named_file
+from envpipe_agent.files import prepare_named_file, write_named_file
 from envpipe_agent.records import iso, latest_test, record_order, utc_now
 from envpipe_agent.stages.status import on_demand_status, status
 
@@ -99,9 +98,5 @@ def render_status_page(ctx: StageContext, entries: Optional[Sequence[Mapping[str
 def write_status_page(ctx: StageContext, path: Path, entries: Optional[Sequence[Mapping[str, Any]]] = None,
                       instances: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
     """Write the page to ``path`` in one step and return the path."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--html {path}: cannot create its folder: {exc.strerror or exc}") from None
+    path = prepare_named_file(path, "--html")
     return write_named_file(path, render_status_page(ctx, entries, instances), "--html")
